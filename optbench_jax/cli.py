@@ -26,6 +26,23 @@ def _lr_overrides(text: str) -> dict[str, float]:
   return overrides
 
 
+def _number_list(kind, flag):
+  def parse(text: str):
+    try:
+      values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+          f"{flag} expects a comma-separated list (got {text!r})") from None
+    if not values:
+      raise argparse.ArgumentTypeError(f"{flag} is empty")
+    return values
+  return parse
+
+
+def _auto_int(text: str) -> Optional[int]:
+  return None if text.lower() in ("auto", "all") else int(text)
+
+
 def _optional_int(text: str) -> Optional[int]:
   return None if text.lower() in ("none", "all", "0") else int(text)
 
@@ -70,6 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip finished runs, continue unfinished ones from "
                    "their last checkpoint")
   run.add_argument("--quiet", action="store_true", help="no progress bars")
+  run.add_argument("--seeds", type=_number_list(int, "--seeds"),
+                   default=None,
+                   help="several seeds, e.g. 0,1,2 (overrides --seed); the "
+                   "runs of one optimizer train together in one program")
+  run.add_argument("--lr-grid", type=_number_list(float, "--lr-grid"),
+                   default=None,
+                   help="train every optimizer at each of these learning "
+                   "rates, e.g. 1e-4,3e-4,1e-3 (one compiled program)")
+  run.add_argument("--runs-per-program", type=_auto_int, default=None,
+                   help="at most this many runs (seeds x LRs) in one "
+                   "program; 'auto' (default) fits them to device memory")
+  run.add_argument("--precision", default="fp32",
+                   help="fp32 or bf16 (bfloat16 compute, float32 parameters "
+                   "and optimizer state)")
+  run.add_argument("--devices", type=_auto_int, default=None,
+                   help="data-parallel over this many local devices "
+                   "(default: all)")
+  run.add_argument("--data-placement", default="auto",
+                   help="auto, device (epoch gathered inside the compiled "
+                   "program) or host (streamed with prefetching)")
   run.add_argument("--compile-cache", default=None,
                    help="persistent XLA compilation cache directory "
                    "(default ~/.cache/optbench_jax/xla or "
@@ -90,7 +127,10 @@ def cmd_run(args) -> int:
       warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
       label_smoothing=args.label_smoothing, weight_decay=args.weight_decay,
       output_dir=args.output_dir, data_dir=args.data_dir, resume=args.resume,
-      quiet=args.quiet, compile_cache=args.compile_cache)
+      quiet=args.quiet, compile_cache=args.compile_cache, seeds=args.seeds,
+      lr_grid=args.lr_grid, runs_per_program=args.runs_per_program,
+      precision=args.precision, devices=args.devices,
+      data_placement=args.data_placement)
   rows = run_campaign(cfg)
   _print_summary(rows, args.output_dir)
   return 0
@@ -104,10 +144,15 @@ def _print_summary(rows, output_dir) -> None:
   if not rows:
     return
   primary = rows[0]["primary_metric"]
-  print(f"\n{'optimizer':<22}{'status':<11}{'best ' + primary:>16}"
+  label = lambda r: r["optimizer"] + (
+      f" lr={r['learning_rate']:g} s={r['seed']}"
+      if len({(x["learning_rate"], x["seed"]) for x in rows
+              if x["optimizer"] == r["optimizer"]}) > 1 else "")
+  width = max(22, max(len(label(r)) for r in rows) + 2)
+  print(f"\n{'run':<{width}}{'status':<11}{'best ' + primary:>16}"
         f"{'epoch':>7}{'best val loss':>15}{'conv. epoch':>13}{'time s':>9}")
   for r in rows:
-    print(f"{r['optimizer']:<22}{r['status']:<11}"
+    print(f"{label(r):<{width}}{r['status']:<11}"
           f"{_fmt(r.get('best_primary')):>16}"
           f"{_fmt(r.get('best_primary_epoch'), 'd'):>7}"
           f"{_fmt(r.get('best_val_loss')):>15}"

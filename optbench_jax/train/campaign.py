@@ -1,10 +1,17 @@
 """A campaign: one (task, dataset, model) trained with several optimizers.
 
 Loads and splits the data once, runs every optimizer under the same protocol
-(same data, split, seed, epochs, schedule), and writes per campaign
-``summary.csv`` (one row per run), ``epochs.csv`` (long format) and the two
+(same data, split, epochs, schedule), and writes per campaign
+``summary.csv`` (one row per run), ``epochs.csv`` (long format), with several
+seeds ``seeds.csv`` (mean, standard deviation and 95 % Student-t confidence
+interval over seeds per optimizer and learning rate) and the two
 cross-optimizer plots under ``<output_dir>/<task>/<dataset>/<model>/``.
 A diverged run is recorded as such and the campaign goes on.
+
+Seeds (``seeds``) and learning-rate grids (``lr_grid``) of one optimizer are
+trained together in one compiled program (see ``run.train_runs``). The
+train/validation split is drawn once, from the first seed; the seeds vary
+initialisation, data order, augmentation and dropout.
 """
 from __future__ import annotations
 
@@ -18,7 +25,9 @@ from tqdm.auto import tqdm
 from optbench_jax import data, models, tasks, transforms
 from optbench_jax.errors import OptBenchError
 from optbench_jax.train import outputs, plots, schedules
-from optbench_jax.train.run import RunConfig, read_finished, run_dir_for, run_one
+from optbench_jax.train import run as run_lib
+from optbench_jax.train.program import PRECISIONS
+from optbench_jax.train.run import RunConfig, run_dir_for, run_label
 
 LR_POLICIES = ("per-optimizer", "fixed")
 
@@ -47,6 +56,16 @@ class CampaignConfig:
   quiet: bool = False
   val_fraction: float = 0.1
   compile_cache: Optional[str] = None     # None: default_compile_cache()
+  seeds: Optional[Sequence[int]] = None   # None: (seed,)
+  lr_grid: Optional[Sequence[float]] = None  # every optimizer at each LR
+  runs_per_program: Optional[int] = None  # None: chosen from memory
+  precision: str = "fp32"
+  devices: Optional[int] = None           # None: all local devices
+  data_placement: str = "auto"
+
+  @property
+  def seed_list(self) -> list[int]:
+    return list(self.seeds) if self.seeds else [self.seed]
 
 
 def resolve_optimizers(names: Sequence[str] | str) -> list[str]:
@@ -60,6 +79,13 @@ def resolve_optimizers(names: Sequence[str] | str) -> list[str]:
   for name in names:
     transforms.get(name)
   return list(names)
+
+
+def learning_rates(cfg: CampaignConfig, optimizer: str) -> list[float]:
+  """The grid if one is given, else the optimizer's one resolved LR."""
+  if cfg.lr_grid:
+    return [float(lr) for lr in cfg.lr_grid]
+  return [resolve_learning_rate(cfg, optimizer)]
 
 
 def resolve_learning_rate(cfg: CampaignConfig, optimizer: str) -> float:
@@ -95,24 +121,70 @@ def validate(cfg: CampaignConfig) -> list[str]:
                       ("--batch-size", cfg.batch_size)):
     if value < 1:
       raise OptBenchError(f"{flag} must be at least 1 (got {value})")
+  if cfg.lr_grid is not None:
+    if not cfg.lr_grid or any(not lr > 0 for lr in cfg.lr_grid):
+      raise OptBenchError("--lr-grid needs positive learning rates, e.g. "
+                          "1e-4,3e-4,1e-3")
+    if cfg.lr is not None or cfg.lr_overrides:
+      raise OptBenchError("--lr-grid replaces --lr and --lr-overrides; give "
+                          "one of them")
+    if len(set(cfg.lr_grid)) != len(cfg.lr_grid):
+      raise OptBenchError("--lr-grid repeats a learning rate")
+  if len(set(cfg.seed_list)) != len(cfg.seed_list):
+    raise OptBenchError("--seeds repeats a seed")
+  if cfg.runs_per_program is not None and cfg.runs_per_program < 1:
+    raise OptBenchError("--runs-per-program must be at least 1")
+  if cfg.precision not in PRECISIONS:
+    raise OptBenchError(f"unknown --precision {cfg.precision!r}; valid: "
+                        f"{', '.join(PRECISIONS)}")
+  if cfg.data_placement not in run_lib.DATA_PLACEMENTS:
+    raise OptBenchError(f"unknown --data-placement {cfg.data_placement!r}; "
+                        f"valid: {', '.join(run_lib.DATA_PLACEMENTS)}")
+  mesh = run_lib.make_mesh(cfg.devices)
+  if mesh is not None and cfg.batch_size % mesh.devices.size:
+    raise OptBenchError(f"--batch-size {cfg.batch_size} is not divisible by "
+                        f"the {mesh.devices.size} data-parallel devices; "
+                        f"change it or --devices")
   for optimizer in optimizers:
-    resolve_learning_rate(cfg, optimizer)
+    learning_rates(cfg, optimizer)
   return optimizers
 
 
-def run_config(cfg: CampaignConfig, optimizer: str) -> RunConfig:
+def run_config(cfg: CampaignConfig, optimizer: str, *,
+               seed: Optional[int] = None,
+               learning_rate: Optional[float] = None) -> RunConfig:
   task = tasks.get(cfg.task)
   clip = task.default_grad_clip if cfg.grad_clip is None else cfg.grad_clip
   return RunConfig(
       task=cfg.task, dataset=cfg.dataset, model=cfg.model,
-      optimizer=optimizer, learning_rate=resolve_learning_rate(cfg, optimizer),
+      optimizer=optimizer,
+      learning_rate=(resolve_learning_rate(cfg, optimizer)
+                     if learning_rate is None else learning_rate),
       epochs=cfg.epochs, batch_size=cfg.batch_size,
-      max_samples=cfg.max_samples, seed=cfg.seed,
+      max_samples=cfg.max_samples,
+      seed=cfg.seed_list[0] if seed is None else seed,
+      split_seed=cfg.seed_list[0],
       scheduler=cfg.scheduler or task.default_scheduler,
       warmup_steps=cfg.warmup_steps, grad_clip=clip or None,
       label_smoothing=(task.default_label_smoothing
                        if cfg.label_smoothing is None else cfg.label_smoothing),
-      weight_decay=cfg.weight_decay, val_fraction=cfg.val_fraction)
+      weight_decay=cfg.weight_decay, val_fraction=cfg.val_fraction,
+      precision=cfg.precision, devices=cfg.devices,
+      data_placement=cfg.data_placement)
+
+
+def run_configs(cfg: CampaignConfig, optimizer: str
+                ) -> list[tuple[RunConfig, str, str]]:
+  """``(config, directory, label)`` of every run of one optimizer."""
+  lr_dir, seed_dir = bool(cfg.lr_grid), len(cfg.seed_list) > 1
+  runs = []
+  for lr in learning_rates(cfg, optimizer):
+    for seed in cfg.seed_list:
+      rc = run_config(cfg, optimizer, seed=seed, learning_rate=lr)
+      runs.append((rc, run_dir_for(cfg.output_dir, rc, lr_dir=lr_dir,
+                                   seed_dir=seed_dir),
+                   run_label(rc, lr_dir=lr_dir, seed_dir=seed_dir)))
+  return runs
 
 
 def default_compile_cache() -> str:
@@ -143,36 +215,39 @@ def run_campaign(cfg: CampaignConfig) -> list[dict]:
   optimizers = validate(cfg)
   enable_compile_cache(cfg.compile_cache or default_compile_cache())
   task = tasks.get(cfg.task)
-  raw = data.get(cfg.task, cfg.dataset).load(cfg.data_dir, cfg.seed)
-  splits = data.prepare(raw, seed=cfg.seed, max_samples=cfg.max_samples,
+  split_seed = cfg.seed_list[0]
+  raw = data.get(cfg.task, cfg.dataset).load(cfg.data_dir, split_seed)
+  splits = data.prepare(raw, seed=split_seed, max_samples=cfg.max_samples,
                         val_fraction=cfg.val_fraction)
   out_dir = campaign_dir(cfg)
   rows, long_rows, histories = [], [], {}
   bar = tqdm(optimizers, desc="runs", disable=cfg.quiet, dynamic_ncols=True)
   for optimizer in bar:
     bar.set_description(f"run {optimizer}")
-    rc = run_config(cfg, optimizer)
-    run_dir = run_dir_for(cfg.output_dir, rc)
-    finished = read_finished(run_dir) if cfg.resume else None
-    if finished is not None:
-      history, meta = finished
-    else:
-      epochs = tqdm(total=rc.epochs, desc=optimizer, leave=False,
-                    disable=cfg.quiet, dynamic_ncols=True)
+    runs = run_configs(cfg, optimizer)
+    epochs = tqdm(total=cfg.epochs * len(runs), desc=optimizer, leave=False,
+                  disable=cfg.quiet, dynamic_ncols=True)
 
-      def on_epoch(record, epochs=epochs):
-        epochs.update(1)
-        epochs.set_postfix({task.primary_metric: record.get(
-            task.primary_metric), "val_loss": record["val_loss"]})
+    def on_epoch(index, record, epochs=epochs, runs=runs):
+      epochs.update(1)
+      epochs.set_postfix({"run": runs[index][2], task.primary_metric:
+                          record.get(task.primary_metric),
+                          "val_loss": record["val_loss"]})
 
-      history, meta = run_one(rc, splits, run_dir, resume=cfg.resume,
-                              on_epoch=on_epoch)
-      epochs.close()
-    histories[optimizer] = history
-    rows.append(outputs.summarize(history, meta, task.higher_is_better))
-    long_rows.extend(outputs.long_format(history, meta))
+    results = run_lib.train_runs(
+        [r[0] for r in runs], splits, [r[1] for r in runs],
+        resume=cfg.resume, on_epoch=on_epoch,
+        max_together=cfg.runs_per_program)
+    epochs.close()
+    for (rc, _, label), (history, meta) in zip(runs, results):
+      histories[label] = history
+      rows.append(outputs.summarize(history, meta, task.higher_is_better))
+      long_rows.extend(outputs.long_format(history, meta))
     outputs.write_csv(os.path.join(out_dir, "summary.csv"), rows,
                       outputs.SUMMARY_COLUMNS)
+    if len(cfg.seed_list) > 1:
+      outputs.write_csv(os.path.join(out_dir, "seeds.csv"),
+                        outputs.over_seeds(rows), outputs.SEED_COLUMNS)
   bar.close()
   epoch_columns = list(dict.fromkeys(k for r in long_rows for k in r))
   outputs.write_csv(os.path.join(out_dir, "epochs.csv"), long_rows,

@@ -24,7 +24,14 @@ SUMMARY_COLUMNS = (
     "epochs_run", "primary_metric", "best_primary", "best_primary_epoch",
     "best_val_loss", "final_primary", "final_val_loss", "test_primary",
     "convergence_epoch", "time_to_convergence_s", "train_time_s",
-    "compile_time_s", "total_runtime_s")
+    "compile_time_s", "total_runtime_s", "runs_in_program")
+# Per-run values summarised over seeds in ``seeds.csv``.
+SEED_METRICS = ("best_primary", "final_primary", "test_primary",
+                "best_val_loss", "convergence_epoch")
+SEED_COLUMNS = ("task", "dataset", "model", "optimizer", "learning_rate",
+                "primary_metric", "n_seeds", "n_diverged") + tuple(
+                    f"{m}_{s}" for m in SEED_METRICS
+                    for s in ("mean", "std", "ci95"))
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -107,6 +114,7 @@ def summarize(history: Sequence[dict], metadata: dict,
   row.update(status=metadata.get("status"), epochs_run=len(history),
              primary_metric=primary,
              compile_time_s=metadata.get("compile_time_s"),
+             runs_in_program=metadata.get("runs_in_program"),
              total_runtime_s=metadata.get("total_runtime_s"),
              train_time_s=sum(h.get("train_time_s") or 0.0 for h in history),
              test_primary=(metadata.get("test_metrics") or {}).get(primary))
@@ -133,3 +141,42 @@ def long_format(history: Iterable[dict], metadata: dict) -> list[dict]:
   keys = {k: metadata.get(k) for k in ("task", "dataset", "model", "optimizer",
                                        "seed", "learning_rate")}
   return [{**keys, **h} for h in history]
+
+
+def over_seeds(rows: Sequence[dict]) -> list[dict]:
+  """``seeds.csv`` rows: per (optimizer, learning rate), over seeds.
+
+  For each metric of ``SEED_METRICS``: the mean, the sample standard
+  deviation and the half-width of the two-sided 95 % Student-t confidence
+  interval of the mean, ``t_{0.975, n−1} · s / √n``, over the seeds whose
+  run produced the value (a diverged run has no best/final values; it is
+  counted in ``n_diverged``).
+  """
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  groups: dict = {}
+  for row in rows:
+    groups.setdefault((row["optimizer"], row["learning_rate"]), []).append(row)
+  out = []
+  for (optimizer, lr), members in groups.items():
+    first = members[0]
+    summary = {k: first.get(k) for k in ("task", "dataset", "model",
+                                         "primary_metric")}
+    summary.update(optimizer=optimizer, learning_rate=lr,
+                   n_seeds=len(members), n_diverged=sum(
+                       m.get("status") == "diverged" for m in members))
+    for metric in SEED_METRICS:
+      values = [float(m[metric]) for m in members
+                if m.get(metric) not in (None, "")
+                and math.isfinite(float(m[metric]))]
+      n = len(values)
+      if not n:
+        continue
+      mean = sum(values) / n
+      summary[f"{metric}_mean"] = mean
+      if n > 1:
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        summary[f"{metric}_std"] = std
+        summary[f"{metric}_ci95"] = float(
+            stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    out.append(summary)
+  return out

@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optbench_jax.transforms.base import (OptimizerSpec, decay_mask,
-                                          missing_extra, register)
+from optbench_jax.transforms.base import (
+    OptimizerSpec, any_run, decay_mask, missing_extra, register)
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
@@ -138,7 +138,7 @@ def scale_by_adahessian(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-4,
     if update_period == 1:
       nu = refreshed_nu()
     else:
-      nu = jax.lax.cond(state.count % update_period == 0, refreshed_nu,
+      nu = jax.lax.cond(any_run(state.count % update_period == 0), refreshed_nu,
                         lambda: state.nu)
     mu = optax.tree.update_moment(updates, state.mu, b1, 1)
     count = optax.safe_increment(state.count)

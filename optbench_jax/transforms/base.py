@@ -34,6 +34,7 @@ import dataclasses
 from typing import Any, Callable, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from optbench_jax.errors import OptBenchError
@@ -96,6 +97,47 @@ class OptimizerSpec:
 
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
+
+
+# The engine's ``jax.vmap`` axis when it trains several runs in one program.
+RUN_AXIS = "runs"
+
+
+def any_run(predicate: jax.Array) -> jax.Array:
+  """``predicate`` made common to all runs the engine trains together.
+
+  Under ``jax.vmap`` a ``lax.cond`` whose predicate is batched becomes a
+  ``select`` that evaluates *both* branches on every step, so a periodic
+  inverse / eigendecomposition (KFAC, Shampoo, Sophia, AdaHessian) would be
+  recomputed every step. The engine vmaps over the named axis ``RUN_AXIS``;
+  inside it this returns ``any`` of the runs' predicates as an unbatched
+  scalar, so the ``cond`` stays a branch. Predicates on step counts are equal
+  across runs (they step in lockstep), so results are unchanged. Outside the
+  engine's vmap the predicate is returned as is.
+  """
+  try:
+    return jax.lax.pmax(jnp.asarray(predicate, jnp.int32), RUN_AXIS) > 0
+  except NameError:  # not inside the engine's vmap over runs
+    return predicate
+
+
+def sequential_on_cpu(fn: Callable) -> Callable:
+  """``fn`` (a matrix decomposition) whose ``vmap`` is a loop on the CPU.
+
+  On XLA:CPU (jax 0.10.2) several *batched* LAPACK calls in one program
+  (e.g. KFAC's per-layer inverses once the engine vmaps over runs) can
+  deadlock the intra-op thread pool — reproduced with eight batched
+  ``jnp.linalg.inv`` in one jit on 2 cores. Unbatched calls are fine, so on
+  the CPU backend the batch is a ``lax.map`` loop
+  (``jax.custom_batching.sequential_vmap``); on accelerators the batched
+  call is kept. Results are the unbatched call's, per run.
+  """
+  sequential = jax.custom_batching.sequential_vmap(fn)
+
+  def call(*args):
+    return sequential(*args) if jax.default_backend() == "cpu" else fn(*args)
+
+  return call
 
 
 def register(spec: OptimizerSpec) -> OptimizerSpec:

@@ -79,8 +79,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optbench_jax.transforms.base import (OptimizerSpec, missing_extra,
-                                          register)
+from optbench_jax.transforms.base import (
+    OptimizerSpec, any_run, missing_extra, register, sequential_on_cpu)
 
 _NAME = "kfac"
 
@@ -285,6 +285,9 @@ def _new_factors(layer: _Layer, a: jax.Array, g: jax.Array, mask: jax.Array):
   return a_new, g_new
 
 
+_inv = sequential_on_cpu(lambda m: jnp.linalg.inv(m))
+
+
 def _damped_inverses(a: jax.Array, g: jax.Array, damping: float):
   """``(Ā + π√λ I)⁻¹, (Ḡ + √λ/π I)⁻¹`` with the trace-norm π."""
   trace_a = jnp.trace(a) / a.shape[0]
@@ -296,7 +299,7 @@ def _damped_inverses(a: jax.Array, g: jax.Array, damping: float):
               + pi * sqrt_damping * jnp.eye(a.shape[0], dtype=a.dtype))
   g_damped = (jnp.where(zero, 0.0, g)
               + sqrt_damping / pi * jnp.eye(g.shape[0], dtype=g.dtype))
-  return jnp.linalg.inv(a_damped), jnp.linalg.inv(g_damped)
+  return _inv(a_damped), _inv(g_damped)
 
 
 def scale_by_kfac(
@@ -384,7 +387,7 @@ def scale_by_kfac(
     if inverse_update_period == 1:
       inverses = fresh(averages)
     else:
-      inverses = jax.lax.cond(state.count % inverse_update_period == 0,
+      inverses = jax.lax.cond(any_run(state.count % inverse_update_period == 0),
                               fresh, cached, averages)
 
     # 3. Precondition each captured layer's [kernel; bias] gradient.

@@ -69,7 +69,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optbench_jax.transforms.base import OptimizerSpec, register
+from optbench_jax.transforms.base import (
+    OptimizerSpec, any_run, register, sequential_on_cpu)
 
 _GRAFTS = ("none", "sgd", "adagrad")
 
@@ -91,9 +92,12 @@ def _is_preconditioned(shape, max_dim: int) -> bool:
   return len(shape) >= 1 and all(d <= max_dim for d in shape)
 
 
+_eigh = sequential_on_cpu(lambda m: tuple(jnp.linalg.eigh(m)))
+
+
 def _inverse_root(statistic: jax.Array, power: int, eps: float) -> jax.Array:
   """``statistic^(−1/power)`` for a symmetric positive-definite matrix."""
-  eigenvalues, eigenvectors = jnp.linalg.eigh(statistic)
+  eigenvalues, eigenvectors = _eigh(statistic)
   eigenvalues = jnp.maximum(eigenvalues, eps)
   return (eigenvectors * eigenvalues ** (-1.0 / power)) @ eigenvectors.T
 
@@ -213,7 +217,7 @@ def scale_by_shampoo(
       roots = fresh(stats)
     else:
       recompute = (state.count + 1) % preconditioning_compute_steps == 0
-      roots = jax.lax.cond(recompute, fresh, lambda _: state.roots, stats)
+      roots = jax.lax.cond(any_run(recompute), fresh, lambda _: state.roots, stats)
     new_updates, accs = [], []
     for g, s, r, acc in zip(mixed, stats, roots, state.graft):
       u, acc = apply_graft(g, precondition(g, s, r), acc, bool(s))

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import optax
 
 from optbench_jax.transforms.adahessian import hutchinson_diagonal
-from optbench_jax.transforms.base import (OptimizerSpec, decay_mask,
-                                          missing_extra, register)
+from optbench_jax.transforms.base import (
+    OptimizerSpec, any_run, decay_mask, missing_extra, register)
 
 
 class ScaleBySophiaState(NamedTuple):
@@ -87,7 +87,7 @@ def scale_by_sophia(b1: float = 0.96, b2: float = 0.99, rho: float = 0.01,
     if update_period == 1:
       hessian = refreshed_hessian()
     else:
-      hessian = jax.lax.cond(state.count % update_period == 0,
+      hessian = jax.lax.cond(any_run(state.count % update_period == 0),
                              refreshed_hessian, lambda: state.hessian)
     mu = optax.tree.update_moment(updates, state.mu, b1, 1)
     new_updates = jax.tree.map(

@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optbench_jax.transforms.base import (OptimizerSpec, decay_mask,
-                                          missing_extra, register)
+from optbench_jax.transforms.base import (
+    OptimizerSpec, any_run, decay_mask, missing_extra, register)
 from optbench_jax.transforms.lookahead import make_base, replace_state
 
 
@@ -85,7 +85,7 @@ def svrg(base_optimizer: optax.GradientTransformation
       return jax.tree.map(lambda g, gs, mu: (g - gs + mu).astype(g.dtype),
                           updates, snapshot_grads, state.full_grad)
 
-    direction = jax.lax.cond(state.has_snapshot, reduced, lambda: updates)
+    direction = jax.lax.cond(any_run(state.has_snapshot), reduced, lambda: updates)
     new_updates, base_state = base_tx.update(
         direction, state.base_state, params, grad_fn=grad_fn, **extra_args)
     return new_updates, state._replace(base_state=base_state)

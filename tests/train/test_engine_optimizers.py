@@ -16,9 +16,9 @@ ONE_PER_EXTRA = ["sam", "svrg", "kfac", "adahessian", "lbfgs", "lookahead",
                  "schedule_free_adamw"]
 
 
-def _run(tmp_path, optimizers):
+def _run(tmp_path, optimizers, extra=()):
   args = small_run_args(tmp_path, optimizers=",".join(optimizers), epochs=2,
-                        batch_size=32, max_samples=96)
+                        batch_size=32, max_samples=96, extra=extra)
   assert cli.main(args) == 0
   campaign = tmp_path / "image_classification" / "synthetic" / "cnn_scratch"
   with open(campaign / "summary.csv") as f:
@@ -42,3 +42,18 @@ def test_all_optimizers_run_through_the_engine(tmp_path):
   assert {r["status"] for r in rows.values()} <= {"completed", "diverged"}
   completed = [n for n, r in rows.items() if r["status"] == "completed"]
   assert len(completed) >= len(names) - 2, rows
+
+
+@pytest.mark.slow
+def test_each_kind_of_extra_trains_with_runs_vmapped(tmp_path):
+  """Two seeds per optimizer in one program: the extras, the epoch_start
+  hook (SVRG), periodic ``lax.cond`` (KFAC, Shampoo, Sophia, AdaHessian)
+  and batched decompositions all work under the engine's vmap."""
+  names = ONE_PER_EXTRA + ["shampoo", "sophia"]
+  campaign, _ = _run(tmp_path, names, extra=["--seeds", "0,1"])
+  with open(campaign / "summary.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 2 * len(names)
+  for row in rows:
+    assert row["status"] == "completed", row["optimizer"]
+    assert row["runs_in_program"] == "2"

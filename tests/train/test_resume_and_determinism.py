@@ -4,7 +4,6 @@ import os
 import pytest
 
 from optbench_jax import cli
-from optbench_jax.train import campaign as campaign_lib
 from optbench_jax.train import run as run_lib
 from tests.train.helpers import read_history, small_run_args, without_times
 
@@ -26,30 +25,30 @@ def test_resume_loses_nothing_and_repeats_nothing(tmp_path, monkeypatch):
                                  epochs=EPOCHS)) == 0
 
   # Kill the campaign after epoch 2 of the second optimizer.
-  real_run_one = run_lib.run_one
+  real_train_runs = run_lib.train_runs
   epochs_trained = []
 
-  def interrupting_run_one(rc, splits, run_dir, *, resume=False,
-                           on_epoch=None, kill_after=None):
-    def hook(record):
-      epochs_trained.append((rc.optimizer, record["epoch"]))
+  def interrupting(rcs, splits, run_dirs, *, on_epoch=None, kill_after=None,
+                   **kwargs):
+    def hook(index, record):
+      epochs_trained.append((rcs[index].optimizer, record["epoch"]))
       if on_epoch:
-        on_epoch(record)
-      if kill_after and (rc.optimizer, record["epoch"]) == kill_after:
+        on_epoch(index, record)
+      if kill_after and (rcs[index].optimizer, record["epoch"]) == kill_after:
         raise Interrupt()
-    return real_run_one(rc, splits, run_dir, resume=resume, on_epoch=hook)
+    return real_train_runs(rcs, splits, run_dirs, on_epoch=hook, **kwargs)
 
   monkeypatch.setattr(
-      campaign_lib, "run_one",
-      lambda *a, **k: interrupting_run_one(*a, **k, kill_after=("adam", 2)))
+      run_lib, "train_runs",
+      lambda *a, **k: interrupting(*a, **k, kill_after=("adam", 2)))
   with pytest.raises(Interrupt):
     cli.main(small_run_args(resumed, optimizers=OPTIMIZERS, epochs=EPOCHS))
   assert epochs_trained == [("sgd_momentum", 1), ("sgd_momentum", 2),
                             ("sgd_momentum", 3), ("adam", 1), ("adam", 2)]
 
   epochs_trained.clear()
-  monkeypatch.setattr(campaign_lib, "run_one",
-                      lambda *a, **k: interrupting_run_one(*a, **k))
+  monkeypatch.setattr(run_lib, "train_runs",
+                      lambda *a, **k: interrupting(*a, **k))
   assert cli.main(small_run_args(resumed, optimizers=OPTIMIZERS,
                                  epochs=EPOCHS, extra=["--resume"])) == 0
   # The finished run is skipped; the unfinished one trains only epoch 3.

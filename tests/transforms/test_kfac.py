@@ -452,3 +452,36 @@ def test_bfloat16_keeps_dtypes_and_float32_factors():
       kfac_state.layers)}
   assert factors == {jnp.dtype(jnp.float32)}, factors
   assert float(optax.global_norm(_f32(updates))) > 0
+
+
+def test_decompositions_run_per_run_under_the_engines_vmap():
+  """KFAC's inverses under ``vmap`` over runs (what the engine does with
+  ``--seeds``): eight batched inverses in one jit deadlocked XLA:CPU's
+  thread pool (jax 0.10.2); ``sequential_on_cpu`` loops over the runs and
+  gives each run's own inverse."""
+  from optbench_jax.transforms.base import RUN_AXIS, sequential_on_cpu
+  inv = sequential_on_cpu(lambda m: jnp.linalg.inv(m))
+  eye = jnp.eye(64)
+  mats = [jnp.stack([eye * (2.0 + i), eye * (3.0 + i)]) for i in range(8)]
+  out = jax.jit(jax.vmap(lambda ms: [inv(m) for m in ms],
+                         axis_name=RUN_AXIS))(mats)
+  for i, o in enumerate(out):
+    np.testing.assert_allclose(o[0], eye / (2.0 + i), rtol=1e-6)
+    np.testing.assert_allclose(o[1], eye / (3.0 + i), rtol=1e-6)
+
+
+def test_periodic_cond_stays_a_branch_under_the_engines_vmap():
+  """``any_run`` makes a step-count predicate common to the vmapped runs, so
+  ``lax.cond`` is not turned into a ``select`` running both branches."""
+  from optbench_jax.transforms.base import RUN_AXIS, any_run
+
+  def periodic(count, x):
+    return jax.lax.cond(any_run(count % 10 == 0), jnp.linalg.inv,
+                        lambda m: m, x)
+
+  jaxpr = jax.make_jaxpr(jax.vmap(periodic, axis_name=RUN_AXIS))(
+      jnp.zeros(2, jnp.int32), jnp.ones((2, 3, 3)))
+  assert "cond" in [e.primitive.name for e in jaxpr.eqns]
+  assert any_run(jnp.bool_(True))  # outside the engine: unchanged
+  np.testing.assert_allclose(periodic(jnp.int32(10), 2 * jnp.eye(3)),
+                             0.5 * jnp.eye(3))
