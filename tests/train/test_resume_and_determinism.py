@@ -72,3 +72,38 @@ def test_same_seed_gives_identical_histories(tmp_path):
                                  extra=["--seed", "1"])) == 0
   assert without_times(read_history(_campaign(tmp_path / "c") / "adam")) != \
       histories[0]
+
+
+def test_resume_of_runs_trained_together(tmp_path, monkeypatch):
+  """Two seeds in one program, killed after epoch 2, resumed: both runs
+  continue from their common checkpoint and equal the uninterrupted ones."""
+  seeds = ["--seeds", "0,1"]
+  reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+  assert cli.main(small_run_args(reference, optimizers="adam", epochs=EPOCHS,
+                                 extra=seeds)) == 0
+  real_train_runs = run_lib.train_runs
+  trained = []
+
+  def interrupting(rcs, splits, run_dirs, *, on_epoch=None, kill=True,
+                   **kwargs):
+    def hook(index, record):
+      trained.append((rcs[index].seed, record["epoch"]))
+      on_epoch(index, record)
+      if kill and (rcs[index].seed, record["epoch"]) == (1, 2):
+        raise Interrupt()
+    return real_train_runs(rcs, splits, run_dirs, on_epoch=hook, **kwargs)
+
+  monkeypatch.setattr(run_lib, "train_runs", interrupting)
+  with pytest.raises(Interrupt):
+    cli.main(small_run_args(resumed, optimizers="adam", epochs=EPOCHS,
+                            extra=seeds))
+  trained.clear()
+  monkeypatch.setattr(run_lib, "train_runs",
+                      lambda *a, **k: interrupting(*a, **k, kill=False))
+  assert cli.main(small_run_args(resumed, optimizers="adam", epochs=EPOCHS,
+                                 extra=seeds + ["--resume"])) == 0
+  assert trained == [(0, 3), (1, 3)]
+  for seed in (0, 1):
+    run = _campaign(resumed) / "adam" / f"seed_{seed}"
+    assert without_times(read_history(run)) == without_times(
+        read_history(_campaign(reference) / "adam" / f"seed_{seed}"))
