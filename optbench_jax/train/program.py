@@ -169,6 +169,13 @@ class Program:
       return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return NamedSharding(self.mesh, PartitionSpec())
 
+  def batch_sharding(self, leading: int = 0) -> jax.sharding.Sharding:
+    """A host batch's placement: split over the mesh on the batch axis."""
+    if self.mesh is None:
+      return self.sharding
+    return NamedSharding(self.mesh,
+                         PartitionSpec(*([None] * leading), DATA_AXIS))
+
   def place(self, tree):
     """Puts arrays on the program's devices (replicated over the mesh)."""
     if self.mesh is None:
@@ -316,9 +323,11 @@ class Program:
     lead = () if self.runs is None else (self.runs,)
     abstract = lambda shape, dtype: jax.ShapeDtypeStruct(
         shape, dtype, sharding=self.sharding)
-    batch = {k: abstract(lead + (self.hyper.batch_size,) + v.shape[1:], v.dtype)
+    sharded = lambda shape, dtype: jax.ShapeDtypeStruct(
+        shape, dtype, sharding=self.batch_sharding(len(lead)))
+    batch = {k: sharded(lead + (self.hyper.batch_size,) + v.shape[1:], v.dtype)
              for k, v in data.items()}
-    batch["mask"] = abstract(lead + (self.hyper.batch_size,), np.float32)
+    batch["mask"] = sharded(lead + (self.hyper.batch_size,), np.float32)
     totals = jax.tree.map(lambda x: abstract(x.shape, x.dtype),
                           jax.eval_shape(self._streamed_totals))
     return self.streamed_step.lower(state, batch, abstract((), np.int32), key,
@@ -337,6 +346,7 @@ class Program:
     index, mask = np.asarray(index), np.asarray(mask)
     k_steps = self.place(k_steps)
     steps = index.shape[-2]
+    shape_lead = index.shape[:-2]
     totals = self.place(self._streamed_totals())
     step = step or self.streamed_step
 
@@ -344,7 +354,7 @@ class Program:
       idx = index[..., i, :]
       batch = {k: v[idx] for k, v in data.items()}
       batch["mask"] = mask[..., i, :]
-      return self.place(batch)
+      return jax.device_put(batch, self.batch_sharding(len(shape_lead)))
 
     for i, batch in enumerate(prefetch(host_batch, steps, PREFETCH)):
       state, totals = step(state, batch, self.place(np.int32(i)), k_steps,
@@ -385,8 +395,8 @@ class Program:
     on_host = isinstance(next(iter(data.values())), np.ndarray)
 
     def host_batch(i):
-      return self.place({**{k: v[index[i]] for k, v in data.items()},
-                         "mask": mask[i]})
+      return jax.device_put({**{k: v[index[i]] for k, v in data.items()},
+                             "mask": mask[i]}, self.batch_sharding())
 
     batches = (prefetch(host_batch, index.shape[0], PREFETCH) if on_host
                else range(index.shape[0]))

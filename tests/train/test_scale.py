@@ -140,11 +140,15 @@ _DATA_PARALLEL = textwrap.dedent("""
     four = run_one(rc4, splits, out + "/four")
     both = train_runs([rc4, dataclasses.replace(rc4, seed=1)], splits,
                       [out + "/v0", out + "/v1"])
+    host = dataclasses.replace(rc4, data_placement="host")
+    streamed = train_runs([host, dataclasses.replace(host, seed=1)], splits,
+                          [out + "/s0", out + "/s1"])
     setup = _Setup(rc4, splits)
     program = setup.program(None, rc4.learning_rate)
     executable, _ = _compile(setup, program, [_Member(rc4, None)],
                              setup.data(program, splits.train))
     json.dump({"one": one[0], "four": four[0], "vmapped": both[0][0],
+               "streamed": streamed[0][0],
                "devices": four[1]["data_parallel_devices"],
                "all_reduce": "all-reduce" in executable.as_text()},
               open(out + "/result.json", "w"))
@@ -170,6 +174,8 @@ def test_four_device_data_parallel_equals_one_device(tmp_path, model):
   # vmapped runs.
   assert _max_relative_difference(result["four"], result["one"]) < 1e-4
   assert _max_relative_difference(result["vmapped"], result["one"]) < 1e-4
+  # Host-streamed batches placed already split over the devices.
+  assert _max_relative_difference(result["streamed"], result["one"]) < 1e-4
 
 
 def test_nothing_recompiles_across_epochs(tmp_path):
