@@ -107,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
   run.add_argument("--data-placement", default="auto",
                    help="auto, device (epoch gathered inside the compiled "
                    "program) or host (streamed with prefetching)")
+  run.add_argument("--distributed", action="store_true",
+                   help="several processes (hosts) train together: "
+                   "jax.distributed.initialize, a mesh over all their "
+                   "devices; see optbench_jax/train/distributed.py")
+  run.add_argument("--coordinator", default=None,
+                   help="with --distributed: HOST:PORT of process 0 "
+                   "(default: detected from the cluster manager)")
+  run.add_argument("--num-processes", type=int, default=None)
+  run.add_argument("--process-id", type=int, default=None)
   run.add_argument("--compile-cache", default=None,
                    help="persistent XLA compilation cache directory "
                    "(default ~/.cache/optbench_jax/xla or "
@@ -117,7 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+  from optbench_jax.train import distributed
   from optbench_jax.train.campaign import CampaignConfig, run_campaign
+  if args.distributed:
+    distributed.initialize(args.coordinator, args.num_processes,
+                           args.process_id)
+  elif any(v is not None for v in (args.coordinator, args.num_processes,
+                                   args.process_id)):
+    raise OptBenchError("--coordinator / --num-processes / --process-id go "
+                        "with --distributed")
   cfg = CampaignConfig(
       task=args.task, dataset=args.dataset, model=args.model,
       optimizers=args.optimizers, epochs=args.epochs,
@@ -132,7 +149,8 @@ def cmd_run(args) -> int:
       precision=args.precision, devices=args.devices,
       data_placement=args.data_placement)
   rows = run_campaign(cfg)
-  _print_summary(rows, args.output_dir)
+  if distributed.is_primary():
+    _print_summary(rows, args.output_dir)
   return 0
 
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from optbench_jax import data, models, tasks, transforms
 from optbench_jax.errors import OptBenchError
 from optbench_jax.train import outputs, plots, schedules
+from optbench_jax.train import distributed
 from optbench_jax.train import run as run_lib
 from optbench_jax.train.program import PRECISIONS
 from optbench_jax.train.run import RunConfig, run_dir_for, run_label
@@ -221,12 +222,13 @@ def run_campaign(cfg: CampaignConfig) -> list[dict]:
                         val_fraction=cfg.val_fraction)
   out_dir = campaign_dir(cfg)
   rows, long_rows, histories = [], [], {}
-  bar = tqdm(optimizers, desc="runs", disable=cfg.quiet, dynamic_ncols=True)
+  quiet = cfg.quiet or not distributed.is_primary()
+  bar = tqdm(optimizers, desc="runs", disable=quiet, dynamic_ncols=True)
   for optimizer in bar:
     bar.set_description(f"run {optimizer}")
     runs = run_configs(cfg, optimizer)
     epochs = tqdm(total=cfg.epochs * len(runs), desc=optimizer, leave=False,
-                  disable=cfg.quiet, dynamic_ncols=True)
+                  disable=quiet, dynamic_ncols=True)
 
     def on_epoch(index, record, epochs=epochs, runs=runs):
       epochs.update(1)

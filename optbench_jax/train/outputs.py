@@ -18,6 +18,8 @@ import os
 import tempfile
 from typing import Any, Iterable, Optional, Sequence
 
+import jax
+
 CONVERGENCE_RTOL = 0.01
 SUMMARY_COLUMNS = (
     "task", "dataset", "model", "optimizer", "seed", "learning_rate", "status",
@@ -35,7 +37,12 @@ SEED_COLUMNS = ("task", "dataset", "model", "optimizer", "learning_rate",
 
 
 def write_atomic(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` so that readers never see a partial file."""
+  """Writes ``text`` to ``path`` so that readers never see a partial file.
+
+  With several processes (``--distributed``) only process 0 writes.
+  """
+  if jax.process_index() != 0:
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")
@@ -26,6 +27,8 @@ def _series(history, key):
 
 def run_plots(history: Sequence[dict], primary: str, title: str,
               run_dir: str) -> list[str]:
+  if jax.process_index() != 0:  # --distributed: process 0 writes
+    return []
   epochs = _epochs(history)
   paths = []
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -57,6 +60,8 @@ def run_plots(history: Sequence[dict], primary: str, title: str,
 
 def campaign_plots(histories: Mapping[str, Sequence[dict]], primary: str,
                    title: str, out_dir: str) -> list[str]:
+  if jax.process_index() != 0:  # --distributed: process 0 writes
+    return []
   paths = []
   for key, label, name in ((primary, primary, f"{primary}_all_optimizers.png"),
                            ("val_loss", "validation loss",

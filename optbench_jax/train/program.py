@@ -47,6 +47,7 @@ from optbench_jax.data.base import DatasetInfo
 from optbench_jax.errors import OptBenchError
 from optbench_jax.models.layers import KFAC_INPUTS, PERTURBATIONS, layer_statistics
 from optbench_jax.tasks.base import Task
+from optbench_jax.train import distributed
 from optbench_jax.train import optimizer as optimizer_lib
 from optbench_jax.train import schedules
 from optbench_jax.transforms import OptimizerSpec, build_extras
@@ -180,7 +181,8 @@ class Program:
     """Puts arrays on the program's devices (replicated over the mesh)."""
     if self.mesh is None:
       return jax.device_put(tree)
-    return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+    sharding = NamedSharding(self.mesh, PartitionSpec())
+    return jax.tree.map(lambda x: distributed.put(x, sharding), tree)
 
   # -- model ---------------------------------------------------------------
   def apply(self, variables, batch, *, train, rng, mutable=()):
@@ -461,7 +463,8 @@ def unalias(tree):
   def copy_if_seen(x):
     if not isinstance(x, jax.Array):
       return x
-    pointer = x.unsafe_buffer_pointer()
+    pointer = tuple(shard.data.unsafe_buffer_pointer()
+                    for shard in x.addressable_shards)
     if pointer in seen:
       return jnp.copy(x)
     seen.add(pointer)

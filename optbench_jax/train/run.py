@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 from optbench_jax import tasks, transforms
 from optbench_jax.data.base import Splits
 from optbench_jax.errors import OptBenchError
+from optbench_jax.train import distributed
 from optbench_jax.train import metadata as metadata_lib
 from optbench_jax.train import optimizer as optimizer_lib
 from optbench_jax.train import outputs, plots
@@ -120,6 +121,14 @@ def make_mesh(devices: Optional[int]) -> Optional[Mesh]:
 
   ``None`` means all of them; one device means no mesh (the plain program).
   """
+  if distributed.multi_process():
+    # One mesh over every process's devices (see train/distributed.py).
+    available = jax.devices()
+    if devices not in (None, len(available)):
+      raise OptBenchError(f"--devices {devices}: with --distributed the mesh "
+                          f"spans all {len(available)} devices of the "
+                          f"{jax.process_count()} processes")
+    return Mesh(np.array(available), (DATA_AXIS,))
   available = jax.local_devices()
   count = len(available) if devices is None else devices
   if not 1 <= count <= len(available):
@@ -205,6 +214,10 @@ class _Setup:
     data_bytes = _nbytes(splits.train) + _nbytes(splits.val)
     self.on_device = {"device": True, "host": False}.get(
         rc.data_placement, data_bytes <= DATA_ON_DEVICE_SHARE * self.free_memory)
+    if not self.on_device and distributed.multi_process():
+      raise OptBenchError("--data-placement host (streaming) is not "
+                          "supported with --distributed yet; the splits "
+                          "must fit on the devices")
     self.data_bytes = data_bytes if self.on_device else 0
 
   def program(self, runs: Optional[int], learning_rate: float) -> Program:
@@ -376,16 +389,19 @@ def _train_chunk(setup: _Setup, program: Program, members: list[_Member],
     os.makedirs(m.run_dir, exist_ok=True)
     m.meta = {**_base_metadata(setup, m.rc),
               "runs_in_program": runs or 1, "program_bytes": need}
+    if m.rc.checkpoint and not resume and distributed.is_primary():
+      shutil.rmtree(os.path.join(m.run_dir, "checkpoints"),
+                    ignore_errors=True)
+  distributed.barrier("checkpoints-cleared")
+  for m in real:
     if m.rc.checkpoint:
-      if not resume:
-        shutil.rmtree(os.path.join(m.run_dir, "checkpoints"),
-                      ignore_errors=True)
       m.checkpoints = Checkpoints(m.run_dir)
 
   key_init, key_train = _keys(members, runs)
   lrs = (jnp.float32(rc0.learning_rate) if runs is None else
          jnp.asarray([m.rc.learning_rate for m in members], jnp.float32))
-  state = unalias(program.init(key_init, program.example(splits.train), lrs))
+  state = unalias(program.place(
+      program.init(key_init, program.example(splits.train), lrs)))
   start_epoch = 0
   resume_epoch = (_common_resume_epoch(real) if resume and rc0.checkpoint
                   else None)
@@ -408,7 +424,10 @@ def _train_chunk(setup: _Setup, program: Program, members: list[_Member],
         continue
       if m.checkpoints.epochs():  # stale epochs of an unresumable attempt
         m.checkpoints.close()
-        shutil.rmtree(os.path.join(m.run_dir, "checkpoints"))
+        distributed.barrier("stale-checkpoints-closed")
+        if distributed.is_primary():
+          shutil.rmtree(os.path.join(m.run_dir, "checkpoints"))
+        distributed.barrier("stale-checkpoints-removed")
         m.checkpoints = Checkpoints(m.run_dir)
       m.checkpoints.save_initial(_member(state.params, index(j)))
   val_data = setup.data(program, splits.val)
@@ -427,7 +446,7 @@ def _train_chunk(setup: _Setup, program: Program, members: list[_Member],
     if program.needs_epoch_start:
       state = unalias(program.epoch_start(state, train_data))
     state, train_metrics = train(state, train_data, epoch_key(epoch))
-    train_metrics = jax.device_get(train_metrics)
+    train_metrics = distributed.to_host(train_metrics)
     train_time = time.perf_counter() - t_train
     t_eval = time.perf_counter()
     evaluated = _evaluate(task, program, state, val_data, splits)
@@ -499,7 +518,7 @@ def _usable_epochs(checkpoints: Optional[Checkpoints], run_dir: str
 
 def _evaluate(task, program, state, data, splits: Splits) -> list[dict]:
   """The task's metrics, one dict per run of the program."""
-  totals, gathered, mask = jax.device_get(program.evaluate(state, data))
+  totals, gathered, mask = distributed.to_host(program.evaluate(state, data))
   keep = np.asarray(mask) > 0
   results = []
   for j in range(program.runs or 1):
