@@ -155,9 +155,14 @@ _DATA_PARALLEL = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("model", [
-    "cnn_scratch", pytest.param("resnet18", marks=pytest.mark.slow)])
-def test_four_device_data_parallel_equals_one_device(tmp_path, model):
+# ResNet-18 (batch norm over 32 examples, gradient norm 12.7 at lr 0.01) is
+# chaotic in float32: epoch 1 agrees to 3.7e-5 (grad norm; train loss 8.6e-7,
+# so the statistics are the global batch's), epoch 2 to 3.8e-3 (grad norm).
+@pytest.mark.parametrize("model, tolerance", [
+    ("cnn_scratch", 1e-4),
+    pytest.param("resnet18", 1e-2, marks=pytest.mark.slow)])
+def test_four_device_data_parallel_equals_one_device(tmp_path, model,
+                                                     tolerance):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   done = subprocess.run([sys.executable, "-c", _DATA_PARALLEL, str(tmp_path),
@@ -170,12 +175,11 @@ def test_four_device_data_parallel_equals_one_device(tmp_path, model):
   assert result["devices"] == 4
   assert result["all_reduce"]  # the batch really is split across devices
   # Batch norm (ResNet-18) normalises over the global batch, as on one
-  # device. Measured (cnn_scratch) 9.9e-8 for 4 devices, alone and with 2
-  # vmapped runs.
-  assert _max_relative_difference(result["four"], result["one"]) < 1e-4
-  assert _max_relative_difference(result["vmapped"], result["one"]) < 1e-4
-  # Host-streamed batches placed already split over the devices.
-  assert _max_relative_difference(result["streamed"], result["one"]) < 1e-4
+  # device. Measured (cnn_scratch) 9.9e-8 for 4 devices: alone, with 2
+  # vmapped runs, and host-streamed.
+  for name in ("four", "vmapped", "streamed"):  # streamed: host batches
+    assert _max_relative_difference(result[name][:1], result["one"][:1]) < 1e-4
+    assert _max_relative_difference(result[name], result["one"]) < tolerance
 
 
 def test_nothing_recompiles_across_epochs(tmp_path):
