@@ -9,7 +9,7 @@ interpolate between initial and final parameters.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp

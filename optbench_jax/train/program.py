@@ -149,7 +149,7 @@ class Program:
     self.epoch_plan = jax.jit(over_runs(self._epoch_plan, (None, 0)),
                               static_argnums=0)
     self.streamed_step = jax.jit(
-        over_runs(self._streamed_step, (0, 0, None, 0, 0)), donate_argnums=(0, 4))
+        over_runs(self._step_and_accumulate, (0, 0, None, 0, 0)), donate_argnums=(0, 4))
 
   def _over_runs(self, fn, in_axes):
     if self.runs is None:
@@ -160,8 +160,7 @@ class Program:
     """Shards the batch axis over the mesh (a no-op without a mesh)."""
     if self.mesh is None:
       return batch
-    sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
-    return jax.lax.with_sharding_constraint(batch, sharding)
+    return jax.lax.with_sharding_constraint(batch, self.batch_sharding())
 
   @property
   def sharding(self) -> jax.sharding.Sharding:
@@ -181,8 +180,7 @@ class Program:
     """Puts arrays on the program's devices (replicated over the mesh)."""
     if self.mesh is None:
       return jax.device_put(tree)
-    sharding = NamedSharding(self.mesh, PartitionSpec())
-    return jax.tree.map(lambda x: distributed.put(x, sharding), tree)
+    return jax.tree.map(lambda x: distributed.put(x, self.sharding), tree)
 
   # -- model ---------------------------------------------------------------
   def apply(self, variables, batch, *, train, rng, mutable=()):
@@ -290,35 +288,25 @@ class Program:
   def _train_epoch(self, state: TrainState, data, key):
     index, mask, k_steps = self._epoch_plan(_num_examples(data), key)
 
-    def body(state, xs):
+    def body(carry, xs):
       i, idx, m = xs
       batch = {k: v[idx] for k, v in data.items()}
       batch["mask"] = m
-      return self._augmented_step(state, batch, i, k_steps)
+      state, totals = carry
+      return self._step_and_accumulate(state, batch, i, k_steps, totals), None
 
-    state, metrics = jax.lax.scan(
-        body, state, (jnp.arange(index.shape[0]), index, mask))
-    return state, {"loss_sum": jnp.sum(metrics["loss_sum"]),
-                   "count": jnp.sum(metrics["count"]),
-                   "finite": jnp.all(metrics["finite"]),
-                   "grad_norm": jnp.mean(metrics["grad_norm"]),
-                   "learning_rate": metrics["learning_rate"][-1]}
+    (state, totals), _ = jax.lax.scan(
+        body, (state, _zero_totals(())),
+        (jnp.arange(index.shape[0]), index, mask))
+    return state, _epoch_metrics(totals, index.shape[0])
 
-  def _streamed_step(self, state, batch, i, k_steps, totals):
-    """One step of a host-streamed epoch; epoch metrics summed on device."""
+  def _step_and_accumulate(self, state, batch, i, k_steps, totals):
+    """One step of an epoch; the epoch's metrics accumulate on the device."""
     state, m = self._augmented_step(state, batch, i, k_steps)
-    totals = {"loss_sum": totals["loss_sum"] + m["loss_sum"],
-              "count": totals["count"] + m["count"],
-              "finite": jnp.logical_and(totals["finite"], m["finite"]),
-              "grad_norm": totals["grad_norm"] + m["grad_norm"],
-              "learning_rate": m["learning_rate"]}
-    return state, totals
+    return state, _accumulate(totals, m)
 
   def _streamed_totals(self):
-    shape = () if self.runs is None else (self.runs,)
-    return {"loss_sum": jnp.zeros(shape), "count": jnp.zeros(shape),
-            "finite": jnp.ones(shape, bool), "grad_norm": jnp.zeros(shape),
-            "learning_rate": jnp.zeros(shape)}
+    return _zero_totals(() if self.runs is None else (self.runs,))
 
   def compile_streamed_step(self, state, data, key):
     """AOT-compiles the streamed step for abstract ``state`` and ``key``."""
@@ -361,7 +349,7 @@ class Program:
     for i, batch in enumerate(prefetch(host_batch, steps, PREFETCH)):
       state, totals = step(state, batch, self.place(np.int32(i)), k_steps,
                            totals)
-    return state, {**totals, "grad_norm": totals["grad_norm"] / steps}
+    return state, _epoch_metrics(totals, steps)
 
   # -- evaluation ----------------------------------------------------------
   def eval_params(self, state: TrainState):
@@ -471,6 +459,27 @@ def unalias(tree):
     return x
 
   return jax.tree.map(copy_if_seen, tree)
+
+
+def _zero_totals(shape):
+  """Epoch metrics before the first step (see ``_accumulate``)."""
+  return {"loss_sum": jnp.zeros(shape), "count": jnp.zeros(shape),
+          "finite": jnp.ones(shape, bool), "grad_norm": jnp.zeros(shape),
+          "learning_rate": jnp.zeros(shape)}
+
+
+def _accumulate(totals, step_metrics):
+  """Adds one step's metrics: sums, all-finite, last learning rate."""
+  return {"loss_sum": totals["loss_sum"] + step_metrics["loss_sum"],
+          "count": totals["count"] + step_metrics["count"],
+          "finite": jnp.logical_and(totals["finite"], step_metrics["finite"]),
+          "grad_norm": totals["grad_norm"] + step_metrics["grad_norm"],
+          "learning_rate": step_metrics["learning_rate"]}
+
+
+def _epoch_metrics(totals, steps: int):
+  """The epoch's metrics: the mean gradient norm over its ``steps``."""
+  return {**totals, "grad_norm": totals["grad_norm"] / steps}
 
 
 def _num_examples(data) -> int:

@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -235,20 +235,20 @@ class _Setup:
     return program.place(arrays) if self.on_device else arrays
 
 
-def _keys(members: Sequence[_Member], runs: Optional[int]):
-  """Initialisation and training keys, one pair per run, from its seed."""
+def _run_inputs(members: Sequence[_Member], runs: Optional[int]):
+  """Initialisation keys, training keys and base learning rates of the runs
+  (each key pair from the run's seed); stacked when ``runs`` is set."""
   pairs = [jax.random.split(jax.random.key(m.rc.seed)) for m in members]
   if runs is None:
-    return pairs[0][0], pairs[0][1]
-  return (jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs]))
+    return (pairs[0][0], pairs[0][1],
+            jnp.float32(members[0].rc.learning_rate))
+  return (jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs]),
+          jnp.asarray([m.rc.learning_rate for m in members], jnp.float32))
 
 
 def _compile(setup: _Setup, program: Program, members, train_data):
   """AOT-compiles the epoch (abstract state: nothing is allocated)."""
-  runs = program.runs
-  k_init, k_train = _keys(members, runs)
-  lrs = (jnp.float32(members[0].rc.learning_rate) if runs is None else
-         jnp.asarray([m.rc.learning_rate for m in members], jnp.float32))
+  k_init, k_train, lrs = _run_inputs(members, program.runs)
   example = program.example(setup.splits.train)
   state = jax.eval_shape(lambda k, lr: program.init(k, example, lr),
                          k_init, lrs)
@@ -397,9 +397,7 @@ def _train_chunk(setup: _Setup, program: Program, members: list[_Member],
     if m.rc.checkpoint:
       m.checkpoints = Checkpoints(m.run_dir)
 
-  key_init, key_train = _keys(members, runs)
-  lrs = (jnp.float32(rc0.learning_rate) if runs is None else
-         jnp.asarray([m.rc.learning_rate for m in members], jnp.float32))
+  key_init, key_train, lrs = _run_inputs(members, runs)
   state = unalias(program.place(
       program.init(key_init, program.example(splits.train), lrs)))
   start_epoch = 0
