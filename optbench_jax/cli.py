@@ -6,45 +6,51 @@ mistakes print one line (``error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Optional, Sequence
 
 from optbench_jax.errors import OptBenchError
+from optbench_jax.train import settings
 
 
-def _lr_overrides(text: str) -> dict[str, float]:
-  overrides = {}
-  for item in filter(None, (s.strip() for s in text.split(","))):
-    name, sep, value = item.partition("=")
+def _typed(field, parse):
+  """argparse type: the setting's parser, its errors as argparse errors."""
+  def convert(text: str):
     try:
-      if not sep:
-        raise ValueError
-      overrides[name.strip()] = float(value)
-    except ValueError:
-      raise argparse.ArgumentTypeError(
-          f"--lr-overrides expects name=lr,... (got {item!r})") from None
-  return overrides
+      return parse(text)
+    except ValueError as e:
+      message = str(e) if str(e).startswith("--") else (
+          f"{settings.flag_of(field)} expects {field.type} (got {text!r})")
+      raise argparse.ArgumentTypeError(message) from None
+  return convert
 
 
-def _number_list(kind, flag):
-  def parse(text: str):
-    try:
-      values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-      raise argparse.ArgumentTypeError(
-          f"{flag} expects a comma-separated list (got {text!r})") from None
-    if not values:
-      raise argparse.ArgumentTypeError(f"{flag} is empty")
-    return values
-  return parse
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+  """One flag per setting of :class:`settings.CampaignConfig`."""
+  for field in settings.fields(settings.CampaignConfig):
+    flag = settings.flag_of(field)
+    if flag is None:
+      continue
+    meta = field.metadata
+    required = (field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING)
+    kwargs = {"dest": field.name, "help": meta["help"]}
+    if field.type == "bool":
+      parser.add_argument(flag, action="store_true", **kwargs)
+      continue
+    parse = meta["parse"] or _SCALARS.get(field.type.replace("Optional[", "")
+                                          .rstrip("]"), str)
+    if required:
+      kwargs["required"] = True
+    else:
+      kwargs["default"] = (field.default_factory()
+                           if field.default is dataclasses.MISSING
+                           else field.default)
+    parser.add_argument(flag, type=_typed(field, parse), **kwargs)
 
 
-def _auto_int(text: str) -> Optional[int]:
-  return None if text.lower() in ("auto", "all") else int(text)
-
-
-def _optional_int(text: str) -> Optional[int]:
-  return None if text.lower() in ("none", "all", "0") else int(text)
+_SCALARS = {"int": int, "float": float, "str": str}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,79 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
 
   run = sub.add_parser("run", help="train one configuration with several "
                        "optimizers under one protocol")
-  run.add_argument("--task", required=True)
-  run.add_argument("--dataset", required=True)
-  run.add_argument("--model", required=True)
-  run.add_argument("--optimizers", default="all",
-                   help="'all' or a comma-separated list")
-  run.add_argument("--epochs", type=int, default=20)
-  run.add_argument("--batch-size", type=int, default=128)
-  run.add_argument("--max-samples", type=_optional_int, default=None,
-                   help="cap on the training split")
-  run.add_argument("--num-workers", type=int, default=0,
-                   help="accepted for compatibility with the PyTorch "
-                   "framework; data are batched on the device, so unused")
-  run.add_argument("--lr-overrides", type=_lr_overrides, default={},
-                   help="per-optimizer learning rates: name=lr,...")
-  run.add_argument("--seed", type=int, default=0)
-  run.add_argument("--lr-policy", default="per-optimizer",
-                   help="per-optimizer (registry defaults) or fixed (--lr)")
-  run.add_argument("--lr", type=float, default=None)
-  run.add_argument("--scheduler", default=None,
-                   help="cosine, plateau or none (default: the task's)")
-  run.add_argument("--warmup-steps", type=int, default=0)
-  run.add_argument("--grad-clip", type=float, default=None,
-                   help="global-norm clipping (default: the task's; 0 = off)")
-  run.add_argument("--label-smoothing", type=float, default=None)
-  run.add_argument("--weight-decay", type=float, default=0.0)
-  run.add_argument("--output-dir", default="results")
-  run.add_argument("--data-dir", default=None,
-                   help="dataset cache directory (HF datasets / TFDS)")
-  run.add_argument("--resume", action="store_true",
-                   help="skip finished runs, continue unfinished ones from "
-                   "their last checkpoint")
-  run.add_argument("--quiet", action="store_true", help="no progress bars")
-  run.add_argument("--seeds", type=_number_list(int, "--seeds"),
-                   default=None,
-                   help="several seeds, e.g. 0,1,2 (overrides --seed); the "
-                   "runs of one optimizer train together in one program")
-  run.add_argument("--lr-grid", type=_number_list(float, "--lr-grid"),
-                   default=None,
-                   help="train every optimizer at each of these learning "
-                   "rates, e.g. 1e-4,3e-4,1e-3 (one compiled program)")
-  run.add_argument("--runs-per-program", type=_auto_int, default=None,
-                   help="at most this many runs (seeds x LRs) in one "
-                   "program; 'auto' (default) fits them to device memory")
-  run.add_argument("--precision", default="fp32",
-                   help="fp32 or bf16 (bfloat16 compute, float32 parameters "
-                   "and optimizer state)")
-  run.add_argument("--devices", type=_auto_int, default=None,
-                   help="data-parallel over this many local devices "
-                   "(default: all)")
-  run.add_argument("--data-placement", default="auto",
-                   help="auto, device (epoch gathered inside the compiled "
-                   "program) or host (streamed with prefetching)")
-  run.add_argument("--distributed", action="store_true",
-                   help="several processes (hosts) train together: "
-                   "jax.distributed.initialize, a mesh over all their "
-                   "devices; see optbench_jax/train/distributed.py")
-  run.add_argument("--coordinator", default=None,
-                   help="with --distributed: HOST:PORT of process 0 "
-                   "(default: detected from the cluster manager)")
-  run.add_argument("--num-processes", type=int, default=None)
-  run.add_argument("--process-id", type=int, default=None)
-  run.add_argument("--compile-cache", default=None,
-                   help="persistent XLA compilation cache directory "
-                   "(default ~/.cache/optbench_jax/xla or "
-                   "$OPTBENCH_COMPILE_CACHE; 'off' disables)")
+  _add_settings(run)
+  process = run.add_argument_group(
+      "several processes", "process-level options (not run settings)")
+  process.add_argument("--distributed", action="store_true",
+                       help="several processes (hosts) train together: "
+                       "jax.distributed.initialize, a mesh over all their "
+                       "devices; see optbench_jax/train/distributed.py")
+  process.add_argument("--coordinator", default=None,
+                       help="with --distributed: HOST:PORT of process 0 "
+                       "(default: detected from the cluster manager)")
+  process.add_argument("--num-processes", type=int, default=None)
+  process.add_argument("--process-id", type=int, default=None)
 
   sub.add_parser("list", help="tasks, datasets, models and optimizers")
   return parser
 
 
+_PROCESS_OPTIONS = ("command", "distributed", "coordinator", "num_processes",
+                    "process_id")
+
+
 def cmd_run(args) -> int:
   from optbench_jax.train import distributed
-  from optbench_jax.train.campaign import CampaignConfig, run_campaign
+  from optbench_jax.train.campaign import run_campaign
   if args.distributed:
     distributed.initialize(args.coordinator, args.num_processes,
                            args.process_id)
@@ -135,22 +92,11 @@ def cmd_run(args) -> int:
                                    args.process_id)):
     raise OptBenchError("--coordinator / --num-processes / --process-id go "
                         "with --distributed")
-  cfg = CampaignConfig(
-      task=args.task, dataset=args.dataset, model=args.model,
-      optimizers=args.optimizers, epochs=args.epochs,
-      batch_size=args.batch_size, max_samples=args.max_samples,
-      seed=args.seed, lr_policy=args.lr_policy, lr=args.lr,
-      lr_overrides=args.lr_overrides, scheduler=args.scheduler,
-      warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
-      label_smoothing=args.label_smoothing, weight_decay=args.weight_decay,
-      output_dir=args.output_dir, data_dir=args.data_dir, resume=args.resume,
-      quiet=args.quiet, compile_cache=args.compile_cache, seeds=args.seeds,
-      lr_grid=args.lr_grid, runs_per_program=args.runs_per_program,
-      precision=args.precision, devices=args.devices,
-      data_placement=args.data_placement)
+  cfg = settings.CampaignConfig(**{k: v for k, v in vars(args).items()
+                                   if k not in _PROCESS_OPTIONS})
   rows = run_campaign(cfg)
   if distributed.is_primary():
-    _print_summary(rows, args.output_dir)
+    _print_summary(rows, cfg.output_dir)
   return 0
 
 

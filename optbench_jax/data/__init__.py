@@ -8,11 +8,12 @@ import pkgutil
 
 from optbench_jax.data.base import (DATASETS, DatasetInfo, DatasetSpec,
                                     RawDataset, Splits, get, names_for,
-                                    num_examples, prepare, register, take)
+                                    load, num_examples, prepare, register,
+                                    take)
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
   if _module != "base" and not _module.startswith("_"):
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["DATASETS", "DatasetInfo", "DatasetSpec", "RawDataset", "Splits",
-           "get", "names_for", "num_examples", "prepare", "register", "take"]
+           "get", "load", "names_for", "num_examples", "prepare", "register", "take"]

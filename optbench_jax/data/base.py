@@ -1,9 +1,11 @@
 """Datasets: one registry keyed by (task, name), fixed-shape numpy splits.
 
 A loader returns a :class:`RawDataset` (a training split, an optional test
-split, and :class:`DatasetInfo`); :func:`prepare` caps the training split
-(``--max-samples``), holds out a validation split fixed by the seed, and
-computes normalisation statistics on the training split only.
+split, and :class:`DatasetInfo`); :func:`load` attaches the dataset's
+augmentation from its registry entry; :func:`prepare` caps the training
+split (``--max-samples``) and holds out a validation split fixed by the
+split seed. Statistics of the training split (e.g. normalisation) are the
+task's business (``Task.fit``).
 """
 from __future__ import annotations
 
@@ -29,8 +31,10 @@ class DatasetInfo:
     input_shape: shape of one example's main input (e.g. ``(28, 28, 1)``).
     source: where it was loaded from (a path, a package, ``"synthetic"``).
     extra: task-specific facts (vocabulary size, class names, ...).
-    mean, std: per-channel normalisation statistics of the training split,
-      set by :func:`prepare`.
+    stats: statistics of the training split the task computed
+      (``Task.fit``), e.g. per-channel ``mean`` and ``std``.
+    augment: ``augment(batch, key) -> batch``, the dataset's random training
+      augmentation on the device (from its :class:`DatasetSpec`), or None.
   """
   name: str
   task: str
@@ -38,8 +42,9 @@ class DatasetInfo:
   input_shape: tuple = ()
   source: str = ""
   extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  mean: Optional[tuple] = None
-  std: Optional[tuple] = None
+  stats: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  augment: Optional[Callable[[Mapping, Any], dict]] = dataclasses.field(
+      default=None, compare=False)
 
 
 @dataclasses.dataclass
@@ -63,16 +68,17 @@ class Splits:
 class DatasetSpec:
   """A registry entry.
 
-  ``load(data_dir, seed)`` returns a :class:`RawDataset`; it raises
+  ``load(data_dir)`` returns a :class:`RawDataset`; it raises
   :class:`~optbench_jax.errors.MissingDataError` naming the files it looked
-  for when the data is not cached locally.
+  for when the data is not cached locally. ``augment(batch, key) -> batch``
+  is the random training augmentation (on the device, inside jit; see
+  ``data/augment.py``), None for none.
   """
   name: str
   task: str
-  load: Callable[[Optional[str], int], RawDataset]
+  load: Callable[[Optional[str]], RawDataset]
+  augment: Optional[Callable[[Mapping, Any], dict]] = None
   description: str = ""
-  needs_download: bool = False
-  normalize_axes: Optional[tuple] = (0, 1, 2)  # per-channel stats of "image"
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -97,6 +103,14 @@ def get(task: str, name: str) -> DatasetSpec:
       f"Valid choices: {', '.join(names_for(task))}.")
 
 
+def load(task: str, name: str, data_dir: Optional[str] = None) -> RawDataset:
+  """Loads a registered dataset, its augmentation attached to its info."""
+  spec = get(task, name)
+  raw = spec.load(data_dir)
+  return dataclasses.replace(raw, info=dataclasses.replace(
+      raw.info, augment=spec.augment))
+
+
 def num_examples(arrays: Arrays) -> int:
   return len(next(iter(arrays.values())))
 
@@ -106,14 +120,11 @@ def take(arrays: Arrays, index: np.ndarray) -> Arrays:
 
 
 def prepare(raw: RawDataset, *, seed: int, max_samples: Optional[int] = None,
-            val_fraction: float = 0.1,
-            normalize_axes: Optional[tuple] = (0, 1, 2)) -> Splits:
-  """Caps, splits and computes statistics; deterministic given ``seed``.
+            val_fraction: float = 0.1) -> Splits:
+  """Caps and splits; deterministic given ``seed`` (the split seed).
 
   The validation split is a random ``val_fraction`` of the training split,
   drawn with ``seed``; ``max_samples`` then caps what is left for training.
-  Per-channel mean/std of ``train["image"]`` (values scaled to [0, 1] for
-  uint8) are stored in ``info`` when the dataset has images.
   """
   n = num_examples(raw.train)
   if n < 2:
@@ -125,12 +136,4 @@ def prepare(raw: RawDataset, *, seed: int, max_samples: Optional[int] = None,
     if max_samples < 1:
       raise OptBenchError("--max-samples must be positive")
     train = take(train, np.arange(min(max_samples, num_examples(train))))
-  info = raw.info
-  if "image" in train and normalize_axes is not None:
-    image = train["image"].astype(np.float64)
-    if train["image"].dtype == np.uint8:
-      image /= 255.0
-    info = dataclasses.replace(
-        info, mean=tuple(float(m) for m in image.mean(axis=normalize_axes)),
-        std=tuple(float(s) + 1e-12 for s in image.std(axis=normalize_axes)))
-  return Splits(train=train, val=val, test=raw.test, info=info)
+  return Splits(train=train, val=val, test=raw.test, info=raw.info)

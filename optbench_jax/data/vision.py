@@ -31,6 +31,7 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
+from optbench_jax.data import augment as augment_lib
 from optbench_jax.data.base import DatasetInfo, DatasetSpec, RawDataset, register
 from optbench_jax.data.hf import Arrays, HFSource, Loaded
 from optbench_jax.data.tfds import TFDSSource
@@ -80,17 +81,15 @@ def load_cached(name: str, sources: Sequence[Source],
 
 def register_cached(name: str, task: str, sources: Sequence[Source],
                     build: Build, description: str = "",
-                    normalize_axes: Optional[tuple] = (0, 1, 2)
-                    ) -> DatasetSpec:
-  """Registers a dataset read by :func:`load_cached` and shaped by ``build``."""
+                    augment: Optional[Callable] = None) -> DatasetSpec:
+  """Registers a dataset read by :func:`load_cached` and shaped by ``build``
+  (``augment``: its training augmentation, see ``data/augment.py``)."""
 
-  def load(data_dir: Optional[str] = None, seed: int = 0) -> RawDataset:
-    del seed  # the cached data do not depend on the run's seed
+  def load(data_dir: Optional[str] = None) -> RawDataset:
     return build(*load_cached(name, sources, data_dir))
 
-  return register(DatasetSpec(
-      name=name, task=task, load=load, description=description,
-      needs_download=True, normalize_axes=normalize_axes))
+  return register(DatasetSpec(name=name, task=task, load=load,
+                              augment=augment, description=description))
 
 
 def image_split(name: str, arrays: Arrays, input_shape: tuple,
@@ -116,7 +115,8 @@ def image_split(name: str, arrays: Arrays, input_shape: tuple,
 
 def register_image_classification(
     name: str, sources: Sequence[Source], *, num_classes: int,
-    input_shape: tuple, augmentation: str, description: str = ""
+    input_shape: tuple, augment: Optional[Callable] = None,
+    description: str = ""
 ) -> DatasetSpec:
   """Registers an ``image_classification`` dataset with ``image``/``label``
   columns (sources map theirs onto these) and train/test splits."""
@@ -127,7 +127,7 @@ def register_image_classification(
     test = splits.get("test")
     info = DatasetInfo(name=name, task="image_classification",
                        num_classes=num_classes, input_shape=tuple(input_shape),
-                       source=source, extra={"augmentation": augmentation})
+                       source=source)
     return RawDataset(
         train=image_split(name, splits["train"], input_shape, num_classes,
                           source),
@@ -136,7 +136,7 @@ def register_image_classification(
         info=info)
 
   return register_cached(name, "image_classification", sources, build,
-                         description)
+                         description, augment)
 
 
 _SPLITS = {"train": "train", "test": "test"}
@@ -146,7 +146,8 @@ register_image_classification(
     [HFSource(("ylecun/mnist", "mnist"), "mnist", _SPLITS,
               {"image": "image", "label": "label"}),
      TFDSSource("mnist", _SPLITS, {"image": "image", "label": "label"})],
-    num_classes=10, input_shape=(28, 28, 1), augmentation="rotate",
+    num_classes=10, input_shape=(28, 28, 1),
+    augment=augment_lib.rotate_images,
     description="MNIST, 60,000 + 10,000 28x28 digits, from a local HF or "
     "TFDS cache")
 register_image_classification(
@@ -154,6 +155,7 @@ register_image_classification(
     [HFSource(("uoft-cs/cifar10", "cifar10"), "plain_text", _SPLITS,
               {"image": "img", "label": "label"}),
      TFDSSource("cifar10", _SPLITS, {"image": "image", "label": "label"})],
-    num_classes=10, input_shape=(32, 32, 3), augmentation="crop_flip",
+    num_classes=10, input_shape=(32, 32, 3),
+    augment=augment_lib.crop_flip_images,
     description="CIFAR-10, 50,000 + 10,000 32x32 colour images, from a local "
     "HF or TFDS cache")

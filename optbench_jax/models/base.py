@@ -1,28 +1,51 @@
-"""The model registry: name -> builder, with the task it serves."""
+"""The model registry: one entry per model holds every fact about it."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 
 from optbench_jax.data.base import DatasetInfo
 from optbench_jax.errors import OptBenchError
+from optbench_jax.models.convert import Rule
+from optbench_jax.models.layers import INITS, check_init
 from optbench_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """A registry entry: ``build(info)`` returns a Flax module.
+  """A registry entry; :meth:`build` returns the Flax module.
 
   Every model is called as ``model(*inputs, train=bool)``; models with batch
   norm keep running statistics in the ``batch_stats`` collection, and dropout
   draws from the ``dropout`` RNG stream.
+
+  Attributes:
+    name: the name users type (``--model``).
+    task: the task the model serves.
+    factory: ``(info, init_scheme) -> nn.Module``; ``init_scheme`` is one of
+      :data:`INITS` and goes to the model's ``layers`` (``init_scheme=``).
+    example_info: the :class:`DatasetInfo` of the model's typical dataset
+      (input shape, classes), for tests and benchmarks.
+    description: one line for ``list``.
+    torch_twin: ``info -> torch.nn.Module``, the PyTorch module computing the
+      same function once given the same weights (it imports torch itself:
+      torch is a test and benchmark dependency only); None if there is none.
+    conversion: ``info -> [convert.Rule]``, the PyTorch ``state_dict`` <->
+      Flax variables mapping of the model and its twin.
   """
   name: str
   task: str
-  build: Callable[[DatasetInfo], nn.Module]
+  factory: Callable[[DatasetInfo, str], nn.Module]
+  example_info: DatasetInfo
   description: str = ""
+  torch_twin: Optional[Callable[[DatasetInfo], Any]] = None
+  conversion: Optional[Callable[[DatasetInfo], list[Rule]]] = None
+
+  def build(self, info: DatasetInfo, init: str = "torch") -> nn.Module:
+    """The model for ``info``, initialised with scheme ``init`` (INITS)."""
+    return self.factory(info, check_init(init))
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -43,3 +66,6 @@ def get(task: str, name: str) -> ModelSpec:
     raise OptBenchError(f"unknown model {name!r} for task {task!r}{where}. "
                         f"Valid choices: {', '.join(names_for(task))}.")
   return spec
+
+
+__all__ = ["INITS", "MODELS", "ModelSpec", "get", "names_for", "register"]

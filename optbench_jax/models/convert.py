@@ -1,14 +1,15 @@
-"""PyTorch ``state_dict`` <-> Flax variables, by a name mapping per model.
+"""PyTorch ``state_dict`` <-> Flax variables, by a list of rules per model.
 
 A model's mapping is a list of :class:`Rule`: the PyTorch module prefix
-(``"layer1.0.conv1"``), the Flax module path (``("BasicBlock_0", "Conv_0")``)
+(``"layer1.0.conv1"``), the Flax module path (``("layer1_0", "conv1")``)
 and a *kind*, a dict from the PyTorch tensor suffix (``"weight"``) to a
 :class:`Leaf` (Flax collection, leaf name, and the layout transforms both
 ways). :func:`torch_to_flax` walks the rules and builds
 ``{"params": ..., "batch_stats": ...}``; :func:`flax_to_torch` is the inverse.
-Adding a model (DistilBERT, DeepLabV3) means writing its list of rules, plus a
-kind for any new layer type (e.g. attention projections reshaped to
-``(in, heads, head_dim)``); the mechanism stays the same.
+Each model's rules live in its own module, as its registry entry's
+``conversion(info)`` (``optbench_jax.models.get(task, name).conversion``);
+this module holds the mechanism and the kinds. A new layer type needs a kind
+here (e.g. attention projections reshaped to ``(in, heads, head_dim)``).
 
 Layout conventions (PyTorch -> Flax):
 
@@ -27,9 +28,10 @@ call it with ``{k: v.detach().cpu().numpy() for k, v in sd.items()}`` and load
 the result of :func:`flax_to_torch` with
 ``model.load_state_dict({k: torch.from_numpy(v) ...})``.
 
->>> rules = mapping("cnn_scratch", input_shape=(28, 28, 1))
->>> rules[0].torch, rules[0].flax
-('conv1', ('Conv_0',))
+>>> rules = [Rule("fc", ("fc",), dense())]
+>>> sorted(torch_to_flax({"fc.weight": np.ones((3, 2)),
+...                       "fc.bias": np.zeros(3)}, rules)["params"]["fc"])
+['bias', 'kernel']
 """
 from __future__ import annotations
 
@@ -187,7 +189,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], rules: Iterable[Rule], *,
 
   Args:
     state_dict: name -> array (numpy, or anything ``np.asarray`` accepts).
-    rules: the model's mapping (e.g. :func:`mapping`).
+    rules: the model's mapping (its registry entry's ``conversion(info)``).
     strict: require every tensor of every rule to be present and every tensor
       of ``state_dict`` to be used. With ``strict=False`` missing tensors are
       skipped (e.g. to convert a gradient dict, which has no running
@@ -321,80 +323,3 @@ def check_matches(variables: Mapping[str, Any],
     raise ConversionError("converted variables do not fit the model: "
                           + "; ".join(errors[:8])
                           + (" ..." if len(errors) > 8 else ""))
-
-
-# -- model mappings ----------------------------------------------------------
-def cnn_scratch_rules(input_shape: Sequence[int] = (28, 28, 1),
-                      widths: Sequence[int] = (32, 64)) -> list[Rule]:
-  """``cnn_scratch`` <-> ``reference.torch_models.CNNScratch``.
-
-  PyTorch names: ``conv1, conv2, fc1, fc2``.
-
-  Args:
-    input_shape: one image, ``(height, width, channels)``; fixes the feature
-      map size before the flatten.
-    widths: the convolution widths.
-
-  Returns:
-    The rules.
-  """
-  height, width = int(input_shape[0]), int(input_shape[1])
-  rules = []
-  for i in range(len(widths)):
-    rules.append(Rule(f"conv{i + 1}", (f"Conv_{i}",), conv()))
-    height, width = height // 2, width // 2   # max-pool 2, floor
-  rules.append(Rule("fc1", ("Dense_0",),
-                    dense_after_flatten(widths[-1], height, width)))
-  rules.append(Rule("fc2", ("Dense_1",), dense()))
-  return rules
-
-
-def resnet18_rules(stage_sizes: Sequence[int] = (2, 2, 2, 2),
-                   width: int = 64) -> list[Rule]:
-  """``resnet18`` <-> ``reference.torch_models.ResNet18``.
-
-  PyTorch names follow ``torchvision.models.resnet``: ``conv1, bn1,
-  layer{s}.{b}.conv1/bn1/conv2/bn2, layer{s}.{b}.downsample.0/1, fc``, so a
-  torchvision ResNet-18 whose ``conv1`` is replaced by a 3×3 stride-1
-  convolution and whose ``maxpool`` is an identity converts as well.
-
-  Args:
-    stage_sizes: blocks per stage.
-    width: channels of the stem and the first stage.
-
-  Returns:
-    The rules.
-  """
-  rules = [Rule("conv1", ("Conv_0",), conv(use_bias=False)),
-           Rule("bn1", ("BatchNorm_0",), batch_norm())]
-  block, channels = 0, width
-  for stage, blocks in enumerate(stage_sizes):
-    features = width * 2**stage
-    for b in range(blocks):
-      strides = 2 if stage > 0 and b == 0 else 1
-      prefix, path = f"layer{stage + 1}.{b}", f"BasicBlock_{block}"
-      rules += [Rule(f"{prefix}.conv1", (path, "Conv_0"), conv(False)),
-                Rule(f"{prefix}.bn1", (path, "BatchNorm_0"), batch_norm()),
-                Rule(f"{prefix}.conv2", (path, "Conv_1"), conv(False)),
-                Rule(f"{prefix}.bn2", (path, "BatchNorm_1"), batch_norm())]
-      if strides != 1 or channels != features:
-        rules += [Rule(f"{prefix}.downsample.0", (path, "Conv_2"), conv(False)),
-                  Rule(f"{prefix}.downsample.1", (path, "BatchNorm_2"),
-                       batch_norm())]
-      block, channels = block + 1, features
-  rules.append(Rule("fc", ("Dense_0",), dense()))
-  return rules
-
-
-MAPPINGS: dict[str, Callable[..., list[Rule]]] = {
-    "cnn_scratch": cnn_scratch_rules,
-    "resnet18": resnet18_rules,
-}
-
-
-def mapping(model: str, **kwargs) -> list[Rule]:
-  """The rules of a registered model name (``kwargs`` go to its builder)."""
-  if model not in MAPPINGS:
-    raise ConversionError(f"no PyTorch mapping for model {model!r}. "
-                          f"Valid choices: {', '.join(sorted(MAPPINGS))}.")
-  return MAPPINGS[model](**kwargs)

@@ -1,28 +1,121 @@
-"""Dense and Conv layers that expose what curvature methods (KFAC) need.
+"""Shared layers: initialisation schemes and what curvature methods need.
 
-Each layer records its input with ``sow("kfac_inputs", "inputs", x)`` and
-passes its pre-activation output through ``perturb("outputs", y)``, so that
-the gradient of the loss with respect to the zero "perturbations" collection
-is the gradient with respect to the layer's output. Both are no-ops unless the
-caller makes ``kfac_inputs`` mutable or passes ``perturbations``: the model's
-outputs and cost are unchanged for every other optimizer (as in kfac-jax,
-curvature estimation never changes the model). The collections mirror the
-parameter tree: ``params[path] = {"kernel", "bias"}`` pairs with
+Initialisation. Every layer takes ``init_scheme`` (one of :data:`INITS`) and
+leaves ``kernel_init``/``bias_init``/``embedding_init`` as None unless a model
+overrides them; None means "the scheme's":
+
+* ``"torch"`` (the default, as the source benchmark's PyTorch modules):
+  dense and convolution kernels *and* biases uniform in ``±1/√fan_in``, with
+  ``fan_in`` the kernel's input size (``in_features``, or ``kh·kw·C_in/groups``
+  for a convolution), i.e. PyTorch's Kaiming-uniform with ``a=√5`` and its
+  bias rule; embeddings ``N(0, 1)``;
+* ``"flax"``: Flax's defaults (LeCun-normal kernels, zero biases,
+  ``variance_scaling(1, "fan_in", "normal", out_axis=0)`` embeddings).
+
+Batch norm (scale 1, shift 0) is the same under both.
+
+Curvature statistics. ``Dense`` and ``Conv`` record their input with
+``sow("kfac_inputs", "inputs", x)`` and pass their pre-activation output
+through ``perturb("outputs", y)``, so that the gradient of the loss with
+respect to the zero "perturbations" collection is the gradient with respect to
+the layer's output. Both are no-ops unless the caller makes ``kfac_inputs``
+mutable or passes ``perturbations``: the model's outputs and cost are
+unchanged for every other optimizer (as in kfac-jax, curvature estimation
+never changes the model). The collections mirror the parameter tree:
+``params[path] = {"kernel", "bias"}`` pairs with
 ``kfac_inputs[path]["inputs"] = (x,)`` and ``perturbations[path]["outputs"]``.
-A plain 2-D ``Conv`` captures its im2col patches ``(N, H_out, W_out,
-kh·kw·C_in)`` instead of ``x`` (ordered like the flattened HWIO kernel), so
-curvature code needs no knowledge of strides or padding.
+A ``Conv`` also records ``kfac_inputs[path]["geometry"] = (ConvGeometry,)``,
+how its inputs map to its kernel; a plain 2-D ``Conv`` records its im2col
+patches ``(N, H_out, W_out, kh·kw·C_in)`` (ordered like the flattened HWIO
+kernel, ``geometry.patches`` true) instead of ``x``.
 """
+import math
+from typing import Any, Optional
+
 import flax.linen as nn
+from flax import struct
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from optbench_jax.errors import OptBenchError
 
 KFAC_INPUTS = "kfac_inputs"
 PERTURBATIONS = "perturbations"
+INITS = ("torch", "flax")
+Initializer = Any
 
 
-class Dense(nn.Dense):
+# -- initialisation schemes --------------------------------------------------
+def check_init(init_scheme: str) -> str:
+  if init_scheme not in INITS:
+    raise OptBenchError(f"unknown initialisation {init_scheme!r}. "
+                        f"Valid choices: {', '.join(INITS)}.")
+  return init_scheme
+
+
+def fan_in_uniform(fan_in: Optional[int] = None) -> Initializer:
+  """Uniform in ``±1/√fan_in``; ``fan_in`` defaults to ``prod(shape[:-1])``."""
+
+  def init(key, shape, dtype=jnp.float32):
+    n = fan_in if fan_in is not None else math.prod(shape[:-1])
+    bound = 1.0 / math.sqrt(n) if n > 0 else 0.0
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def scheme_initializer(init_scheme: str, name: str,
+                       fan_in: Optional[int] = None) -> Initializer:
+  """The scheme's initialiser of a ``kernel``, ``bias`` or ``embedding``.
+
+  Args:
+    init_scheme: one of :data:`INITS`.
+    name: the parameter's name.
+    fan_in: the layer's input size (for ``"torch"`` biases).
+
+  Returns:
+    A ``(key, shape, dtype) -> array`` initialiser.
+  """
+  torch = check_init(init_scheme) == "torch"
+  if name == "kernel":
+    return fan_in_uniform() if torch else nn.initializers.lecun_normal()
+  if name == "bias":
+    return fan_in_uniform(fan_in) if torch else nn.initializers.zeros_init()
+  if name == "embedding":
+    return (nn.initializers.normal(1.0) if torch else
+            nn.initializers.variance_scaling(1.0, "fan_in", "normal",
+                                             out_axis=0))
+  raise ValueError(f"no {init_scheme!r} initialiser for parameter {name!r}")
+
+
+class _SchemeParams:
+  """Mixin: parameters whose initialiser is None follow ``init_scheme``.
+
+  The bias's ``fan_in`` is read from the kernel created just before it (Flax's
+  ``Dense`` and ``Conv`` create the kernel first), so grouped convolutions
+  get ``kh·kw·C_in/groups`` as in PyTorch.
+  """
+
+  @nn.nowrap
+  def param(self, name, init_fn, *init_args, **init_kwargs):
+    if init_fn is None:
+      if name == "bias":
+        def init_fn(key, shape, dtype=jnp.float32):
+          kernel = nn.unbox(self.get_variable("params", "kernel"))
+          fan_in = math.prod(np.shape(kernel)[:-1])
+          return scheme_initializer(self.init_scheme, name, fan_in)(
+              key, shape, dtype)
+      else:
+        init_fn = scheme_initializer(self.init_scheme, name)
+    return super().param(name, init_fn, *init_args, **init_kwargs)
+
+
+class Dense(_SchemeParams, nn.Dense):
   """``flax.linen.Dense`` that exposes its input and output-gradient."""
+  kernel_init: Optional[Initializer] = None
+  bias_init: Optional[Initializer] = None
+  init_scheme: str = "torch"
 
   @nn.compact
   def __call__(self, inputs):
@@ -30,7 +123,40 @@ class Dense(nn.Dense):
     return self.perturb("outputs", super().__call__(inputs))
 
 
-class Conv(nn.Conv):
+class Embed(_SchemeParams, nn.Embed):
+  """``flax.linen.Embed`` with the scheme's initialiser (torch: N(0, 1))."""
+  embedding_init: Optional[Initializer] = None
+  init_scheme: str = "torch"
+
+
+@struct.dataclass
+class ConvGeometry:
+  """How a convolution's recorded inputs map to its kernel (static only).
+
+  A pytree without leaves (every field is static), so it passes through
+  ``jit``, ``vmap`` and tree maps of the statistics unchanged.
+
+  Attributes:
+    kernel_size: the window, one entry per spatial axis.
+    strides: per spatial axis.
+    padding: ``((low, high), ...)`` per spatial axis, or Flax's padding
+      string when it is not ``"SAME"``/``"VALID"`` (``"CIRCULAR"``, ...).
+    input_dilation: per spatial axis (``lhs_dilation``).
+    kernel_dilation: per spatial axis (``rhs_dilation``).
+    feature_group_count: groups of input channels.
+    patches: whether the recorded inputs already are the patches
+      ``(N, *out_spatial, prod(kernel_size)·C_in)`` in kernel order.
+  """
+  kernel_size: tuple = struct.field(pytree_node=False)
+  strides: tuple = struct.field(pytree_node=False)
+  padding: Any = struct.field(pytree_node=False)
+  input_dilation: tuple = struct.field(pytree_node=False)
+  kernel_dilation: tuple = struct.field(pytree_node=False)
+  feature_group_count: int = struct.field(pytree_node=False, default=1)
+  patches: bool = struct.field(pytree_node=False, default=False)
+
+
+class Conv(_SchemeParams, nn.Conv):
   """``flax.linen.Conv`` that exposes its input and output-gradient.
 
   On the CPU backend, plain 2-D convolutions are computed as im2col (nine
@@ -40,20 +166,45 @@ class Conv(nn.Conv):
   (``kernel`` HWIO, ``bias``) and results are the same as ``nn.Conv``'s; on
   GPU/TPU the library convolution (cuDNN) is used.
   """
+  kernel_init: Optional[Initializer] = None
+  bias_init: Optional[Initializer] = None
+  init_scheme: str = "torch"
 
   @nn.compact
   def __call__(self, inputs):
     if self.is_mutable_collection(KFAC_INPUTS):
       # KFC (Grosse & Martens 2016) needs the patches the kernel multiplies:
-      # capture them (N, H_out, W_out, kh·kw·C) so that the curvature code
-      # never has to guess the convolution's geometry.
-      self.sow(KFAC_INPUTS, "inputs", self._patches(inputs)
-               if _plain_2d(self, inputs) else inputs)
+      # plain 2-D convolutions record them (N, H_out, W_out, kh·kw·C), the
+      # others their input; both with the geometry that relates them.
+      plain = _plain_2d(self, inputs)
+      self.sow(KFAC_INPUTS, "inputs",
+               self._patches(inputs) if plain else inputs)
+      self.sow(KFAC_INPUTS, "geometry", self.geometry(inputs, plain))
     if _im2col_applies(self, inputs):
       outputs = self._im2col_call(inputs)
     else:
       outputs = super().__call__(inputs)
     return self.perturb("outputs", outputs)
+
+  @nn.nowrap
+  def geometry(self, inputs, patches: bool = False) -> ConvGeometry:
+    """This layer's :class:`ConvGeometry` for (batched, NHWC) ``inputs``."""
+    window = _tuple(self.kernel_size, 1)
+    n = len(window)
+    strides = _tuple(self.strides, n)
+    input_dilation = _tuple(self.input_dilation, n)
+    kernel_dilation = _tuple(self.kernel_dilation, n)
+    padding = self.padding
+    if isinstance(padding, str) and padding.upper() in ("SAME", "VALID"):
+      spatial = [(s - 1) * d + 1 for s, d in zip(inputs.shape[-n - 1:-1],
+                                                 input_dilation)]
+      dilated = [(k - 1) * d + 1 for k, d in zip(window, kernel_dilation)]
+      padding = tuple(tuple(p) for p in jax.lax.padtype_to_pads(
+          spatial, dilated, strides, padding.upper()))
+    elif not isinstance(padding, str):
+      padding = _explicit_padding(padding, n)
+    return ConvGeometry(window, strides, padding, input_dilation,
+                        kernel_dilation, self.feature_group_count, patches)
 
   def _im2col_call(self, inputs):
     kh, kw = self.kernel_size
@@ -71,24 +222,21 @@ class Conv(nn.Conv):
     return outputs
 
   def _patches(self, inputs):
-    return im2col(inputs, tuple(self.kernel_size), _pair(self.strides),
-                  _explicit_padding(self.padding, tuple(self.kernel_size),
-                                    inputs.shape[1:3], _pair(self.strides)))
+    geometry = self.geometry(inputs)
+    return im2col(inputs, geometry.kernel_size, geometry.strides,
+                  geometry.padding)
 
 
-def _pair(value):
+def _tuple(value, n: int) -> tuple:
   if value is None:
-    return (1, 1)
-  return (value, value) if isinstance(value, int) else tuple(value)
+    return (1,) * n
+  return (value,) * n if isinstance(value, int) else tuple(value)
 
 
-def _explicit_padding(padding, kernel_size, spatial, strides):
-  """((top, bottom), (left, right)) for int / pairs / 'VALID' / 'SAME'."""
-  if isinstance(padding, str):
-    return tuple(jax.lax.padtype_to_pads(spatial, kernel_size, strides,
-                                         padding.upper()))
+def _explicit_padding(padding, n: int) -> tuple:
+  """``((low, high),) * n`` from an int or a sequence of ints / pairs."""
   if isinstance(padding, int):
-    return ((padding, padding), (padding, padding))
+    return ((padding, padding),) * n
   return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
 
 
@@ -96,9 +244,12 @@ def _plain_2d(conv, inputs) -> bool:
   """An ungrouped, undilated, unmasked 2-D convolution on NHWC inputs."""
   if inputs.ndim != 4 or conv.feature_group_count != 1 or conv.mask is not None:
     return False
-  if len(conv.kernel_size) != 2:
+  if len(_tuple(conv.kernel_size, 1)) != 2:
     return False
-  return all(d in (None, 1) or tuple(_pair(d)) == (1, 1)
+  if isinstance(conv.padding, str) and conv.padding.upper() not in ("SAME",
+                                                                   "VALID"):
+    return False
+  return all(_tuple(d, 2) == (1, 1)
              for d in (conv.input_dilation, conv.kernel_dilation))
 
 
@@ -133,13 +284,13 @@ def layer_statistics(apply_fn, loss_of_outputs, params):
   Returns:
     ``{"inputs": tree, "output_grads": tree}`` where, for each capturing layer
     at path ``P`` (the same path as its parameters), ``inputs[P]["inputs"]``
-    is a one-element tuple holding the layer input ``x`` and
+    is a one-element tuple holding the layer input ``x`` (a plain 2-D
+    convolution's patches), ``inputs[P]["geometry"]`` a one-element tuple
+    holding a convolution's :class:`ConvGeometry`, and
     ``output_grads[P]["outputs"]`` is ``∂ loss / ∂ y`` for the layer output
     ``y`` (the gradient of the *mean* loss: multiply by the batch size for
     per-example gradients).
   """
-  import jax  # local: keep this module importable without side effects
-
   _, captured = apply_fn({"params": params}, [KFAC_INPUTS, PERTURBATIONS])
   zeros = captured[PERTURBATIONS]
 

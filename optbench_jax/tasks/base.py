@@ -6,27 +6,35 @@ leading example axis and a ``"mask"`` entry (1.0 for real examples, 0.0 for
 the padding that fills the last batch), so every batch of a run has the same
 shape and the step compiles once. Sequence tasks add their own token masks.
 
-Evaluation is split so that it accumulates exactly across batches (and, later,
-devices): ``eval_stats`` returns *sums* (e.g. a confusion matrix, a summed
-loss) plus optional per-example arrays to gather (decoded tokens), and
-``finalize`` turns the totals into metrics on the host, where decoding-based
-scores (BLEU, ROUGE, seqeval) can run.
+Evaluation is split so that it accumulates exactly across batches and
+devices: ``eval_outputs`` may call any model method with mutable collections
+(``apply(variables, ..., method=model.decode, mutable=["cache"])``: decoding
+with a key/value cache), ``eval_stats`` returns *sums* (e.g. a confusion
+matrix, a summed loss) plus optional per-example arrays to gather (decoded
+tokens), and ``finalize`` turns the totals into metrics on the host, where
+decoding-based scores (BLEU, ROUGE, seqeval) can run.
+
+The base class assumes nothing about the inputs: a task names its model's
+inputs (``model_inputs``), computes what it needs from the training split
+(``fit``, e.g. normalisation statistics), and the dataset's registry entry
+supplies the training augmentation (``info.augment``).
 """
 from __future__ import annotations
 
 import abc
 from typing import Any, Callable, Mapping, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from optbench_jax.data.base import DatasetInfo
+from optbench_jax.data.base import DatasetInfo, Splits
 from optbench_jax.registry import Registry
 
 Batch = Mapping[str, jax.Array]
-# apply(variables, batch, *, train, rng, mutable) -> (outputs, mutated)
-ApplyFn = Callable[..., tuple[Any, Any]]
+# apply(variables, *args, method=None, rng=None, mutable=False, **kwargs):
+# Flax's ``Module.apply`` at the run's precision (outputs in float32); returns
+# the outputs, or ``(outputs, mutated)`` when ``mutable`` is not False.
+ApplyFn = Callable[..., Any]
 
 
 class Task(abc.ABC):
@@ -50,18 +58,25 @@ class Task(abc.ABC):
   default_label_smoothing: float = 0.0
   gathered_stats: tuple = ()
 
+  @abc.abstractmethod
   def model_inputs(self, batch: Batch) -> tuple:
-    """The positional inputs of the model for ``batch``."""
-    return (batch["image"],)
+    """The positional inputs of the model's ``__call__`` for ``batch``."""
+
+  def fit(self, splits: Splits) -> Splits:
+    """Statistics of the training split the preprocessing needs (stored in
+    ``splits.info.stats``); computed once per campaign, on the host."""
+    return splits
 
   def preprocess(self, batch: Batch, info: DatasetInfo) -> dict:
     """Deterministic on-device preprocessing (e.g. normalisation)."""
     return dict(batch)
 
   def augment(self, batch: Batch, key: jax.Array, info: DatasetInfo) -> dict:
-    """Random training augmentation, on the device inside jit."""
-    del key, info
-    return dict(batch)
+    """Random training augmentation, on the device inside jit: the
+    dataset's (``info.augment``, from its registry entry), if any."""
+    if info.augment is None:
+      return dict(batch)
+    return info.augment(batch, key)
 
   @abc.abstractmethod
   def loss(self, outputs: Any, batch: Batch, label_smoothing: float
@@ -72,9 +87,10 @@ class Task(abc.ABC):
     """
 
   def eval_outputs(self, apply: ApplyFn, variables: Any, batch: Batch) -> Any:
-    """Model outputs used for evaluation; generation tasks decode here."""
-    outputs, _ = apply(variables, batch, train=False, rng=None, mutable=())
-    return outputs
+    """Model outputs used for evaluation; generation tasks decode here
+    (any model method, e.g. ``apply(variables, x, method=type(model).decode,
+    mutable=["cache"])``)."""
+    return apply(variables, *self.model_inputs(batch), train=False)
 
   @abc.abstractmethod
   def eval_stats(self, outputs: Any, batch: Batch, info: DatasetInfo
@@ -92,11 +108,6 @@ class Task(abc.ABC):
 
     Must include ``"loss"`` and ``self.primary_metric``.
     """
-
-  def build_model(self, model_name: str, info: DatasetInfo) -> nn.Module:
-    from optbench_jax import models
-    return models.get(self.name, model_name).build(info)
-
 
 TASKS: Registry[Task] = Registry("task")
 

@@ -4,14 +4,13 @@ Loss: softmax cross-entropy with label smoothing ε (PyTorch's convention:
 targets ``(1 − ε)·onehot + ε/K``), summed over valid examples.
 Metrics: accuracy (primary) and macro precision / recall / F1, all from a
 confusion matrix accumulated on the device over the whole evaluation split.
-Augmentation (on the device, per example, from the dataset's
-``info.extra["augmentation"]``): ``rotate`` = random rotation in ±10°
-(bilinear, zero fill; MNIST), ``crop_flip`` = 4-pixel zero pad + random 32×32
-crop + horizontal flip with probability ½ (CIFAR-10), ``none``.
-Normalisation with the training split's per-channel mean and std.
+Inputs: ``batch["image"]`` (HWC, uint8 or float in [0, 1]); augmentation is
+the dataset's (``data/augment.py``). Normalisation with the training split's
+per-channel mean and std (``fit``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -19,43 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optbench_jax.data.augment import to_unit
 from optbench_jax.tasks.base import Task, register
-
-MAX_ROTATION_DEGREES = 10.0
-CROP_PADDING = 4
-
-
-def to_unit(image: jax.Array) -> jax.Array:
-  """uint8 [0, 255] → float32 [0, 1]; float images pass through."""
-  if image.dtype == jnp.uint8:
-    return image.astype(jnp.float32) / 255.0
-  return image.astype(jnp.float32)
-
-
-def rotate(image: jax.Array, degrees: jax.Array) -> jax.Array:
-  """Rotates one HWC image about its centre (bilinear, zero fill)."""
-  h, w, _ = image.shape
-  theta = jnp.deg2rad(degrees)
-  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-  yy, xx = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij")
-  cos, sin = jnp.cos(theta), jnp.sin(theta)
-  src_y = cos * (yy - cy) - sin * (xx - cx) + cy
-  src_x = sin * (yy - cy) + cos * (xx - cx) + cx
-  sample = lambda channel: jax.scipy.ndimage.map_coordinates(
-      channel, [src_y, src_x], order=1, mode="constant", cval=0.0)
-  return jax.vmap(sample, in_axes=2, out_axes=2)(image)
-
-
-def crop_flip(image: jax.Array, key: jax.Array) -> jax.Array:
-  """Zero-pads by 4, crops back to the original size at random, may flip."""
-  h, w, c = image.shape
-  k_y, k_x, k_flip = jax.random.split(key, 3)
-  padded = jnp.pad(image, ((CROP_PADDING,) * 2, (CROP_PADDING,) * 2, (0, 0)))
-  dy = jax.random.randint(k_y, (), 0, 2 * CROP_PADDING + 1)
-  dx = jax.random.randint(k_x, (), 0, 2 * CROP_PADDING + 1)
-  out = jax.lax.dynamic_slice(padded, (dy, dx, 0), (h, w, c))
-  return jnp.where(jax.random.bernoulli(k_flip), out[:, ::-1], out)
-
 
 def confusion_matrix(labels, predictions, mask, num_classes):
   """``C[i, j]`` = weight of examples with label i predicted as j."""
@@ -95,26 +59,25 @@ class ImageClassification(Task):
   default_grad_clip = None
   default_label_smoothing = 0.0
 
+  def model_inputs(self, batch):
+    return (batch["image"],)
+
+  def fit(self, splits):
+    """Per-channel mean and std of the training images (in [0, 1])."""
+    image = splits.train["image"].astype(np.float64)
+    if splits.train["image"].dtype == np.uint8:
+      image /= 255.0
+    axes = tuple(range(image.ndim - 1))
+    stats = {"mean": tuple(float(m) for m in image.mean(axis=axes)),
+             "std": tuple(float(s) + 1e-12 for s in image.std(axis=axes))}
+    return dataclasses.replace(splits, info=dataclasses.replace(
+        splits.info, stats={**splits.info.stats, **stats}))
+
   def preprocess(self, batch, info):
     image = to_unit(batch["image"])
-    if info.mean is not None:
-      image = (image - jnp.asarray(info.mean, jnp.float32)) / jnp.asarray(
-          info.std, jnp.float32)
-    return {**batch, "image": image}
-
-  def augment(self, batch, key, info):
-    kind = info.extra.get("augmentation", "none")
-    image = to_unit(batch["image"])
-    keys = jax.random.split(key, image.shape[0])
-    if kind == "rotate":
-      angles = jax.vmap(lambda k: jax.random.uniform(
-          k, (), minval=-MAX_ROTATION_DEGREES, maxval=MAX_ROTATION_DEGREES))(
-              keys)
-      image = jax.vmap(rotate)(image, angles)
-    elif kind == "crop_flip":
-      image = jax.vmap(crop_flip)(image, keys)
-    elif kind != "none":
-      raise ValueError(f"unknown augmentation {kind!r}")
+    if "mean" in info.stats:
+      image = (image - jnp.asarray(info.stats["mean"], jnp.float32)
+               ) / jnp.asarray(info.stats["std"], jnp.float32)
     return {**batch, "image": image}
 
   def loss(self, outputs, batch, label_smoothing):

@@ -10,63 +10,24 @@ A diverged run is recorded as such and the campaign goes on.
 
 Seeds (``seeds``) and learning-rate grids (``lr_grid``) of one optimizer are
 trained together in one compiled program (see ``run.train_runs``). The
-train/validation split is drawn once, from the first seed; the seeds vary
-initialisation, data order, augmentation and dropout.
+train/validation split is drawn once, from ``split_seed`` (independent of
+the run seeds, so a campaign can be extended by more seeds later); the seeds
+vary initialisation, data order, augmentation and dropout.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 from tqdm.auto import tqdm
 
-from optbench_jax import data, models, tasks, transforms
+from optbench_jax import data, tasks, transforms
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import outputs, plots, schedules
-from optbench_jax.train import distributed
+from optbench_jax.train import distributed, outputs, plots, settings
 from optbench_jax.train import run as run_lib
-from optbench_jax.train.program import PRECISIONS
-from optbench_jax.train.run import RunConfig, run_dir_for, run_label
-
-LR_POLICIES = ("per-optimizer", "fixed")
-
-
-@dataclasses.dataclass(frozen=True)
-class CampaignConfig:
-  task: str
-  dataset: str
-  model: str
-  optimizers: Sequence[str]
-  epochs: int = 20
-  batch_size: int = 128
-  max_samples: Optional[int] = None
-  seed: int = 0
-  lr_policy: str = "per-optimizer"
-  lr: Optional[float] = None
-  lr_overrides: Mapping[str, float] = dataclasses.field(default_factory=dict)
-  scheduler: Optional[str] = None         # None: the task's default
-  warmup_steps: int = 0
-  grad_clip: Optional[float] = None       # None: the task's default; 0: off
-  label_smoothing: Optional[float] = None  # None: the task's default
-  weight_decay: float = 0.0
-  output_dir: str = "results"
-  data_dir: Optional[str] = None
-  resume: bool = False
-  quiet: bool = False
-  val_fraction: float = 0.1
-  compile_cache: Optional[str] = None     # None: default_compile_cache()
-  seeds: Optional[Sequence[int]] = None   # None: (seed,)
-  lr_grid: Optional[Sequence[float]] = None  # every optimizer at each LR
-  runs_per_program: Optional[int] = None  # None: chosen from memory
-  precision: str = "fp32"
-  devices: Optional[int] = None           # None: all local devices
-  data_placement: str = "auto"
-
-  @property
-  def seed_list(self) -> list[int]:
-    return list(self.seeds) if self.seeds else [self.seed]
+from optbench_jax.train.run import run_dir_for, run_label
+from optbench_jax.train.settings import CampaignConfig, RunConfig
 
 
 def resolve_optimizers(names: Sequence[str] | str) -> list[str]:
@@ -103,75 +64,21 @@ def resolve_learning_rate(cfg: CampaignConfig, optimizer: str) -> float:
 
 
 def validate(cfg: CampaignConfig) -> list[str]:
-  """Checks names and combinations before anything heavy runs."""
-  task = tasks.get(cfg.task)
-  data.get(cfg.task, cfg.dataset)
-  models.get(cfg.task, cfg.model)
-  optimizers = resolve_optimizers(cfg.optimizers)
-  for name in cfg.lr_overrides:
-    if name not in optimizers:
-      raise OptBenchError(f"--lr-overrides names {name!r}, which is not in "
-                          f"--optimizers ({', '.join(optimizers)})")
-  if cfg.lr_policy not in LR_POLICIES:
-    raise OptBenchError(f"unknown --lr-policy {cfg.lr_policy!r}; valid: "
-                        f"{', '.join(LR_POLICIES)}")
-  if (cfg.scheduler or task.default_scheduler) not in schedules.SCHEDULERS:
-    raise OptBenchError(f"unknown --scheduler {cfg.scheduler!r}; valid: "
-                        f"{', '.join(schedules.SCHEDULERS)}")
-  for flag, value in (("--epochs", cfg.epochs),
-                      ("--batch-size", cfg.batch_size)):
-    if value < 1:
-      raise OptBenchError(f"{flag} must be at least 1 (got {value})")
-  if cfg.lr_grid is not None:
-    if not cfg.lr_grid or any(not lr > 0 for lr in cfg.lr_grid):
-      raise OptBenchError("--lr-grid needs positive learning rates, e.g. "
-                          "1e-4,3e-4,1e-3")
-    if cfg.lr is not None or cfg.lr_overrides:
-      raise OptBenchError("--lr-grid replaces --lr and --lr-overrides; give "
-                          "one of them")
-    if len(set(cfg.lr_grid)) != len(cfg.lr_grid):
-      raise OptBenchError("--lr-grid repeats a learning rate")
-  if len(set(cfg.seed_list)) != len(cfg.seed_list):
-    raise OptBenchError("--seeds repeats a seed")
-  if cfg.runs_per_program is not None and cfg.runs_per_program < 1:
-    raise OptBenchError("--runs-per-program must be at least 1")
-  if cfg.precision not in PRECISIONS:
-    raise OptBenchError(f"unknown --precision {cfg.precision!r}; valid: "
-                        f"{', '.join(PRECISIONS)}")
-  if cfg.data_placement not in run_lib.DATA_PLACEMENTS:
-    raise OptBenchError(f"unknown --data-placement {cfg.data_placement!r}; "
-                        f"valid: {', '.join(run_lib.DATA_PLACEMENTS)}")
-  mesh = run_lib.make_mesh(cfg.devices)
-  if mesh is not None and cfg.batch_size % mesh.devices.size:
-    raise OptBenchError(f"--batch-size {cfg.batch_size} is not divisible by "
-                        f"the {mesh.devices.size} data-parallel devices; "
-                        f"change it or --devices")
-  for optimizer in optimizers:
-    learning_rates(cfg, optimizer)
-  return optimizers
+  """Checks names, values and combinations before anything heavy runs."""
+  settings.check(cfg)
+  return resolve_optimizers(cfg.optimizers)
 
 
 def run_config(cfg: CampaignConfig, optimizer: str, *,
                seed: Optional[int] = None,
                learning_rate: Optional[float] = None) -> RunConfig:
-  task = tasks.get(cfg.task)
-  clip = task.default_grad_clip if cfg.grad_clip is None else cfg.grad_clip
-  return RunConfig(
-      task=cfg.task, dataset=cfg.dataset, model=cfg.model,
-      optimizer=optimizer,
+  """One run of the campaign, with the task's defaults resolved."""
+  rc = RunConfig(
+      **settings.protocol_of(cfg), optimizer=optimizer,
       learning_rate=(resolve_learning_rate(cfg, optimizer)
                      if learning_rate is None else learning_rate),
-      epochs=cfg.epochs, batch_size=cfg.batch_size,
-      max_samples=cfg.max_samples,
-      seed=cfg.seed_list[0] if seed is None else seed,
-      split_seed=cfg.seed_list[0],
-      scheduler=cfg.scheduler or task.default_scheduler,
-      warmup_steps=cfg.warmup_steps, grad_clip=clip or None,
-      label_smoothing=(task.default_label_smoothing
-                       if cfg.label_smoothing is None else cfg.label_smoothing),
-      weight_decay=cfg.weight_decay, val_fraction=cfg.val_fraction,
-      precision=cfg.precision, devices=cfg.devices,
-      data_placement=cfg.data_placement)
+      seed=cfg.seed_list[0] if seed is None else seed)
+  return settings.resolve(rc, tasks.get(cfg.task))
 
 
 def run_configs(cfg: CampaignConfig, optimizer: str
@@ -216,10 +123,9 @@ def run_campaign(cfg: CampaignConfig) -> list[dict]:
   optimizers = validate(cfg)
   enable_compile_cache(cfg.compile_cache or default_compile_cache())
   task = tasks.get(cfg.task)
-  split_seed = cfg.seed_list[0]
-  raw = data.get(cfg.task, cfg.dataset).load(cfg.data_dir, split_seed)
-  splits = data.prepare(raw, seed=split_seed, max_samples=cfg.max_samples,
-                        val_fraction=cfg.val_fraction)
+  splits = task.fit(data.prepare(
+      data.load(cfg.task, cfg.dataset, cfg.data_dir), seed=cfg.split_seed,
+      max_samples=cfg.max_samples, val_fraction=cfg.val_fraction))
   out_dir = campaign_dir(cfg)
   rows, long_rows, histories = [], [], {}
   quiet = cfg.quiet or not distributed.is_primary()

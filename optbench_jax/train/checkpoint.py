@@ -51,13 +51,29 @@ def restore_initial(run_dir: str, like: Any) -> Any:
     return _rebuild(checkpointer.restore(path, _abstract_payload(like)), like)
 
 
-# Orbax saves pytrees of non-empty arrays; optimizer states may hold
-# zero-size placeholders (Shampoo's unused preconditioners) and arbitrary
-# NamedTuples. A checkpoint therefore holds the non-empty leaves by index, and
-# the tree structure (and the empty leaves) come from a freshly built state.
+# A checkpoint holds the state's leaves by tree path ("params.conv1.kernel",
+# "opt_state.1.inner_state.0.mu.params.conv1.kernel"): readable, and stable
+# when an unrelated part of the state changes. The tree structure (optimizer
+# NamedTuples, ...) and any zero-size leaves (Orbax stores none) come from a
+# freshly built state of the same program.
+def _key(path) -> str:
+  parts = []
+  for entry in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+    else:
+      parts.append(str(entry))
+  return ".".join(parts)
+
+
 def _payload(tree) -> dict:
-  return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))
-          if leaf.size}
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  payload = {_key(path): leaf for path, leaf in leaves if leaf.size}
+  if len(payload) != sum(1 for _, leaf in leaves if leaf.size):
+    raise ValueError("two leaves of the state have the same tree path")
+  return payload
 
 
 def _abstract_payload(like) -> dict:
@@ -66,6 +82,6 @@ def _abstract_payload(like) -> dict:
 
 
 def _rebuild(payload: dict, like):
-  leaves, treedef = jax.tree.flatten(like)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
   return jax.tree.unflatten(
-      treedef, [payload.get(str(i), leaf) for i, leaf in enumerate(leaves)])
+      treedef, [payload.get(_key(path), leaf) for path, leaf in leaves])

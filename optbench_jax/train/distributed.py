@@ -19,8 +19,12 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from optbench_jax.errors import OptBenchError
+
+# The mesh axis the batch is split over (data parallelism).
+DATA_AXIS = "data"
 
 
 def initialize(coordinator: Optional[str] = None,
@@ -83,3 +87,26 @@ def to_host(tree: Any) -> Any:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
   return jax.tree.map(get, tree)
+
+
+def make_mesh(devices: Optional[int]) -> Optional[Mesh]:
+  """A one-axis data-parallel mesh over ``devices`` local devices.
+
+  ``None`` means all of them; one device means no mesh (the plain program).
+  With several processes the mesh spans every process's devices.
+  """
+  if multi_process():
+    available = jax.devices()
+    if devices not in (None, len(available)):
+      raise OptBenchError(f"--devices {devices}: with --distributed the mesh "
+                          f"spans all {len(available)} devices of the "
+                          f"{jax.process_count()} processes")
+    return Mesh(np.array(available), (DATA_AXIS,))
+  available = jax.local_devices()
+  count = len(available) if devices is None else devices
+  if not 1 <= count <= len(available):
+    raise OptBenchError(f"--devices {count}: this machine has "
+                        f"{len(available)} {available[0].platform} device(s)")
+  if count == 1:
+    return None
+  return Mesh(np.array(available[:count]), (DATA_AXIS,))

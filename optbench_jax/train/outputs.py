@@ -6,7 +6,8 @@ than ``CONVERGENCE_RTOL`` (1 %, relative), i.e. the first ``e`` with
 ``min(val_loss[e+1:]) >= (1 − rtol) · min(val_loss[:e+1])``. The last epoch
 always qualifies, so a run that keeps improving converges at its last epoch.
 Time to convergence is the training time (compilation excluded) summed up to
-and including that epoch. Epochs are numbered from 1.
+and including that epoch. Epochs are numbered from 1. With ``--eval-every N``
+the rule runs over the evaluated epochs.
 """
 from __future__ import annotations
 
@@ -131,15 +132,18 @@ def summarize(history: Sequence[dict], metadata: dict,
     best = pick(values)
     row.update(best_primary=best, best_primary_epoch=next(
         h["epoch"] for h in ok if h.get(primary) == best),
-               final_primary=ok[-1].get(primary))
-  val = [h.get("val_loss") for h in history]
-  finite_val = [v for v in val if v is not None and math.isfinite(v)]
+               final_primary=values[-1])
+  # Epochs without an evaluation (--eval-every) have no validation loss.
+  val = [h.get("val_loss") for h in history if h.get("val_loss") is not None]
+  finite_val = [v for v in val if math.isfinite(v)]
   if finite_val:
     row.update(best_val_loss=min(finite_val), final_val_loss=val[-1])
-  conv = convergence_epoch([h.get("val_loss") for h in ok])
+  evaluated = [h for h in ok if h.get("val_loss") is not None]
+  conv = convergence_epoch([h["val_loss"] for h in evaluated])
   if conv is not None:
-    row.update(convergence_epoch=conv, time_to_convergence_s=sum(
-        h.get("train_time_s") or 0.0 for h in ok[:conv]))
+    epoch = evaluated[conv - 1]["epoch"]
+    row.update(convergence_epoch=epoch, time_to_convergence_s=sum(
+        h.get("train_time_s") or 0.0 for h in ok if h["epoch"] <= epoch))
   return row
 
 

@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 from optbench_jax.transforms.base import (
-    OptimizerSpec, any_run, decay_mask, missing_extra, register)
+    OptimizerSpec, any_run, missing_extra, register)
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
@@ -159,7 +159,7 @@ def adahessian(learning_rate: optax.ScalarOrSchedule = 0.15, b1: float = 0.9,
                hessian_power: float = 1.0, update_period: int = 1,
                spatial_average: bool = True,
                distribution: str = "rademacher", weight_decay: float = 0.0,
-               mask: Optional[Any] = decay_mask
+               mask: Optional[Any] = None
                ) -> optax.GradientTransformationExtraArgs:
   """AdaHessian with decoupled weight decay (see the module docstring)."""
   return optax.chain(
@@ -172,10 +172,8 @@ def adahessian(learning_rate: optax.ScalarOrSchedule = 0.15, b1: float = 0.9,
 register(OptimizerSpec(
     name="adahessian", factory=adahessian, family="second_order",
     default_lr=0.15,
-    hyperparameters={"b1": 0.9, "b2": 0.999, "eps": 1e-4,
-                     "hessian_power": 1.0, "update_period": 1,
-                     "spatial_average": True, "distribution": "rademacher"},
-    weight_decay="decoupled", needs=frozenset({"hvp_fn", "key"}),
+    weight_decay="decoupled", masks={"weight_decay": "mask"},
+    needs=frozenset({"hvp_fn", "key"}),
     paper="Yao et al. 2021, ADAHESSIAN: An Adaptive Second Order Optimizer "
           "for Machine Learning (AAAI)",
     reference="pytorch_optimizer.AdaHessian (fed our Hutchinson estimates)"))

@@ -36,8 +36,9 @@ coupled L2 (``g + λθ`` before the optimizer, as PyTorch's ``weight_decay``)
 for adam, amsgrad, rmsprop, adagrad, adadelta, radam and yogi; decoupled for
 adamw, lion, adabelief (the authors' default ``weight_decouple=True``),
 adafactor (PyTorch's ``θ ← θ (1 − ηλ)``) and adan (the paper's proximal
-``θ / (1 + ηλ)``). Decoupled decay honours ``weight_decay_mask`` (default:
-tensors with ndim ≥ 2).
+``θ / (1 + ηλ)``). Every tensor is decayed unless the run sets
+``exclude_bias_norm`` (or a mask keyword is given: ``mask``, or
+``weight_decay_mask`` where optax names it so).
 
 Agreement with the PyTorch references (``tests/transforms/test_first_order.py``
 checks every one step by step in float64):
@@ -77,7 +78,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optbench_jax.transforms.base import OptimizerSpec, register
+from optbench_jax.transforms.base import OptimizerSpec, configure, register
 
 _MaskOrFn = Any
 
@@ -93,55 +94,44 @@ def _lr_fn(learning_rate: optax.ScalarOrSchedule) -> Callable[[Any], Any]:
 # Adam family (optax aliases).
 
 register(OptimizerSpec(
-    name="adam", factory=optax.adam, family="adaptive", default_lr=1e-3,
-    hyperparameters={"b1": 0.9, "b2": 0.999, "eps": 1e-8},
-    weight_decay="coupled",
+    name="adam", factory=configure(optax.adam), family="adaptive",
+    default_lr=1e-3, weight_decay="coupled",
     paper="Kingma & Ba 2015, Adam: A Method for Stochastic Optimization (ICLR)",
     reference="torch.optim.Adam"))
 
 register(OptimizerSpec(
-    name="adamw", factory=optax.adamw, family="adaptive", default_lr=1e-3,
-    hyperparameters={"b1": 0.9, "b2": 0.999, "eps": 1e-8},
-    weight_decay="decoupled",
+    name="adamw", factory=configure(optax.adamw), family="adaptive",
+    default_lr=1e-3, weight_decay="decoupled", masks={"weight_decay": "mask"},
     paper="Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization "
           "(ICLR)",
     reference="torch.optim.AdamW"))
 
 register(OptimizerSpec(
-    name="amsgrad", factory=optax.amsgrad, family="adaptive", default_lr=1e-3,
-    hyperparameters={"b1": 0.9, "b2": 0.999, "eps": 1e-8},
-    weight_decay="coupled",
+    name="amsgrad", factory=configure(optax.amsgrad), family="adaptive",
+    default_lr=1e-3, weight_decay="coupled",
     paper="Reddi, Kale & Kumar 2018, On the Convergence of Adam and Beyond "
           "(ICLR)",
     reference="torch.optim.Adam(amsgrad=True)"))
 
 register(OptimizerSpec(
     name="rmsprop",
-    factory=lambda learning_rate, decay, eps: optax.rmsprop(
-        learning_rate, decay=decay, eps=eps, eps_in_sqrt=False),
-    family="adaptive", default_lr=1e-3,
-    hyperparameters={"decay": 0.99, "eps": 1e-8}, weight_decay="coupled",
+    factory=configure(optax.rmsprop, decay=0.99, eps_in_sqrt=False),
+    family="adaptive", default_lr=1e-3, weight_decay="coupled",
     paper="Tieleman & Hinton 2012, Lecture 6.5 - RMSProp (COURSERA)",
     reference="torch.optim.RMSprop"))
 
 register(OptimizerSpec(
     name="adagrad",
-    factory=lambda learning_rate, initial_accumulator_value, eps: optax.adagrad(
-        learning_rate, initial_accumulator_value=initial_accumulator_value,
-        eps=eps),
-    family="adaptive", default_lr=1e-2,
-    hyperparameters={"initial_accumulator_value": 0.0, "eps": 0.0},
-    weight_decay="coupled",
+    factory=configure(optax.adagrad, initial_accumulator_value=0.0, eps=0.0),
+    family="adaptive", default_lr=1e-2, weight_decay="coupled",
     paper="Duchi, Hazan & Singer 2011, Adaptive Subgradient Methods for Online "
           "Learning and Stochastic Optimization (JMLR)",
     reference="torch.optim.Adagrad"))
 
 register(OptimizerSpec(
-    name="adadelta",
-    factory=lambda learning_rate, rho, eps: optax.adadelta(
-        learning_rate, rho=rho, eps=eps),
-    family="adaptive", default_lr=1.0,
-    hyperparameters={"rho": 0.9, "eps": 1e-6}, weight_decay="coupled",
+    name="adadelta", factory=configure(optax.adadelta), family="adaptive",
+    default_lr=1.0, weight_decay="coupled",
+    masks={"weight_decay": "weight_decay_mask"},
     paper="Zeiler 2012, ADADELTA: An Adaptive Learning Rate Method "
           "(arXiv:1212.5701)",
     reference="torch.optim.Adadelta"))
@@ -163,7 +153,7 @@ def _decay_rate_pow(step: jax.Array, exponent: float) -> jax.Array:
 def adafactor(
     learning_rate: optax.ScalarOrSchedule,
     weight_decay: float = 0.0,
-    mask: Optional[_MaskOrFn] = None,
+    weight_decay_mask: Optional[_MaskOrFn] = None,
     *,
     relative_step: bool = True,
     min_dim_size_to_factor: int = 1,
@@ -172,6 +162,8 @@ def adafactor(
     multiply_by_parameter_scale: bool = True,
     clipping_threshold: Optional[float] = 1.0,
     momentum: Optional[float] = None,
+    dtype_momentum: Any = jnp.float32,
+    weight_decay_rate: Optional[float] = None,
     eps: float = 1e-30,
     factored: bool = True,
 ) -> optax.GradientTransformation:
@@ -185,14 +177,16 @@ def adafactor(
     θ ← θ − ρ_t max(ε2, RMS(θ)) u − η λ θ,   ρ_t = min(η, 1/√t)
 
   (vectors keep an unfactored EMA of ``g²``). This is ``optax.adafactor``'s
-  chain with the relative step ``ρ_t`` (``relative_step=True``), every tensor
-  with ≥ 2 dimensions factored (``min_dim_size_to_factor=1``) and decoupled
-  weight decay scaled by ``η`` as in ``torch.optim.Adafactor``.
+  chain (all its keywords accepted) with the relative step ``ρ_t``
+  (``relative_step=True``), every tensor with ≥ 2 dimensions factored
+  (``min_dim_size_to_factor=1``) and decoupled weight decay scaled by ``η``
+  as in ``torch.optim.Adafactor`` (``weight_decay``; optax's unscaled
+  ``weight_decay_rate`` is also accepted).
 
   Args:
     learning_rate: ``η``, the cap of the relative step (paper: 1e-2).
     weight_decay: ``λ`` (decoupled, multiplied by ``η``).
-    mask: which leaves are decayed.
+    weight_decay_mask: which leaves are decayed (both decays).
     relative_step: use ``ρ_t = min(η, 1/√t)`` rather than ``η``.
     min_dim_size_to_factor: factor only if the two largest dimensions are at
       least this large.
@@ -201,6 +195,8 @@ def adafactor(
     multiply_by_parameter_scale: scale by ``max(ε2, RMS(θ))`` (ε2 = 1e-3).
     clipping_threshold: ``d`` (None: no update clipping).
     momentum: optional EMA of the updates (the paper uses none).
+    dtype_momentum: dtype of that EMA.
+    weight_decay_rate: optax's decoupled decay, not multiplied by ``η``.
     eps: ``ε1`` added to ``g²``.
     factored: factor the second moment of matrices.
   """
@@ -220,22 +216,21 @@ def adafactor(
   if multiply_by_parameter_scale:
     tx.append(optax.scale_by_param_block_rms())
   if momentum is not None:
-    tx.append(optax.ema(momentum, debias=False))
+    tx.append(optax.ema(momentum, debias=False,
+                        accumulator_dtype=dtype_momentum))
   if weight_decay:
     tx.append(optax.add_decayed_weights(
-        lambda count: lr(count) * weight_decay, mask))
+        lambda count: lr(count) * weight_decay, weight_decay_mask))
+  if weight_decay_rate is not None:
+    tx.append(optax.add_decayed_weights(weight_decay_rate, weight_decay_mask))
   tx.append(optax.scale(-1.0))
   return optax.chain(*tx)
 
 
 register(OptimizerSpec(
     name="adafactor", factory=adafactor, family="adaptive", default_lr=1e-2,
-    hyperparameters={"relative_step": True, "min_dim_size_to_factor": 1,
-                     "decay_rate": 0.8, "decay_offset": 0,
-                     "multiply_by_parameter_scale": True,
-                     "clipping_threshold": 1.0, "momentum": None,
-                     "eps": 1e-30, "factored": True},
-    weight_decay="decoupled",
+    weight_decay="decoupled", masks={"weight_decay": "weight_decay_mask"},
+    optax_function=optax.adafactor,
     paper="Shazeer & Stern 2018, Adafactor: Adaptive Learning Rates with "
           "Sublinear Memory Cost (ICML)",
     reference="torch.optim.Adafactor"))
@@ -251,49 +246,48 @@ def adabelief(
     b2: float = 0.999,
     eps: float = 1e-16,
     eps_root: float = 1e-16,
+    *,
+    nesterov: bool = False,
     weight_decay: float = 0.0,
     mask: Optional[_MaskOrFn] = None,
 ) -> optax.GradientTransformation:
-  """AdaBelief with decoupled weight decay (the authors' default).
+  """``optax.adabelief`` with decoupled weight decay (the authors' default).
 
   ``θ −= η (m̂ / (√ŝ + ε) + λ θ)`` with ``s = β2 s + (1−β2)(g − m)² + ε_root``
   (``optax.scale_by_belief``).
   """
   return optax.chain(
-      optax.scale_by_belief(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+      optax.scale_by_belief(b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+                            nesterov=nesterov),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate))
 
 
 register(OptimizerSpec(
     name="adabelief", factory=adabelief, family="adaptive", default_lr=1e-3,
-    hyperparameters={"b1": 0.9, "b2": 0.999, "eps": 1e-16, "eps_root": 1e-16},
-    weight_decay="decoupled",
+    weight_decay="decoupled", masks={"weight_decay": "mask"},
+    optax_function=optax.adabelief,
     paper="Zhuang et al. 2020, AdaBelief Optimizer: Adapting Stepsizes by the "
           "Belief in Observed Gradients (NeurIPS)",
     reference="pytorch_optimizer.AdaBelief"))
 
 register(OptimizerSpec(
-    name="radam", factory=optax.radam, family="adaptive", default_lr=1e-3,
-    hyperparameters={"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0,
-                     "threshold": 5.0},
-    weight_decay="coupled",
+    name="radam", factory=configure(optax.radam), family="adaptive",
+    default_lr=1e-3, weight_decay="coupled",
     paper="Liu et al. 2020, On the Variance of the Adaptive Learning Rate and "
           "Beyond (ICLR)",
     reference="torch.optim.RAdam"))
 
 register(OptimizerSpec(
-    name="lion", factory=optax.lion, family="adaptive", default_lr=1e-4,
-    hyperparameters={"b1": 0.9, "b2": 0.99},
-    weight_decay="decoupled",
+    name="lion", factory=configure(optax.lion), family="adaptive",
+    default_lr=1e-4, weight_decay="decoupled", masks={"weight_decay": "mask"},
     paper="Chen et al. 2023, Symbolic Discovery of Optimization Algorithms "
           "(NeurIPS)",
     reference="pytorch_optimizer.Lion"))
 
 register(OptimizerSpec(
-    name="yogi", factory=optax.yogi, family="adaptive", default_lr=1e-2,
-    hyperparameters={"b1": 0.9, "b2": 0.999, "eps": 1e-3},
-    weight_decay="coupled",
+    name="yogi", factory=configure(optax.yogi), family="adaptive",
+    default_lr=1e-2, weight_decay="coupled",
     paper="Zaheer et al. 2018, Adaptive Methods for Nonconvex Optimization "
           "(NeurIPS)",
     reference="pytorch_optimizer.Yogi"))
@@ -384,9 +378,7 @@ def adan(
 
 register(OptimizerSpec(
     name="adan", factory=adan, family="adaptive", default_lr=1e-3,
-    hyperparameters={"b1": 0.98, "b2": 0.92, "b3": 0.99, "eps": 1e-8,
-                     "eps_root": 0.0},
-    weight_decay="decoupled",
+    weight_decay="decoupled", masks={"weight_decay": "mask"},
     paper="Xie et al. 2022, Adan: Adaptive Nesterov Momentum Algorithm for "
           "Faster Optimizing Deep Models (arXiv:2208.06677; TPAMI 2024)",
     reference="pytorch_optimizer.Adan"))

@@ -2,8 +2,11 @@
 
 Every optimizer is an ``optax.GradientTransformation`` (or
 ``GradientTransformationExtraArgs``) built by a factory
-``factory(learning_rate, **hyperparameters)``. :func:`make` builds one by the
-name users type; :func:`available` lists them all.
+``factory(learning_rate, **keywords)`` whose signature states its defaults
+once (:func:`configure` gives an optax function other defaults).
+:func:`make` builds one by the name users type, applying the run's settings
+(weight decay in the entry's mode, ``exclude_bias_norm`` through the entry's
+mask keywords); :func:`available` lists them all.
 
 Extras protocol
 ---------------
@@ -31,6 +34,9 @@ A transformation that needs an extra it was not given raises
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import types
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -44,28 +50,108 @@ FAMILIES = ("gd", "adaptive", "sharpness", "wrapper", "variance_reduction",
             "second_order")
 EXTRAS = ("value", "value_fn", "grad_fn", "hvp_fn", "key", "kfac_stats",
           "full_grad")
-WEIGHT_DECAY_MODES = ("coupled", "decoupled", "none")
+# How ``make(..., weight_decay=λ)`` reaches the rule:
+#   coupled    L2 on the gradient, ``g + λθ`` before the rule: ``make`` chains
+#              ``optax.add_decayed_weights(λ, mask)`` before the transformation
+#              (what optax's own ``weight_decay`` does in sgd-like aliases).
+#   decoupled  the rule decays the weights itself: the factory's
+#              ``weight_decay`` keyword.
+#   base       the factory is a wrapper: it hands ``weight_decay`` and
+#              ``exclude_bias_norm`` to its base optimizer, which applies them
+#              in its own mode.
+#   objective  the factory adds ``λ/2 ‖θ‖²`` to the objective it evaluates
+#              (L-BFGS: gradient, value and line search see the same function).
+#   none       the rule takes no weight decay (a non-zero value is refused).
+WEIGHT_DECAY_MODES = ("coupled", "decoupled", "base", "objective", "none")
+# Roles of the parameter masks an entry may expose (``OptimizerSpec.masks``).
+MASK_ROLES = ("weight_decay", "trust_ratio")
+# ``make``'s own arguments: never hyperparameters of an entry.
+RUN_SETTINGS = ("learning_rate", "weight_decay", "exclude_bias_norm")
+
+
+def exclude_bias_norm_mask(params: Any) -> Any:
+  """True for tensors with ndim ≥ 2, False for biases and normalisation scales.
+
+  The mask every weight-decay and trust-ratio mask of an entry receives when
+  the run sets ``exclude_bias_norm`` (as the LARS and LAMB papers' practice
+  and AlgoPerf's parameter types); by default every tensor is decayed.
+  """
+  return jax.tree.map(lambda p: getattr(p, "ndim", 0) > 1, params)
+
+
+def configure(fn: Callable[..., Any], /, **defaults) -> Callable[..., Any]:
+  """``fn`` (an optax function) with some keyword defaults replaced.
+
+  The result accepts every parameter of ``fn`` under its name, and its
+  signature (``inspect.signature``) carries the new defaults, so the registry
+  reads the entry's defaults and valid keywords from it. ``configures`` holds
+  ``fn``.
+  """
+  signature = inspect.signature(fn)
+  unknown = set(defaults) - set(signature.parameters)
+  if unknown:
+    raise ValueError(f"{fn.__name__} has no parameter(s) {sorted(unknown)}")
+  signature = signature.replace(parameters=[
+      p.replace(default=defaults[p.name]) if p.name in defaults else p
+      for p in signature.parameters.values()])
+
+  @functools.wraps(fn)
+  def factory(*args, **kwargs):
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return fn(*bound.args, **bound.kwargs)
+
+  factory.__signature__ = signature
+  factory.configures = fn
+  return factory
+
+
+def _signature_defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+  """``{name: default}`` of ``fn``'s parameters, run settings excluded."""
+  out = {}
+  for name, p in inspect.signature(fn).parameters.items():
+    if name in RUN_SETTINGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+      continue
+    if p.default is p.empty:
+      raise ValueError(f"{getattr(fn, '__name__', fn)}: parameter {name!r} "
+                       f"has no default")
+    out[name] = p.default
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
   """One registry entry.
 
+  The defaults of an entry are those of its factory's signature, stated once
+  there; :attr:`hyperparameters` reads them back.
+
   Attributes:
     name: the name users type.
     factory: ``factory(learning_rate, **hyperparameters)`` returning a
-      GradientTransformation. When ``weight_decay == "decoupled"`` it must also
-      accept ``weight_decay`` (and may accept ``mask``).
+      GradientTransformation; every parameter but ``learning_rate`` has a
+      default. Modes ``"decoupled"``, ``"base"`` and ``"objective"`` also take
+      ``weight_decay`` (``"base"``: and ``exclude_bias_norm``).
     family: one of :data:`FAMILIES`.
     default_lr: the default learning rate of the benchmark protocol.
-    hyperparameters: the defaults from the original paper (passed to factory).
-    weight_decay: the thesis protocol's treatment of ``--weight-decay``:
-      ``"decoupled"`` (AdamW-like, passed to the factory), ``"coupled"``
-      (SGD-like L2: ``optax.add_decayed_weights`` before the optimizer) or
-      ``"none"``.
+    hyperparameters: ``{name: default}`` of the factory's keywords (derived
+      from its signature). A mapping given here overrides some of the
+      signature's defaults (kept for entries written before; prefer
+      :func:`configure` or the factory's own defaults).
+    weight_decay: how ``make``'s ``weight_decay`` reaches the rule, one of
+      :data:`WEIGHT_DECAY_MODES`.
+    masks: ``{role: keyword}`` for the factory keywords that take a
+      parameter mask, ``role`` in :data:`MASK_ROLES` (e.g. ``{"weight_decay":
+      "mask", "trust_ratio": "trust_ratio_mask"}``). With
+      ``make(..., exclude_bias_norm=True)`` each gets
+      :func:`exclude_bias_norm_mask`. In mode ``"coupled"`` the
+      ``weight_decay`` keyword is the mask of the L2 term ``make`` chains.
     needs: extras beyond gradients (see the module docstring).
     paper: the citation.
     reference: the PyTorch reference the tests compare against ("" if none).
+    optax_function: the optax function the entry configures or mirrors
+      (every keyword of it is accepted under its name); taken from
+      ``factory.configures`` when the factory is built by :func:`configure`.
     prepare_for_eval: ``(params, opt_state) -> params`` giving the parameters
       to evaluate (Schedule-Free's averaged iterate, Lookahead's slow weights);
       None means the training parameters.
@@ -76,11 +162,13 @@ class OptimizerSpec:
   factory: Callable[..., optax.GradientTransformation]
   family: str
   default_lr: float
-  hyperparameters: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  hyperparameters: Optional[Mapping[str, Any]] = None
   weight_decay: str = "coupled"
+  masks: Mapping[str, str] = dataclasses.field(default_factory=dict)
   needs: frozenset = frozenset()
   paper: str = ""
   reference: str = ""
+  optax_function: Optional[Callable[..., Any]] = None
   prepare_for_eval: Optional[Callable[[Any, Any], Any]] = None
   epoch_start: Optional[Callable[[Any, Any, Any], Any]] = None
 
@@ -94,6 +182,33 @@ class OptimizerSpec:
       raise ValueError(f"{self.name}: unknown extras {sorted(unknown)}")
     if "full_grad" in self.needs and self.epoch_start is None:
       raise ValueError(f"{self.name}: needs full_grad but has no epoch_start")
+    parameters = set(inspect.signature(self.factory).parameters)
+    takes = {"decoupled": {"weight_decay"}, "objective": {"weight_decay"},
+             "base": {"weight_decay", "exclude_bias_norm"}}
+    missing = takes.get(self.weight_decay, set()) - parameters
+    if missing:
+      raise ValueError(f"{self.name}: weight_decay={self.weight_decay!r} "
+                       f"needs a factory taking {sorted(missing)}")
+    defaults = _signature_defaults(self.factory)
+    for role, keyword in self.masks.items():
+      if role not in MASK_ROLES or keyword not in defaults:
+        raise ValueError(f"{self.name}: mask {role!r}: {keyword!r}")
+    overrides = dict(self.hyperparameters or {})
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+      raise ValueError(f"{self.name}: hyperparameters {sorted(unknown)} are "
+                       f"not parameters of the factory")
+    object.__setattr__(self, "hyperparameters",
+                       types.MappingProxyType({**defaults, **overrides}))
+    if self.optax_function is None:
+      object.__setattr__(self, "optax_function",
+                         getattr(self.factory, "configures", None))
+    if self.optax_function is not None:
+      absent = (set(inspect.signature(self.optax_function).parameters)
+                - parameters - set(RUN_SETTINGS))
+      if absent:
+        raise ValueError(f"{self.name}: keyword(s) {sorted(absent)} of "
+                         f"{self.optax_function.__name__} are not accepted")
 
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
@@ -149,53 +264,73 @@ def get(name: str) -> OptimizerSpec:
   return OPTIMIZERS.get(name)
 
 
-def decay_mask(params: Any) -> Any:
-  """True for tensors that get weight decay / trust ratios: ndim >= 2.
-
-  Biases and normalisation scales/offsets (1-D) are excluded, as in the LARS
-  and LAMB papers and AlgoPerf's parameter types.
-  """
-  return jax.tree_util.tree_map(lambda p: getattr(p, "ndim", 0) > 1, params)
-
-
-def make(name: str, learning_rate: Optional[float] = None,
-         weight_decay: float = 0.0, weight_decay_mask: Any = decay_mask,
-         **hyperparameters) -> optax.GradientTransformationExtraArgs:
+def make(name: str, learning_rate: Optional[optax.ScalarOrSchedule] = None,
+         weight_decay: float = 0.0, exclude_bias_norm: bool = False,
+         **keywords) -> optax.GradientTransformationExtraArgs:
   """Builds the optimizer registered as ``name``.
+
+  With only ``name`` and the learning rate it computes what the entry's
+  reference computes at the same settings: every tensor decayed, trust ratios
+  wherever the reference applies them.
 
   Args:
     name: a registered name (see :func:`available`).
     learning_rate: a float or an optax schedule; defaults to the registry's.
-    weight_decay: applied as the registry's ``weight_decay`` mode says
-      (decoupled by the factory, or coupled L2 chained before it).
-    weight_decay_mask: which parameters are decayed (default: ndim >= 2).
-    **hyperparameters: override the paper defaults; names follow optax's.
+    weight_decay: λ, applied as the entry's ``weight_decay`` mode says.
+    exclude_bias_norm: exempt 1-D tensors (biases, normalisation scales) from
+      weight decay and trust ratios: every mask keyword of the entry
+      (``OptimizerSpec.masks``) gets :func:`exclude_bias_norm_mask`. A
+      setting of the run (``--exclude-bias-norm``); off by default, as the
+      source protocol's PyTorch optimizers received ``model.parameters()``.
+    **keywords: the factory's keywords (optax's names where the entry
+      configures an optax function), overriding its defaults.
+
+  Raises:
+    OptBenchError: an unknown keyword (the message lists all valid ones), an
+      explicit mask together with ``exclude_bias_norm``, weight decay for an
+      entry without it, or ``exclude_bias_norm`` with weight decay for an
+      entry that cannot mask its decay.
   """
   spec = get(name)
-  unknown = set(hyperparameters) - set(spec.hyperparameters)
+  unknown = set(keywords) - set(spec.hyperparameters)
   if unknown:
     raise OptBenchError(
-        f"optimizer {name!r} has no hyperparameter(s) {sorted(unknown)}; "
-        f"valid: {sorted(spec.hyperparameters) or 'none'}")
+        f"optimizer {name!r} has no keyword(s) {sorted(unknown)}; valid: "
+        f"{', '.join(sorted(spec.hyperparameters)) or 'none'} (and "
+        f"{', '.join(RUN_SETTINGS)})")
+  explicit = sorted(set(keywords) & set(spec.masks.values()))
+  if exclude_bias_norm and explicit:
+    raise OptBenchError(
+        f"optimizer {name!r}: pass either exclude_bias_norm=True or the mask "
+        f"keyword(s) {explicit}, not both")
   lr = spec.default_lr if learning_rate is None else learning_rate
-  kwargs = {**spec.hyperparameters, **hyperparameters}
-  if spec.weight_decay == "decoupled":
+  kwargs = {**spec.hyperparameters, **keywords}
+  if exclude_bias_norm:
+    for keyword in spec.masks.values():
+      kwargs[keyword] = exclude_bias_norm_mask
+  mode = spec.weight_decay
+  coupled_mask = None
+  if mode == "coupled" and "weight_decay" in spec.masks:
+    # The factory's own decay stays at its default (0): the chained L2 term
+    # below takes the mask.
+    coupled_mask = kwargs.pop(spec.masks["weight_decay"])
+  elif mode == "coupled" and exclude_bias_norm:
+    coupled_mask = exclude_bias_norm_mask
+  if mode in ("decoupled", "objective", "base"):
     kwargs["weight_decay"] = weight_decay
-    if "mask" in _parameters(spec.factory):
-      kwargs["mask"] = weight_decay_mask
-    return optax.with_extra_args_support(spec.factory(lr, **kwargs))
-  tx = optax.with_extra_args_support(spec.factory(lr, **kwargs))
-  if weight_decay and spec.weight_decay == "coupled":
-    tx = optax.chain(optax.add_decayed_weights(weight_decay, weight_decay_mask),
-                     tx)
-  elif weight_decay:
+  if mode == "base":
+    kwargs["exclude_bias_norm"] = exclude_bias_norm
+  elif (mode in ("decoupled", "objective") and weight_decay
+        and exclude_bias_norm and "weight_decay" not in spec.masks):
+    raise OptBenchError(
+        f"optimizer {name!r} decays every tensor (its rule has no mask); "
+        f"exclude_bias_norm needs weight_decay=0 for it")
+  if weight_decay and mode == "none":
     raise OptBenchError(f"optimizer {name!r} does not take weight decay")
+  tx = optax.with_extra_args_support(spec.factory(lr, **kwargs))
+  if weight_decay and mode == "coupled":
+    tx = optax.chain(optax.add_decayed_weights(weight_decay, coupled_mask), tx)
   return tx
-
-
-def _parameters(fn: Callable) -> set[str]:
-  import inspect
-  return set(inspect.signature(fn).parameters)
 
 
 # The order of listings and of ``--optimizers all``: the source benchmark's 16,
@@ -220,7 +355,7 @@ def available() -> dict[str, OptimizerSpec]:
 
 
 def missing_extra(optimizer: str, extra: str) -> OptBenchError:
-  """The error a transformation raises when the engine did not supply ``extra``."""
+  """The error a transformation raises when ``extra`` was not supplied."""
   return OptBenchError(
       f"optimizer {optimizer!r} needs the extra argument {extra!r} in "
       f"update(); pass {extra}=... (the optbench_jax engine supplies it when "

@@ -74,7 +74,7 @@ import jax.numpy as jnp
 import optax
 from optax import contrib
 
-from optbench_jax.transforms.base import OptimizerSpec, register
+from optbench_jax.transforms.base import OptimizerSpec, configure, register
 
 
 def _lr_fn(learning_rate):
@@ -103,38 +103,12 @@ def _muon_dimension_numbers(params: Any) -> Any:
   return jax.tree.map(dims, params)
 
 
-def muon(
-    learning_rate: optax.ScalarOrSchedule,
-    weight_decay: float = 0.0,
-    mask: Optional[Any] = None,
-    beta: float = 0.95,
-    ns_steps: int = 5,
-    nesterov: bool = True,
-    eps: float = 1e-8,
-    adam_b1: float = 0.9,
-    adam_b2: float = 0.999,
-    adam_weight_decay: float = 0.0,
-    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
-) -> optax.GradientTransformation:
-  """``optax.contrib.muon`` on every tensor with ndim ≥ 2, AdamW elsewhere.
-
-  ``weight_decay`` (decoupled, with ``mask``) applies to the Muon tensors;
-  the AdamW tensors (biases, norm scales) take ``adam_weight_decay``.
-  """
-  return contrib.muon(
-      learning_rate, ns_steps=ns_steps, beta=beta, eps=eps,
-      weight_decay=weight_decay, weight_decay_mask=mask, nesterov=nesterov,
-      adam_b1=adam_b1, adam_b2=adam_b2, adam_weight_decay=adam_weight_decay,
-      adam_learning_rate=adam_learning_rate,
-      muon_weight_dimension_numbers=_muon_dimension_numbers)
-
-
 register(OptimizerSpec(
-    name="muon", factory=muon, family="adaptive", default_lr=0.02,
-    hyperparameters={"beta": 0.95, "ns_steps": 5, "nesterov": True,
-                     "eps": 1e-8, "adam_b1": 0.9, "adam_b2": 0.999,
-                     "adam_weight_decay": 0.0, "adam_learning_rate": None},
-    weight_decay="decoupled",
+    name="muon",
+    factory=configure(contrib.muon,
+                      muon_weight_dimension_numbers=_muon_dimension_numbers),
+    family="adaptive", default_lr=0.02, weight_decay="decoupled",
+    masks={"weight_decay": "weight_decay_mask"},
     paper="Jordan et al. 2024, Muon: An optimizer for hidden layers in neural "
           "networks (kellerjordan.github.io/posts/muon)",
     reference="pytorch_optimizer.Muon (Newton-Schulz in float64)"))
@@ -153,6 +127,7 @@ def schedule_free_adamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_lr_power: float = 2.0,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Schedule-Free AdamW (``optax.contrib.schedule_free`` around RMS scaling).
 
@@ -175,16 +150,16 @@ def schedule_free_adamw(
       optax.scale_by_learning_rate(gamma))
   return contrib.schedule_free(
       base_optimizer, learning_rate=lambda step: gamma(step - 1), b1=b1,
-      weight_lr_power=weight_lr_power)
+      weight_lr_power=weight_lr_power, state_dtype=state_dtype)
 
 
 def _find_schedule_free_state(opt_state: Any) -> contrib.ScheduleFreeState:
-  is_sf = lambda x: isinstance(x, contrib.ScheduleFreeState)
-  found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_sf) if is_sf(s)]
-  if len(found) != 1:
-    raise ValueError(f"expected one ScheduleFreeState in the optimizer state, "
-                     f"found {len(found)}")
-  return found[0]
+  found = optax.tree.get(
+      opt_state, "ScheduleFreeState",
+      filtering=lambda _, x: isinstance(x, contrib.ScheduleFreeState))
+  if found is None:
+    raise ValueError("no ScheduleFreeState in the optimizer state")
+  return found
 
 
 def schedule_free_eval_params(params: Any, opt_state: Any) -> Any:
@@ -200,9 +175,8 @@ def schedule_free_eval_params(params: Any, opt_state: Any) -> Any:
 register(OptimizerSpec(
     name="schedule_free_adamw", factory=schedule_free_adamw,
     family="adaptive", default_lr=2.5e-3,
-    hyperparameters={"warmup_steps": None, "b1": 0.9, "b2": 0.999,
-                     "eps": 1e-8, "weight_lr_power": 2.0},
-    weight_decay="decoupled",
+    weight_decay="decoupled", masks={"weight_decay": "mask"},
+    optax_function=contrib.schedule_free_adamw,
     paper="Defazio et al. 2024, The Road Less Scheduled (NeurIPS)",
     reference="pytorch_optimizer.ScheduleFreeAdamW",
     prepare_for_eval=schedule_free_eval_params))
@@ -212,20 +186,9 @@ register(OptimizerSpec(
 # ADOPT, AdEMAMix.
 
 
-def _adopt_clip(count: jax.Array) -> jax.Array:
-  """The paper's ``c_t = t^¼``; optax passes ``count = t`` (0 at init)."""
-  return count ** 0.25
-
-
 register(OptimizerSpec(
-    name="adopt",
-    factory=lambda learning_rate, b1, b2, eps, use_clipping, clip_value_fn: (
-        contrib.adopt(learning_rate, b1=b1, b2=b2, eps=eps,
-                      use_clipping=use_clipping, clip_value_fn=clip_value_fn)),
-    family="adaptive", default_lr=1e-3,
-    hyperparameters={"b1": 0.9, "b2": 0.9999, "eps": 1e-6,
-                     "use_clipping": True, "clip_value_fn": _adopt_clip},
-    weight_decay="coupled",
+    name="adopt", factory=configure(contrib.adopt), family="adaptive",
+    default_lr=1e-3, weight_decay="coupled",
     paper="Taniguchi et al. 2024, ADOPT: Modified Adam Can Converge with Any "
           "beta2 with the Optimal Rate (NeurIPS)",
     reference="pytorch_optimizer.ADOPT"))
@@ -240,6 +203,8 @@ def ademamix(
     b3: float = 0.9999,
     alpha: float = 5.0,
     eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Optional[Any] = None,
     t_alpha_beta3: Optional[int] = None,
 ) -> optax.GradientTransformation:
   """``optax.contrib.ademamix`` with the paper's optional α/β3 schedulers.
@@ -261,14 +226,14 @@ def ademamix(
           jnp.exp(log_b1 * log_b3 / ((1.0 - frac) * log_b3 + frac * log_b1)),
           b3_value)
   return contrib.ademamix(learning_rate, b1=b1, b2=b2, b3=b3, alpha=alpha,
-                          eps=eps, weight_decay=weight_decay, mask=mask)
+                          eps=eps, eps_root=eps_root, mu_dtype=mu_dtype,
+                          weight_decay=weight_decay, mask=mask)
 
 
 register(OptimizerSpec(
     name="ademamix", factory=ademamix, family="adaptive", default_lr=1e-3,
-    hyperparameters={"b1": 0.9, "b2": 0.999, "b3": 0.9999, "alpha": 5.0,
-                     "eps": 1e-8, "t_alpha_beta3": None},
-    weight_decay="decoupled",
+    weight_decay="decoupled", masks={"weight_decay": "mask"},
+    optax_function=contrib.ademamix,
     paper="Pagliardini, Ablin & Grangier 2024, The AdEMAMix Optimizer: Better, "
           "Faster, Older (arXiv:2409.03137; ICLR 2025)",
     reference="pytorch_optimizer.AdEMAMix"))
@@ -277,64 +242,30 @@ register(OptimizerSpec(
 # ---------------------------------------------------------------------------
 # Learning-rate-free methods.
 
-def prodigy(
-    learning_rate: optax.ScalarOrSchedule,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.999),
-    beta3: Optional[float] = None,
-    eps: float = 1e-8,
-    estim_lr0: float = 1e-6,
-    estim_lr_coef: float = 1.0,
-    safeguard_warmup: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  """``optax.contrib.prodigy`` (decoupled decay on every tensor)."""
-  return contrib.prodigy(
-      learning_rate, betas=betas, beta3=beta3, eps=eps, estim_lr0=estim_lr0,
-      estim_lr_coef=estim_lr_coef, weight_decay=weight_decay,
-      safeguard_warmup=safeguard_warmup)
-
-
 register(OptimizerSpec(
-    name="prodigy", factory=prodigy,
-    family="adaptive", default_lr=1.0,
-    hyperparameters={"betas": (0.9, 0.999), "beta3": None, "eps": 1e-8,
-                     "estim_lr0": 1e-6, "estim_lr_coef": 1.0,
-                     "safeguard_warmup": False},
-    weight_decay="decoupled",
+    name="prodigy", factory=configure(contrib.prodigy), family="adaptive",
+    default_lr=1.0, weight_decay="decoupled",
     paper="Mishchenko & Defazio 2024, Prodigy: An Expeditiously Adaptive "
           "Parameter-Free Learner (ICML)",
     reference="pytorch_optimizer.Prodigy(bias_correction=True)"))
 
 register(OptimizerSpec(
-    name="dadapt_adamw",
-    factory=lambda learning_rate, weight_decay, betas, eps, estim_lr0: (
-        contrib.dadapt_adamw(learning_rate, betas=betas, eps=eps,
-                             estim_lr0=estim_lr0, weight_decay=weight_decay)),
-    family="adaptive", default_lr=1.0,
-    hyperparameters={"betas": (0.9, 0.999), "eps": 1e-8, "estim_lr0": 1e-6},
-    weight_decay="decoupled",
+    name="dadapt_adamw", factory=configure(contrib.dadapt_adamw),
+    family="adaptive", default_lr=1.0, weight_decay="decoupled",
     paper="Defazio & Mishchenko 2023, Learning-Rate-Free Learning by "
           "D-Adaptation (ICML)",
     reference="pytorch_optimizer.DAdaptAdam(bias_correction=True)"))
 
 register(OptimizerSpec(
-    name="dog",
-    factory=lambda learning_rate, init_step, eps: contrib.dog(
-        learning_rate, init_step=init_step, eps=eps),
-    family="gd", default_lr=1.0,
-    hyperparameters={"init_step": ("heuristic", 1e-6), "eps": 1e-8},
-    weight_decay="coupled",
+    name="dog", factory=configure(contrib.dog), family="gd", default_lr=1.0,
+    weight_decay="coupled", masks={"weight_decay": "mask"},
     paper="Ivgi, Hinder & Carmon 2023, DoG is SGD's Best Friend: A "
           "Parameter-Free Dynamic Step Size Schedule (ICML)",
     reference="dog.DoG (dog-optimizer, the authors' package)"))
 
 register(OptimizerSpec(
-    name="madgrad",
-    factory=lambda learning_rate, momentum, eps: contrib.madgrad(
-        learning_rate, momentum=momentum, eps=eps),
-    family="adaptive", default_lr=1e-2,
-    hyperparameters={"momentum": 0.9, "eps": 1e-6},
-    weight_decay="coupled",
+    name="madgrad", factory=configure(contrib.madgrad), family="adaptive",
+    default_lr=1e-2, weight_decay="coupled",
     paper="Defazio & Jelassi 2022, Adaptivity without Compromise: A "
           "Momentumized, "
           "Adaptive, Dual Averaged Gradient Method for Stochastic Optimization "

@@ -12,29 +12,24 @@ All are ``optax.sgd``; weight decay is coupled L2 (PyTorch's ``weight_decay``).
 """
 import optax
 
-from optbench_jax.transforms.base import OptimizerSpec, register
+from optbench_jax.transforms.base import OptimizerSpec, configure, register
 
 register(OptimizerSpec(
     name="sgd", factory=optax.sgd, family="gd", default_lr=0.01,
-    hyperparameters={}, weight_decay="coupled",
+    optax_function=optax.sgd, weight_decay="coupled",
     paper="Robbins & Monro 1951, A Stochastic Approximation Method",
     reference="torch.optim.SGD"))
 
 register(OptimizerSpec(
-    name="sgd_momentum",
-    factory=lambda learning_rate, momentum: optax.sgd(learning_rate, momentum),
-    family="gd", default_lr=0.01, hyperparameters={"momentum": 0.9},
-    weight_decay="coupled",
+    name="sgd_momentum", factory=configure(optax.sgd, momentum=0.9),
+    family="gd", default_lr=0.01, weight_decay="coupled",
     paper="Polyak 1964, Some methods of speeding up the convergence of "
           "iteration methods",
     reference="torch.optim.SGD(momentum=0.9)"))
 
 register(OptimizerSpec(
-    name="nesterov",
-    factory=lambda learning_rate, momentum: optax.sgd(
-        learning_rate, momentum, nesterov=True),
-    family="gd", default_lr=0.01, hyperparameters={"momentum": 0.9},
-    weight_decay="coupled",
+    name="nesterov", factory=configure(optax.sgd, momentum=0.9, nesterov=True),
+    family="gd", default_lr=0.01, weight_decay="coupled",
     paper="Sutskever et al. 2013, On the importance of initialization and "
           "momentum in deep learning (ICML)",
     reference="torch.optim.SGD(momentum=0.9, nesterov=True)"))

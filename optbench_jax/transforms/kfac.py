@@ -27,25 +27,21 @@ recomputed on the first step and then every ``inverse_update_period`` steps
 weighted average is the bias-corrected EMA of kfac-jax (``w_1 = 1``, so
 ``Ā_1 = A_1``); it equals ``EMA_t / (1 − β^t)``.
 
-Convolutions follow KFC (Grosse & Martens 2016): the input patches
-(``jax.lax.conv_general_dilated_patches``, reordered to flax's kernel layout
-``(*window, c_in)``) are the inputs ``a`` and every spatial location is an extra
-sample: ``A = Σ_{i,l} m_i ā_{il} ā_{il}ᵀ / n`` (summed over the ``|T|``
-locations) and ``G = Σ_{i,l} m_i g_{il} g_{il}ᵀ / (n |T|)`` (averaged), which is
-KFC's ``Ω ⊗ Γ``. Dense layers applied to inputs with extra axes (a sequence)
-treat those positions the same way. The convolution geometry is not part of
-the statistics, so it is inferred from the input, output and kernel shapes:
-symmetric padding ``(k − 1) // 2`` (PyTorch-style ``padding=1`` for 3×3, the
-layout of this project's models), then ``"VALID"``, then ``"SAME"``, with the
-stride that reproduces the output shape; a layer whose statistics already
-hold patches (last axis ``prod(kernel.shape[:-1])``, the output's spatial
-shape) is used as is. Shapes cannot tell every geometry apart: an odd window
-with stride > 1 and ``"SAME"`` padding (pads ``(0, 1)``) has the same shapes
-as the symmetric padding and is read as symmetric (its patches are shifted by
-one pixel), and a dilated kernel can pass for a strided one; grouped
-convolutions fall back to the plain gradient (with a warning), and shapes no
-candidate explains raise an error. Layers that sow their own patches avoid
-all of this.
+Convolutions follow KFC (Grosse & Martens 2016): the input patches (in flax's
+kernel layout ``(*window, c_in)``) are the inputs ``a`` and every spatial
+location is an extra sample: ``A = Σ_{i,l} m_i ā_{il} ā_{il}ᵀ / n`` (summed
+over the ``|T|`` locations) and ``G = Σ_{i,l} m_i g_{il} g_{il}ᵀ / (n |T|)``
+(averaged), which is KFC's ``Ω ⊗ Γ``. Dense layers applied to inputs with
+extra axes (a sequence) treat those positions the same way. A convolution's
+geometry is read from its statistics, never inferred from shapes:
+``layers.Conv`` records a :class:`~optbench_jax.models.layers.ConvGeometry`
+beside its inputs (``inputs[P]["geometry"]``), and either its patches
+(``geometry.patches``, plain 2-D convolutions) or its input, whose patches are
+then taken with ``jax.lax.conv_general_dilated_patches`` with the recorded
+window, strides, explicit padding and dilations. A convolution kernel without
+a recorded geometry, a grouped convolution, or one with a padding mode other
+than explicit pads (``"CIRCULAR"``, ...) gets the plain gradient (with a
+warning).
 
 Parameters that do not belong to a capturing layer (batch-norm scales and
 offsets, embeddings, layers not built from ``layers.Dense``/``layers.Conv``,
@@ -72,13 +68,13 @@ fixed damping, learning rate and momentum (no adaptation),
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from optbench_jax.transforms import kfac_layers
 from optbench_jax.transforms.base import (
     OptimizerSpec, any_run, missing_extra, register, sequential_on_cpu)
 
@@ -98,191 +94,6 @@ class ScaleByKfacState(NamedTuple):
   count: jax.Array  # int32, number of updates done
   weight: jax.Array  # w_t, the total weight of the moving averages
   layers: dict[str, KfacLayerState]  # by "/"-joined parameter path
-
-
-class _Layer(NamedTuple):
-  path: tuple[str, ...]
-  kernel_shape: tuple[int, ...]
-  has_bias: bool
-  dtype: Any
-
-  @property
-  def d_in(self) -> int:
-    return math.prod(self.kernel_shape[:-1]) + int(self.has_bias)
-
-  @property
-  def d_out(self) -> int:
-    return self.kernel_shape[-1]
-
-
-def _keys(path) -> Optional[tuple[str, ...]]:
-  """The dictionary keys of a tree path, or None if it is not all dict keys."""
-  keys = []
-  for entry in path:
-    if not isinstance(entry, jax.tree_util.DictKey):
-      return None
-    keys.append(str(entry.key))
-  return tuple(keys)
-
-
-def _leaves_by_keys(tree: Any) -> dict[tuple[str, ...], Any]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  out = {}
-  for path, leaf in leaves:
-    keys = _keys(path)
-    if keys is not None:
-      out[keys] = leaf
-  return out
-
-
-def _find_layers(tree: Any) -> dict[str, _Layer]:
-  """Candidate layers: dict nodes holding a ``kernel`` of rank >= 2."""
-  leaves = _leaves_by_keys(tree)
-  layers = {}
-  for keys, kernel in leaves.items():
-    if not keys or keys[-1] != "kernel" or getattr(kernel, "ndim", 0) < 2:
-      continue
-    prefix = keys[:-1]
-    bias = leaves.get(prefix + ("bias",))
-    has_bias = bias is not None and tuple(bias.shape) == kernel.shape[-1:]
-    dtype = jnp.promote_types(kernel.dtype, jnp.float32)
-    layers["/".join(prefix)] = _Layer(prefix, tuple(kernel.shape), has_bias,
-                                      dtype)
-  return layers
-
-
-def _lookup(tree: Any, keys: tuple[str, ...]) -> Any:
-  for key in keys:
-    if not isinstance(tree, Mapping) or key not in tree:
-      return None
-    tree = tree[key]
-  return tree
-
-
-def _spatial_specs(n: int) -> tuple[str, str, str]:
-  letters = "DHW"[-n:] if n <= 3 else None
-  if letters is None:
-    raise ValueError(f"{_NAME}: convolutions with {n} spatial axes are not "
-                     "supported")
-  return "N" + letters + "C", letters + "IO", "N" + letters + "C"
-
-
-def _infer_geometry(in_spatial, window, out_spatial, where: str):
-  """Strides and padding that map ``in_spatial`` to ``out_spatial``."""
-
-  def strides_for(sizes):
-    strides = []
-    for size, out in zip(sizes, out_spatial):
-      if size < 1 or out < 1:
-        return None
-      s = next((s for s in range(1, size + 1) if -(-size // s) == out), None)
-      if s is None:
-        return None
-      strides.append(s)
-    return tuple(strides)
-
-  # Symmetric padding p = (k - 1) // 2: out = floor((H + 2p - k) / s) + 1.
-  sym_pad = [((k - 1) // 2, (k - 1) // 2) for k in window]
-  sym_sizes = [h + 2 * p[0] - k + 1 for h, p, k in zip(in_spatial, sym_pad,
-                                                         window)]
-  strides = strides_for(sym_sizes)
-  if strides is not None:
-    return strides, sym_pad
-  strides = strides_for([h - k + 1 for h, k in zip(in_spatial, window)])
-  if strides is not None:
-    return strides, "VALID"
-  strides = strides_for(list(in_spatial))
-  if strides is not None:
-    return strides, "SAME"
-  raise ValueError(
-      f"{_NAME}: cannot infer the geometry of the convolution at {where!r} "
-      f"(input spatial shape {tuple(in_spatial)}, window {tuple(window)}, "
-      f"output spatial shape {tuple(out_spatial)}); supported: symmetric "
-      "padding (k - 1) // 2, 'VALID' or 'SAME' with integer strides and no "
-      "dilation")
-
-
-def _conv_patches(x: jax.Array, window, out_spatial, where: str) -> jax.Array:
-  """Input patches ``(N, *out_spatial, prod(window) * C)`` in kernel order."""
-  n = len(window)
-  strides, padding = _infer_geometry(x.shape[1:1 + n], window, out_spatial,
-                                     where)
-  patches = jax.lax.conv_general_dilated_patches(
-      x, tuple(window), strides, padding,
-      dimension_numbers=_spatial_specs(n))
-  # lax orders the patch features (C, *window); flax kernels are (*window, C).
-  c = x.shape[-1]
-  lead = patches.shape[:-1]
-  patches = patches.reshape(lead + (c,) + tuple(window))
-  patches = jnp.moveaxis(patches, len(lead), -1)
-  return patches.reshape(lead + (-1,))
-
-
-def _layer_samples(layer: _Layer, name: str, stats: Mapping[str, Any]):
-  """Per-location inputs ``(N, T, d_in)`` and output grads ``(N, T, d_out)``.
-
-  Returns None when the layer has no usable statistics (plain gradient).
-  """
-  inputs = _lookup(stats["inputs"], layer.path + ("inputs",))
-  out_grads = _lookup(stats["output_grads"], layer.path + ("outputs",))
-  if inputs is None or out_grads is None:
-    return None
-  if isinstance(inputs, (tuple, list)):
-    if len(inputs) != 1:
-      warnings.warn(f"{_NAME}: layer {name!r} was called {len(inputs)} times "
-                    "in one step; its statistics are ambiguous, so it gets the "
-                    "plain gradient")
-      return None
-    (x,) = inputs
-  else:
-    x = inputs
-  dy = out_grads
-  if x.ndim < 2 or dy.ndim != x.ndim:
-    warnings.warn(f"{_NAME}: layer {name!r} has inputs of shape {x.shape} "
-                  "without a batch axis; it gets the plain gradient")
-    return None
-  window = layer.kernel_shape[:-2]
-  d_kernel_in = math.prod(layer.kernel_shape[:-1])
-  if window:  # a convolution
-    n = len(window)
-    if x.ndim != n + 2 or dy.ndim != n + 2:
-      warnings.warn(f"{_NAME}: convolution {name!r} has inputs of rank "
-                    f"{x.ndim}; expected one batch axis, {n} spatial axes and "
-                    "channels, so it gets the plain gradient")
-      return None
-    out_spatial = dy.shape[1:-1]
-    if x.shape[-1] == d_kernel_in and x.shape[1:-1] == out_spatial:
-      patches = x  # the layer already provides its patches
-    elif x.shape[-1] == layer.kernel_shape[-2]:
-      patches = _conv_patches(x, window, out_spatial, name)
-    else:
-      warnings.warn(f"{_NAME}: convolution {name!r} has {x.shape[-1]} input "
-                    f"channels for a kernel of shape {layer.kernel_shape} "
-                    "(grouped convolution?); it gets the plain gradient")
-      return None
-    x = patches
-  if x.shape[-1] != d_kernel_in or dy.shape[-1] != layer.d_out:
-    warnings.warn(f"{_NAME}: statistics of {name!r} do not match its kernel "
-                  f"{layer.kernel_shape}; it gets the plain gradient")
-    return None
-  batch = x.shape[0]
-  a = x.reshape(batch, -1, d_kernel_in).astype(layer.dtype)
-  g = dy.reshape(batch, -1, layer.d_out).astype(layer.dtype)
-  return a, g
-
-
-def _new_factors(layer: _Layer, a: jax.Array, g: jax.Array, mask: jax.Array):
-  """This mini-batch's ``(A, G)`` for one layer (see the module docstring)."""
-  mask = mask.astype(layer.dtype)
-  n = jnp.sum(mask)
-  n_safe = jnp.maximum(n, 1)
-  locations = a.shape[1]
-  if layer.has_bias:
-    a = jnp.concatenate([a, jnp.ones(a.shape[:-1] + (1,), a.dtype)], axis=-1)
-  g = g * n  # per-example gradients of the mean loss
-  a_new = jnp.einsum("nti,ntj,n->ij", a, a, mask) / n_safe
-  g_new = jnp.einsum("nto,ntp,n->op", g, g, mask) / (n_safe * locations)
-  return a_new, g_new
 
 
 _inv = sequential_on_cpu(lambda m: jnp.linalg.inv(m))
@@ -334,7 +145,7 @@ def scale_by_kfac(
 
   def init_fn(params):
     layers = {}
-    for name, layer in _find_layers(params).items():
+    for name, layer in kfac_layers.find_layers(params).items():
       eye_in = jnp.eye(layer.d_in, dtype=layer.dtype)
       eye_out = jnp.eye(layer.d_out, dtype=layer.dtype)
       layers[name] = KfacLayerState(
@@ -348,7 +159,7 @@ def scale_by_kfac(
     del params, extra_args
     if kfac_stats is None:
       raise missing_extra(_NAME, "kfac_stats")
-    found = _find_layers(updates)
+    found = kfac_layers.find_layers(updates)
     mask = kfac_stats.get("mask") if isinstance(kfac_stats, Mapping) else None
     weight = decay * state.weight + 1.0
 
@@ -356,8 +167,8 @@ def scale_by_kfac(
     averages, captured = {}, {}
     for name, layer_state in state.layers.items():
       layer = found.get(name)
-      samples = None if layer is None else _layer_samples(layer, name,
-                                                           kfac_stats)
+      samples = None if layer is None else kfac_layers.layer_samples(
+          layer, name, kfac_stats)
       if samples is None:
         continue  # not a capturing layer: plain gradient
       a, g = samples
@@ -369,7 +180,7 @@ def scale_by_kfac(
             f"shape ({a.shape[0]},); got {jnp.shape(mask)}")
       else:
         layer_mask = mask
-      a_new, g_new = _new_factors(layer, a, g, layer_mask)
+      a_new, g_new = kfac_layers.new_factors(layer, a, g, layer_mask)
       eta = (1.0 / weight).astype(layer.dtype)
       averages[name] = ((1.0 - eta) * layer_state.a + eta * a_new,
                         (1.0 - eta) * layer_state.g + eta * g_new)
@@ -391,7 +202,7 @@ def scale_by_kfac(
                               fresh, cached, averages)
 
     # 3. Precondition each captured layer's [kernel; bias] gradient.
-    leaves = _leaves_by_keys(updates)
+    leaves = kfac_layers.leaves_by_keys(updates)
     new_layers = dict(state.layers)
     new_leaves = {}
     for name, layer in captured.items():
@@ -411,7 +222,7 @@ def scale_by_kfac(
             bias_grad.dtype)
 
     def replace(path, leaf):
-      keys = _keys(path)
+      keys = kfac_layers.dict_path(path)
       return new_leaves.get(keys, leaf) if keys is not None else leaf
 
     updates = jax.tree_util.tree_map_with_path(replace, updates)
@@ -425,7 +236,7 @@ def scale_by_kfac(
 def kfac(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float = 0.9,
-    damping: float = 1e-3,
+    damping: float = 1e-2,
     decay: float = 0.95,
     inverse_update_period: int = 10,
 ) -> optax.GradientTransformationExtraArgs:
@@ -455,8 +266,6 @@ def kfac(
 # validation accuracy in 2 epochs and 1e-1 0.87 (batch 32, lr 0.01, CPU).
 register(OptimizerSpec(
     name="kfac", factory=kfac, family="second_order", default_lr=0.01,
-    hyperparameters={"momentum": 0.9, "damping": 1e-2, "decay": 0.95,
-                     "inverse_update_period": 10},
     weight_decay="coupled", needs=frozenset({"kfac_stats"}),
     paper="Martens & Grosse 2015, Optimizing Neural Networks with "
           "Kronecker-factored Approximate Curvature (ICML); Grosse & Martens "

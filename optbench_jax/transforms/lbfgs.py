@@ -54,8 +54,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optbench_jax.transforms.base import (OptimizerSpec, decay_mask,
-                                          missing_extra, register)
+from optbench_jax.transforms.base import (OptimizerSpec, missing_extra,
+                                          register)
 
 LINESEARCHES = ("zoom", "none")
 
@@ -96,22 +96,23 @@ def _l2_penalty(weight_decay: float, mask: Any):
       return jax.tree.map(lambda _: True, params)
     return mask(params) if callable(mask) else mask
 
+  def masked(params):
+    return jax.tree.map(lambda p, m: jnp.where(m, p, 0), params,
+                        masks(params))
+
   def value(params):
-    terms = jax.tree.map(lambda p, m: jnp.where(m, jnp.sum(jnp.square(p)), 0),
-                         params, masks(params))
-    return 0.5 * weight_decay * sum(jax.tree.leaves(terms))
+    return 0.5 * weight_decay * optax.tree.norm(masked(params), squared=True)
 
   def grad(params):
-    return jax.tree.map(lambda p, m: jnp.where(m, weight_decay * p, 0),
-                        params, masks(params))
+    return optax.tree.scale(weight_decay, masked(params))
 
   return value, grad
 
 
 def lbfgs(learning_rate: optax.ScalarOrSchedule = 1.0, memory_size: int = 10,
           scale_init_precond: bool = True, first_step_norm: int = 2,
-          linesearch: str = "zoom", max_linesearch_steps: int = 20,
-          weight_decay: float = 0.0, mask: Optional[Any] = decay_mask
+          linesearch: Any = "zoom", max_linesearch_steps: int = 20,
+          weight_decay: float = 0.0, mask: Optional[Any] = None
           ) -> optax.GradientTransformationExtraArgs:
   """L-BFGS taking the engine's ``value`` and ``value_fn`` extras.
 
@@ -121,7 +122,9 @@ def lbfgs(learning_rate: optax.ScalarOrSchedule = 1.0, memory_size: int = 10,
     memory_size: m.
     scale_init_precond: γ_t scaling of the initial inverse Hessian.
     first_step_norm: 2 (optax) or 1 (PyTorch), see :func:`scale_by_lbfgs`.
-    linesearch: ``"zoom"`` or ``"none"``.
+    linesearch: ``"zoom"`` (optax's zoom search with
+      ``max_linesearch_steps``), ``"none"``, or as in ``optax.lbfgs`` a line
+      search transformation or None (no line search).
     max_linesearch_steps: the zoom search's evaluation budget.
     weight_decay: λ of an L2 term added to the objective.
     mask: which tensors the L2 term covers (None: all).
@@ -131,11 +134,15 @@ def lbfgs(learning_rate: optax.ScalarOrSchedule = 1.0, memory_size: int = 10,
     optimization <https://doi.org/10.1007/BF01589116>`_, Math. Programming
     1989.
   """
-  if linesearch not in LINESEARCHES:
-    raise ValueError(f"lbfgs: linesearch {linesearch!r} not in {LINESEARCHES}")
-  search = (optax.scale_by_zoom_linesearch(max_linesearch_steps,
-                                           initial_guess_strategy="one")
-            if linesearch == "zoom" else None)
+  if isinstance(linesearch, str):
+    if linesearch not in LINESEARCHES:
+      raise ValueError(
+          f"lbfgs: linesearch {linesearch!r} not in {LINESEARCHES}")
+    search = (optax.scale_by_zoom_linesearch(max_linesearch_steps,
+                                             initial_guess_strategy="one")
+              if linesearch == "zoom" else None)
+  else:
+    search = linesearch
   # optax.lbfgs = chain(scale_by_lbfgs, lr, linesearch): swap in our first
   # element (identical unless first_step_norm == 1).
   tx = optax.chain(
@@ -176,10 +183,8 @@ def lbfgs(learning_rate: optax.ScalarOrSchedule = 1.0, memory_size: int = 10,
 
 register(OptimizerSpec(
     name="lbfgs", factory=lbfgs, family="second_order", default_lr=1.0,
-    hyperparameters={"memory_size": 10, "scale_init_precond": True,
-                     "first_step_norm": 2, "linesearch": "zoom",
-                     "max_linesearch_steps": 20},
-    weight_decay="decoupled",  # an L2 term of the objective, see docstring
+    weight_decay="objective", masks={"weight_decay": "mask"},
+    optax_function=optax.lbfgs,
     needs=frozenset({"value", "value_fn"}),
     paper="Liu & Nocedal 1989, On the limited memory BFGS method for large "
           "scale optimization (Math. Programming)",

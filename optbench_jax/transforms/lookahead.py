@@ -56,11 +56,12 @@ Reference quirk: pytorch_optimizer 4.1's ``Ranger`` defaults to
 steps there, and so do we; the tests compare against
 ``Ranger(degenerated_to_sgd=True)``.
 
-Weight decay: ``lookahead`` hands ``--weight-decay`` to its base optimizer,
-which applies it in its own mode (coupled for SGD/Adam, decoupled for AdamW);
+Weight decay: ``lookahead`` hands ``--weight-decay`` (and
+``exclude_bias_norm``) to its base optimizer, which applies it in its own mode
+(coupled for SGD/Adam, decoupled for AdamW): registry mode ``"base"``.
 ``ranger`` decays decoupled (``θ ← θ − η λ θ``, pytorch_optimizer's
-``weight_decouple=True``), by default only for tensors with ndim ≥ 2
-(pytorch_optimizer decays every tensor: pass ``weight_decay_mask=None``).
+``weight_decouple=True``), every tensor unless the run sets
+``exclude_bias_norm`` (or ``mask`` is given).
 
 This module also holds :func:`make_base`, which the other wrappers (SAM, GSAM,
 SVRG) use to build their base optimizer by name.
@@ -74,8 +75,7 @@ import jax.numpy as jnp
 import optax
 
 from optbench_jax.errors import OptBenchError
-from optbench_jax.transforms.base import (OptimizerSpec, decay_mask, get, make,
-                                          register)
+from optbench_jax.transforms.base import OptimizerSpec, get, make, register
 
 
 # ---------------------------------------------------------------------------
@@ -83,24 +83,22 @@ from optbench_jax.transforms.base import (OptimizerSpec, decay_mask, get, make,
 # ---------------------------------------------------------------------------
 
 def make_base(wrapper: str, base: str, learning_rate: Any,
-              weight_decay: float = 0.0, mask: Any = decay_mask,
+              weight_decay: float = 0.0, exclude_bias_norm: bool = False,
               hyperparameters: Optional[Mapping[str, Any]] = None,
               provides: Iterable[str] = ()
               ) -> optax.GradientTransformationExtraArgs:
   """Builds the registered optimizer ``base`` for the wrapper ``wrapper``.
 
   Weight decay is applied once, by the base in its own registry mode (the
-  wrapper is registered with ``weight_decay="decoupled"`` only so that
-  :func:`~optbench_jax.transforms.base.make` hands the value to the factory
-  instead of chaining an L2 term before the wrapper).
+  wrapper is registered with ``weight_decay="base"``).
 
   Args:
     wrapper: the wrapper's registry name (for error messages).
     base: the registry name of the base optimizer.
     learning_rate: the learning rate (or schedule) given to the base.
     weight_decay: passed to the base.
-    mask: the weight-decay mask passed to the base.
-    hyperparameters: overrides of the base's paper defaults.
+    exclude_bias_norm: passed to the base.
+    hyperparameters: keywords of the base (overriding its defaults).
     provides: extras the wrapper forwards to the base; a base needing any
       other extra is refused (the engine builds only the wrapper's ``needs``).
 
@@ -119,26 +117,31 @@ def make_base(wrapper: str, base: str, learning_rate: Any,
         f"optimizer {wrapper!r} cannot wrap {base!r}: {base!r} has its own "
         f"evaluation or epoch hooks")
   return make(base, learning_rate, weight_decay=weight_decay,
-              weight_decay_mask=mask, **dict(hyperparameters or {}))
+              exclude_bias_norm=exclude_bias_norm,
+              **dict(hyperparameters or {}))
 
 
 def find_state(opt_state: Any, state_type: type) -> Any:
-  """Returns the first ``state_type`` node inside a (nested) optimizer state."""
-  is_state = lambda x: isinstance(x, state_type)
-  for node in jax.tree.leaves(opt_state, is_leaf=is_state):
-    if is_state(node):
-      return node
-  raise OptBenchError(
-      f"no {state_type.__name__} in this optimizer state; was it built by "
-      f"the matching optimizer?")
+  """Returns the ``state_type`` node inside a (nested) optimizer state.
+
+  Found by name with ``optax.tree.get`` (a ``KeyError`` if there are several).
+  """
+  found = optax.tree.get(opt_state, state_type.__name__,
+                         filtering=lambda _, x: isinstance(x, state_type))
+  if found is None:
+    raise OptBenchError(
+        f"no {state_type.__name__} in this optimizer state; was it built by "
+        f"the matching optimizer?")
+  return found
 
 
 def replace_state(opt_state: Any, state_type: type,
                   fn: Callable[[Any], Any]) -> Any:
-  """Applies ``fn`` to every ``state_type`` node inside ``opt_state``."""
-  is_state = lambda x: isinstance(x, state_type)
-  return jax.tree.map(lambda x: fn(x) if is_state(x) else x, opt_state,
-                      is_leaf=is_state)
+  """``opt_state`` with its ``state_type`` node ``s`` replaced by ``fn(s)``."""
+  new = fn(find_state(opt_state, state_type))
+  return optax.tree.set(opt_state,
+                        lambda _, x: isinstance(x, state_type),
+                        **{state_type.__name__: new})
 
 
 def _counter_dtype_float(count: jax.Array) -> jax.Array:
@@ -221,11 +224,26 @@ def slow_weights(params: Any, opt_state: Any) -> Any:
   return find_state(opt_state, LookaheadState).slow
 
 
-def _lookahead_factory(learning_rate, sync_period, slow_step_size, base,
-                       base_hyperparameters, weight_decay=0.0,
-                       mask=decay_mask):
-  inner = make_base("lookahead", base, learning_rate, weight_decay, mask,
-                    base_hyperparameters)
+def lookahead_by_name(learning_rate: optax.ScalarOrSchedule,
+                      sync_period: int = 5, slow_step_size: float = 0.5,
+                      base: str = "adam",
+                      base_hyperparameters: Optional[Mapping[str, Any]] = None,
+                      weight_decay: float = 0.0,
+                      exclude_bias_norm: bool = False
+                      ) -> optax.GradientTransformationExtraArgs:
+  """:func:`lookahead` around the registered optimizer ``base``.
+
+  Args:
+    learning_rate: the base's learning rate.
+    sync_period: ``k``.
+    slow_step_size: ``α``.
+    base: the registry name of the base optimizer.
+    base_hyperparameters: keywords of the base.
+    weight_decay: handed to the base (its own mode).
+    exclude_bias_norm: handed to the base.
+  """
+  inner = make_base("lookahead", base, learning_rate, weight_decay,
+                    exclude_bias_norm, base_hyperparameters)
   return lookahead(inner, sync_period, slow_step_size)
 
 
@@ -312,7 +330,7 @@ def ranger(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.95,
            b2: float = 0.999, eps: float = 1e-5, threshold: float = 5.0,
            sync_period: int = 6, slow_step_size: float = 0.5,
            use_gc: bool = True, gc_conv_only: bool = False,
-           weight_decay: float = 0.0, mask: Any = decay_mask
+           weight_decay: float = 0.0, mask: Any = None
            ) -> optax.GradientTransformationExtraArgs:
   """Ranger: Lookahead(RAdam) with gradient centralisation.
 
@@ -324,7 +342,7 @@ def ranger(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.95,
     use_gc, gc_conv_only: gradient centralisation of tensors with ndim ≥ 2
       (ndim ≥ 4 if ``gc_conv_only``), see :func:`centralize_fan_in`.
     weight_decay: decoupled weight decay λ (``θ ← θ − η λ θ``).
-    mask: which tensors are decayed.
+    mask: which tensors are decayed (None: all).
 
   References:
     Wright, `New Deep Learning Optimizer, Ranger: Synergistic combination of
@@ -340,11 +358,8 @@ def ranger(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.95,
 
 
 register(OptimizerSpec(
-    name="lookahead", factory=_lookahead_factory, family="wrapper",
-    default_lr=1e-3,
-    hyperparameters={"sync_period": 5, "slow_step_size": 0.5, "base": "adam",
-                     "base_hyperparameters": None},
-    weight_decay="decoupled",  # handed to the base, applied in its own mode
+    name="lookahead", factory=lookahead_by_name, family="wrapper",
+    default_lr=1e-3, weight_decay="base",
     paper="Zhang et al. 2019, Lookahead Optimizer: k steps forward, 1 step "
           "back (NeurIPS)",
     reference="pytorch_optimizer.Lookahead(torch.optim.Adam, k=5, alpha=0.5)",
@@ -352,10 +367,7 @@ register(OptimizerSpec(
 
 register(OptimizerSpec(
     name="ranger", factory=ranger, family="wrapper", default_lr=1e-3,
-    hyperparameters={"b1": 0.95, "b2": 0.999, "eps": 1e-5, "threshold": 5.0,
-                     "sync_period": 6, "slow_step_size": 0.5, "use_gc": True,
-                     "gc_conv_only": False},
-    weight_decay="decoupled",
+    weight_decay="decoupled", masks={"weight_decay": "mask"},
     paper="Wright 2019, Ranger: RAdam + LookAhead (+ Gradient Centralization, "
           "Yong et al. 2020)",
     reference="pytorch_optimizer.Ranger(degenerated_to_sgd=True)",

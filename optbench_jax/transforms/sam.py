@@ -39,8 +39,8 @@ direction. Put such transformations in the base instead.
 Hyperparameter mapping to pytorch_optimizer 4.1:
   ``SAM(params, torch.optim.SGD, rho=ρ, adaptive=a, perturb_eps=δ, lr=η,
   momentum=μ, weight_decay=λ)`` ==
-  ``make("sam", η, weight_decay=λ, weight_decay_mask=None, rho=ρ,
-  adaptive=a, eps=δ, base_hyperparameters={"momentum": μ})``.
+  ``make("sam", η, weight_decay=λ, rho=ρ, adaptive=a, eps=δ,
+  base_hyperparameters={"momentum": μ})``.
   ``GSAM(params, SGD(lr=η, momentum=μ, weight_decay=λ), model,
   ProportionScheduler(..., max_value=ρ, min_value=ρ), alpha=α)`` (a constant
   ρ; the reference's ``rho_scheduler`` maps the LR schedule linearly onto
@@ -58,14 +58,14 @@ that one helper computed in float64 (see the tests).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optbench_jax.transforms.base import (OptimizerSpec, decay_mask,
-                                          missing_extra, register)
+from optbench_jax.transforms.base import (OptimizerSpec, missing_extra,
+                                          register)
 from optbench_jax.transforms.lookahead import make_base
 
 
@@ -80,19 +80,10 @@ class SAMState(NamedTuple):
   base_state: Any
 
 
-def _sq_norm(tree: Any) -> jax.Array:
-  """Squared global L2 norm, accumulated in at least float32."""
-  leaves = jax.tree.leaves(tree)
-  return sum(jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype,
-                                                           jnp.float32))))
-             for x in leaves)
-
-
-def _vdot(a: Any, b: Any) -> jax.Array:
-  leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b))
-  return sum(jnp.sum(x.astype(jnp.promote_types(x.dtype, jnp.float32))
-                     * y.astype(jnp.promote_types(y.dtype, jnp.float32)))
-             for x, y in leaves)
+def _accumulated(tree: Any) -> Any:
+  """``tree`` with each leaf in its dtype promoted to at least float32."""
+  return jax.tree.map(
+      lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
 
 
 def _rho_at(rho: optax.ScalarOrSchedule, count: jax.Array):
@@ -104,11 +95,11 @@ def sam_perturbation(grads: Any, params: Any, rho: Any, adaptive: bool = False,
   """ε̂ = ρ g / (‖g‖ + δ), or ρ θ² g / (‖|θ| g‖ + δ) when ``adaptive``."""
   if adaptive:
     scaled = jax.tree.map(lambda g, p: jnp.abs(p) * g, grads, params)
-    norm = jnp.sqrt(_sq_norm(scaled))
+    norm = optax.tree.norm(_accumulated(scaled))
     return jax.tree.map(
         lambda g, p: (jnp.square(p) * g * (rho / (norm + eps))).astype(p.dtype),
         grads, params)
-  norm = jnp.sqrt(_sq_norm(grads))
+  norm = optax.tree.norm(_accumulated(grads))
   return jax.tree.map(lambda g, p: (g * (rho / (norm + eps))).astype(p.dtype),
                       grads, params)
 
@@ -116,9 +107,10 @@ def sam_perturbation(grads: Any, params: Any, rho: Any, adaptive: bool = False,
 def gsam_decompose(grads: Any, perturbed_grads: Any, alpha: Any,
                    eps: float = 1e-12) -> Any:
   """``g_SAM − α g_⊥``: ``g_⊥`` is ``g``'s part orthogonal to ``g_SAM``."""
-  inner = _vdot(grads, perturbed_grads)
-  new_norm = jnp.sqrt(_sq_norm(perturbed_grads))
-  old_norm = jnp.sqrt(_sq_norm(grads))
+  grads32, perturbed32 = _accumulated(grads), _accumulated(perturbed_grads)
+  inner = optax.tree.vdot(grads32, perturbed32)
+  new_norm = optax.tree.norm(perturbed32)
+  old_norm = optax.tree.norm(grads32)
   cosine = inner / (new_norm * old_norm + eps)
   parallel_scale = cosine * old_norm / (new_norm + eps)
   return jax.tree.map(
@@ -200,25 +192,41 @@ def gsam(base_optimizer: optax.GradientTransformation,
   return _two_pass("gsam", base_optimizer, rho, adaptive, eps, alpha)
 
 
-def _sam_factory(learning_rate, rho, adaptive, eps, base,
-                 base_hyperparameters, weight_decay=0.0, mask=decay_mask):
-  inner = make_base("sam", base, learning_rate, weight_decay, mask,
-                    base_hyperparameters, provides=("grad_fn",))
+def sam_by_name(learning_rate: optax.ScalarOrSchedule,
+                rho: optax.ScalarOrSchedule = 0.05, adaptive: bool = False,
+                eps: float = 1e-12, base: str = "sgd_momentum",
+                base_hyperparameters: Optional[Mapping[str, Any]] = None,
+                weight_decay: float = 0.0, exclude_bias_norm: bool = False
+                ) -> optax.GradientTransformationExtraArgs:
+  """:func:`sam` around the registered optimizer ``base``.
+
+  ``weight_decay`` and ``exclude_bias_norm`` go to the base (the descent
+  step), ``base_hyperparameters`` are its keywords.
+  """
+  inner = make_base("sam", base, learning_rate, weight_decay,
+                    exclude_bias_norm, base_hyperparameters,
+                    provides=("grad_fn",))
   return sam(inner, rho, adaptive, eps)
 
 
-def _gsam_factory(learning_rate, rho, alpha, adaptive, eps, base,
-                  base_hyperparameters, weight_decay=0.0, mask=decay_mask):
-  inner = make_base("gsam", base, learning_rate, weight_decay, mask,
-                    base_hyperparameters, provides=("grad_fn",))
+def gsam_by_name(learning_rate: optax.ScalarOrSchedule,
+                 rho: optax.ScalarOrSchedule = 0.05, alpha: float = 0.1,
+                 adaptive: bool = False, eps: float = 1e-12,
+                 base: str = "sgd_momentum",
+                 base_hyperparameters: Optional[Mapping[str, Any]] = None,
+                 weight_decay: float = 0.0, exclude_bias_norm: bool = False
+                 ) -> optax.GradientTransformationExtraArgs:
+  """:func:`gsam` around the registered optimizer ``base`` (as
+  :func:`sam_by_name`)."""
+  inner = make_base("gsam", base, learning_rate, weight_decay,
+                    exclude_bias_norm, base_hyperparameters,
+                    provides=("grad_fn",))
   return gsam(inner, rho, alpha, adaptive, eps)
 
 
 register(OptimizerSpec(
-    name="sam", factory=_sam_factory, family="sharpness", default_lr=0.01,
-    hyperparameters={"rho": 0.05, "adaptive": False, "eps": 1e-12,
-                     "base": "sgd_momentum", "base_hyperparameters": None},
-    weight_decay="decoupled",  # handed to the base, applied in its own mode
+    name="sam", factory=sam_by_name, family="sharpness", default_lr=0.01,
+    weight_decay="base",
     needs=frozenset({"grad_fn"}),
     paper="Foret et al. 2021, Sharpness-Aware Minimization for Efficiently "
           "Improving Generalization (ICLR)",
@@ -226,11 +234,8 @@ register(OptimizerSpec(
               "momentum=0.9)"))
 
 register(OptimizerSpec(
-    name="gsam", factory=_gsam_factory, family="sharpness", default_lr=0.01,
-    hyperparameters={"rho": 0.05, "alpha": 0.1, "adaptive": False,
-                     "eps": 1e-12, "base": "sgd_momentum",
-                     "base_hyperparameters": None},
-    weight_decay="decoupled",
+    name="gsam", factory=gsam_by_name, family="sharpness", default_lr=0.01,
+    weight_decay="base",
     needs=frozenset({"grad_fn"}),
     paper="Zhuang et al. 2022, Surrogate Gap Minimization Improves "
           "Sharpness-Aware Training (ICLR)",

@@ -38,7 +38,7 @@ import optax
 
 from optbench_jax.transforms.adahessian import hutchinson_diagonal
 from optbench_jax.transforms.base import (
-    OptimizerSpec, any_run, decay_mask, missing_extra, register)
+    OptimizerSpec, any_run, missing_extra, register)
 
 
 class ScaleBySophiaState(NamedTuple):
@@ -102,7 +102,7 @@ def scale_by_sophia(b1: float = 0.96, b2: float = 0.99, rho: float = 0.01,
 def sophia(learning_rate: optax.ScalarOrSchedule = 6e-4, b1: float = 0.96,
            b2: float = 0.99, rho: float = 0.01, eps: float = 1e-12,
            update_period: int = 10, distribution: str = "gaussian",
-           weight_decay: float = 0.0, mask: Optional[Any] = decay_mask
+           weight_decay: float = 0.0, mask: Optional[Any] = None
            ) -> optax.GradientTransformationExtraArgs:
   """Sophia-H with decoupled weight decay (see the module docstring)."""
   return optax.chain(
@@ -113,9 +113,8 @@ def sophia(learning_rate: optax.ScalarOrSchedule = 6e-4, b1: float = 0.96,
 
 register(OptimizerSpec(
     name="sophia", factory=sophia, family="second_order", default_lr=6e-4,
-    hyperparameters={"b1": 0.96, "b2": 0.99, "rho": 0.01, "eps": 1e-12,
-                     "update_period": 10, "distribution": "gaussian"},
-    weight_decay="decoupled", needs=frozenset({"hvp_fn", "key"}),
+    weight_decay="decoupled", masks={"weight_decay": "mask"},
+    needs=frozenset({"hvp_fn", "key"}),
     paper="Liu et al. 2024, Sophia: A Scalable Stochastic Second-order "
           "Optimizer for Language Model Pre-training (ICLR), Sophia-H",
     reference="pytorch_optimizer.SophiaH (fed our Hutchinson estimates)"))

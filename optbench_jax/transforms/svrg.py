@@ -29,14 +29,14 @@ least-squares problem.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optbench_jax.transforms.base import (
-    OptimizerSpec, any_run, decay_mask, missing_extra, register)
+    OptimizerSpec, any_run, missing_extra, register)
 from optbench_jax.transforms.lookahead import make_base, replace_state
 
 
@@ -85,7 +85,8 @@ def svrg(base_optimizer: optax.GradientTransformation
       return jax.tree.map(lambda g, gs, mu: (g - gs + mu).astype(g.dtype),
                           updates, snapshot_grads, state.full_grad)
 
-    direction = jax.lax.cond(any_run(state.has_snapshot), reduced, lambda: updates)
+    direction = jax.lax.cond(any_run(state.has_snapshot), reduced,
+                             lambda: updates)
     new_updates, base_state = base_tx.update(
         direction, state.base_state, params, grad_fn=grad_fn, **extra_args)
     return new_updates, state._replace(base_state=base_state)
@@ -106,18 +107,24 @@ def epoch_start(opt_state: Any, params: Any, full_grad: Any) -> Any:
   return replace_state(opt_state, SVRGState, refresh)
 
 
-def _svrg_factory(learning_rate, base, base_hyperparameters,
-                  weight_decay=0.0, mask=decay_mask):
-  inner = make_base("svrg", base, learning_rate, weight_decay, mask,
-                    base_hyperparameters, provides=("grad_fn",))
+def svrg_by_name(learning_rate: optax.ScalarOrSchedule, base: str = "sgd",
+                 base_hyperparameters: Optional[Mapping[str, Any]] = None,
+                 weight_decay: float = 0.0, exclude_bias_norm: bool = False
+                 ) -> optax.GradientTransformationExtraArgs:
+  """:func:`svrg` around the registered optimizer ``base``.
+
+  ``weight_decay`` and ``exclude_bias_norm`` go to the base,
+  ``base_hyperparameters`` are its keywords.
+  """
+  inner = make_base("svrg", base, learning_rate, weight_decay,
+                    exclude_bias_norm, base_hyperparameters,
+                    provides=("grad_fn",))
   return svrg(inner)
 
 
 register(OptimizerSpec(
-    name="svrg", factory=_svrg_factory, family="variance_reduction",
-    default_lr=0.01,
-    hyperparameters={"base": "sgd", "base_hyperparameters": None},
-    weight_decay="decoupled",  # handed to the base, applied in its own mode
+    name="svrg", factory=svrg_by_name, family="variance_reduction",
+    default_lr=0.01, weight_decay="base",
     needs=frozenset({"grad_fn", "full_grad"}),
     paper="Johnson & Zhang 2013, Accelerating Stochastic Gradient Descent "
           "using Predictive Variance Reduction (NeurIPS)",

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from optbench_jax import data
+from optbench_jax.data import augment
 from optbench_jax.data import hf as hf_lib
 from optbench_jax.data import tfds as tfds_lib
 from optbench_jax.data import vision
@@ -124,7 +125,7 @@ def test_hf_cache_mnist_round_trip(tmp_path, hub_id):
   assert os.path.exists(os.path.join(entry, "mnist-train.arrow"))
   assert os.path.exists(os.path.join(entry, "mnist-test.arrow"))
 
-  raw = data.get("image_classification", "mnist").load(str(tmp_path), 0)
+  raw = data.load("image_classification", "mnist", str(tmp_path))
   assert_same(raw.train, arrays["train"], (28, 28, 1))
   assert_same(raw.test, arrays["test"], (28, 28, 1))
   info = raw.info
@@ -132,7 +133,7 @@ def test_hf_cache_mnist_round_trip(tmp_path, hub_id):
       "mnist", "image_classification", 10)
   assert info.input_shape == (28, 28, 1)
   assert info.source == entry
-  assert dict(info.extra) == {"augmentation": "rotate"}
+  assert info.augment is augment.rotate_images
   # It fits the rest of the pipeline.
   splits = data.prepare(raw, seed=0)
   assert len(splits.val["label"]) + len(splits.train["label"]) == N_TRAIN
@@ -145,12 +146,12 @@ def test_hf_cache_cifar10_from_default_location(tmp_path, monkeypatch):
   entry = write_hf_cache(cache, "uoft-cs/cifar10", "plain_text", "img",
                          arrays, (32, 32, 3))
 
-  raw = data.get("image_classification", "cifar10").load(None, 0)
+  raw = data.load("image_classification", "cifar10", None)
   assert_same(raw.train, arrays["train"], (32, 32, 3))
   assert_same(raw.test, arrays["test"], (32, 32, 3))
   assert raw.info.source == entry
   assert raw.info.input_shape == (32, 32, 3)
-  assert dict(raw.info.extra) == {"augmentation": "crop_flip"}
+  assert raw.info.augment is augment.crop_flip_images
 
   source = vision.HFSource(("uoft-cs/cifar10",), "plain_text",
                            columns={"image": "img", "label": "label"})
@@ -169,7 +170,7 @@ def test_hf_save_to_disk(tmp_path):
           features=features)
       for split, a in arrays.items()}).save_to_disk(str(tmp_path / "mnist"))
 
-  raw = data.get("image_classification", "mnist").load(str(tmp_path), 0)
+  raw = data.load("image_classification", "mnist", str(tmp_path))
   assert_same(raw.train, arrays["train"], (28, 28, 1))
   assert_same(raw.test, arrays["test"], (28, 28, 1))
   assert raw.info.source.startswith(str(tmp_path / "mnist"))
@@ -181,7 +182,7 @@ def test_hf_unreadable_cache_entry_is_reported_without_network(tmp_path):
   os.remove(os.path.join(entry, "mnist-train.arrow"))
   start = time.monotonic()
   with pytest.raises(MissingDataError) as e:
-    data.get("image_classification", "mnist").load(str(tmp_path), 0)
+    data.load("image_classification", "mnist", str(tmp_path))
   assert time.monotonic() - start < 5
   message = str(e.value)
   assert f"found {tmp_path / 'ylecun___mnist'} but could not read it" in message
@@ -210,7 +211,7 @@ def test_missing_with_data_dir_fails_fast_naming_every_place(
     tmp_path, name, hub_id, entry):
   start = time.monotonic()
   with pytest.raises(MissingDataError) as e:
-    data.get("image_classification", name).load(str(tmp_path), 0)
+    data.load("image_classification", name, str(tmp_path))
   assert time.monotonic() - start < 3
   message = str(e.value)
   assert "\n" not in message
@@ -226,7 +227,7 @@ def test_missing_with_data_dir_fails_fast_naming_every_place(
 
 def test_missing_without_data_dir_names_default_caches(tmp_path):
   with pytest.raises(MissingDataError) as e:
-    data.get("image_classification", "mnist").load(None, 0)
+    data.load("image_classification", "mnist", None)
   message = str(e.value)
   hf_cache = tmp_path / "hf_home" / "datasets"
   assert str(hf_cache / "ylecun___mnist") in message
@@ -278,7 +279,7 @@ def write_tfds(data_dir, name, arrays):
 def test_tfds_round_trip(tmp_path, name, shape):
   arrays = tiny(shape, seed=4)
   path = write_tfds(tmp_path, name, arrays)
-  raw = data.get("image_classification", name).load(str(tmp_path), 0)
+  raw = data.load("image_classification", name, str(tmp_path))
   # TFDS shuffles examples when writing; compare in a fixed order.
   assert_same(sort_by_image(raw.train), sort_by_image(arrays["train"]), shape)
   assert_same(sort_by_image(raw.test), sort_by_image(arrays["test"]), shape)
@@ -289,7 +290,7 @@ def test_tfds_round_trip(tmp_path, name, shape):
 def test_tfds_from_default_data_dir(tmp_path):
   arrays = tiny((28, 28, 1), seed=5)
   write_tfds(tmp_path / "tfds_default", "mnist", arrays)
-  raw = data.get("image_classification", "mnist").load(None, 0)
+  raw = data.load("image_classification", "mnist", None)
   assert_same(sort_by_image(raw.test), sort_by_image(arrays["test"]),
               (28, 28, 1))
 
@@ -306,7 +307,7 @@ def test_tfds_tfrecord_without_tensorflow_is_explained(tmp_path):
     f.write(text.replace('"fileFormat": "array_record"',
                          '"fileFormat": "tfrecord"'))
   with pytest.raises(MissingDataError) as e:
-    data.get("image_classification", "mnist").load(str(tmp_path), 0)
+    data.load("image_classification", "mnist", str(tmp_path))
   message = str(e.value)
   assert f"found {path} but could not read it" in message
   assert "needs TensorFlow" in message and "array_record" in message

@@ -1,7 +1,6 @@
 """End to end through the CLI on synthetic data."""
 import csv
 import json
-import os
 import subprocess
 import sys
 

@@ -39,9 +39,11 @@ def test_each_kind_of_extra_trains_through_the_engine(tmp_path):
 def test_all_optimizers_run_through_the_engine(tmp_path):
   names = list(transforms.available())
   _, rows = _run(tmp_path, names)
-  assert {r["status"] for r in rows.values()} <= {"completed", "diverged"}
-  completed = [n for n, r in rows.items() if r["status"] == "completed"]
-  assert len(completed) >= len(names) - 2, rows
+  # Every optimizer completes its two epochs (none diverges) at its
+  # registry default learning rate.
+  failed = {n: r["status"] for n, r in rows.items()
+            if r["status"] != "completed"}
+  assert not failed, failed
 
 
 @pytest.mark.slow

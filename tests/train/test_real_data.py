@@ -8,9 +8,10 @@ from optbench_jax import cli
 
 def test_mnist_5k_reaches_sane_accuracy(tmp_path):
   # cnn_scratch + Adam, 2 epochs on the 4,500 training digits of mnist_5k
-  # (rotation augmentation, cosine schedule): measured 0.930 validation
-  # accuracy on the 500 held-out digits (seed 0); 0.90 leaves room for
-  # floating-point differences between CPUs.
+  # (rotation augmentation, cosine schedule, PyTorch initialisation):
+  # measured 0.896 validation accuracy on the 500 held-out digits (split
+  # seed 0; 0.920 with --init flax); 0.86 leaves room for floating-point
+  # differences between CPUs.
   args = ["run", "--task", "image_classification", "--dataset", "mnist_5k",
           "--model", "cnn_scratch", "--optimizers", "adam", "--epochs", "2",
           "--batch-size", "128", "--quiet", "--output-dir", str(tmp_path)]
@@ -19,7 +20,7 @@ def test_mnist_5k_reaches_sane_accuracy(tmp_path):
   with open(path / "summary.csv") as f:
     (row,) = list(csv.DictReader(f))
   assert row["status"] == "completed"
-  assert float(row["best_primary"]) >= 0.90, row
+  assert float(row["best_primary"]) >= 0.86, row
 
 
 def test_missing_cache_stops_at_once_with_one_clear_line(tmp_path):

@@ -1,5 +1,4 @@
 """Resume after an interruption; determinism of a seed on CPU."""
-import os
 
 import pytest
 

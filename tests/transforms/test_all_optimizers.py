@@ -20,7 +20,7 @@ Checked: the full-data loss goes down on both; the state keeps its tree
 structure, shapes and dtypes and stays finite at every step; jit and eager
 runs agree (``chex.variants``); bfloat16 parameters keep their dtype and so
 does every per-parameter state leaf (exceptions below, with their reasons);
-``make`` rejects unknown names and hyperparameters; an optimizer that needs
+``make`` rejects unknown names and keywords; an optimizer that needs
 extras fails clearly without them.
 """
 import functools
@@ -332,7 +332,7 @@ def test_make_rejects_an_unknown_name():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_make_rejects_an_unknown_hyperparameter(name):
-  with pytest.raises(OptBenchError, match="no hyperparameter"):
+  with pytest.raises(OptBenchError, match="no keyword"):
     make(name, not_a_hyperparameter=1.0)
 
 

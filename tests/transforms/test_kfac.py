@@ -31,6 +31,7 @@ from optbench_jax import transforms
 from optbench_jax.errors import OptBenchError
 from optbench_jax.models import layers
 from optbench_jax.transforms import kfac as kfac_lib
+from optbench_jax.transforms import kfac_layers
 
 STEPS = 20
 BATCH = 8
@@ -284,35 +285,58 @@ def test_parameters_outside_capturing_layers_get_the_plain_gradient(x64):
   assert _rel_err(new["Dense_0"]["kernel"], preconditioned) > 1e-3
 
 
-@pytest.mark.parametrize("window, strides, padding, size", [
-    ((3, 3), 1, 1, (7, 6)), ((3, 3), 2, 1, (7, 6)), ((3, 3), 2, 1, (8, 8)),
-    ((1, 1), 2, "SAME", (8, 7)), ((3, 3), 1, "VALID", (7, 6)),
-    ((4, 4), 1, "SAME", (6, 6)), ((3, 3), 2, "VALID", (9, 7)),
+@pytest.mark.parametrize("window, strides, padding, dilation, size", [
+    ((3, 3), 1, 1, 1, (7, 6)), ((3, 3), 2, 1, 1, (7, 6)),
+    ((3, 3), 2, 1, 1, (8, 8)), ((1, 1), 2, "SAME", 1, (8, 7)),
+    ((3, 3), 1, "VALID", 1, (7, 6)), ((4, 4), 1, "SAME", 1, (6, 6)),
+    ((3, 3), 2, "VALID", 1, (9, 7)),
+    # Shapes alone cannot tell these apart from other geometries: an odd
+    # window with stride 2 and "SAME" padding pads (0, 1), which has the
+    # shapes of symmetric padding 1; a dilated kernel those of a strided one.
+    ((3, 3), 2, "SAME", 1, (8, 8)), ((3, 3), 1, 1, 2, (9, 8)),
+    ((3, 3), 1, "SAME", 2, (7, 7)), ((3,), 2, "SAME", 1, (10,)),
 ])
-def test_conv_patches_reproduce_the_convolution(window, strides, padding,
-                                                 size):
-  """The inferred patches times the flattened kernel give the conv output.
+def test_recorded_patches_reproduce_the_convolution(window, strides, padding,
+                                                    dilation, size):
+  """``layers.Conv``'s recorded inputs and geometry give patches that, times
+  the flattened kernel, are its output.
 
   The cases are this project's layouts (flax ``padding=1``, i.e. symmetric,
-  with stride 1 and 2 on odd and even sizes; 1×1 stride-2 shortcuts) and
-  ``"VALID"`` / ``"SAME"``.
+  with stride 1 and 2 on odd and even sizes; 1×1 stride-2 shortcuts),
+  ``"VALID"`` / ``"SAME"``, dilated kernels (recorded inputs, patches by
+  ``lax``) and a 1-D convolution.
   """
-  lax_padding = ([(padding, padding)] * 2 if isinstance(padding, int)
-                 else padding)
+  conv = layers.Conv(5, window, strides=strides, padding=padding,
+                     kernel_dilation=dilation)
+  x = np.random.RandomState(0).randn(2, *size, 3).astype(np.float32)
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  y, captured = jax.jit(lambda v, x: conv.apply(
+      {"params": v["params"]}, x, mutable=[layers.KFAC_INPUTS]))(variables, x)
+  (sown,), (geometry,) = (captured[layers.KFAC_INPUTS][k]
+                          for k in ("inputs", "geometry"))
+  assert geometry.patches == (dilation == 1 and len(window) == 2)
+  patches = kfac_layers.conv_inputs(sown, geometry, kfac_layers.Layer(
+      (), (*window, 3, 5), True, jnp.float32), "conv", y.shape[1:-1])
+  kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
+  np.testing.assert_allclose(patches @ kernel.reshape(-1, 5) + bias, y,
+                             rtol=1e-4, atol=1e-4)
 
-  @jax.jit
-  def conv_and_patches(x, kernel):
-    y = jax.lax.conv_general_dilated(
-        x, kernel, (strides, strides), lax_padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    patches = kfac_lib._conv_patches(x, window, y.shape[1:-1], "conv")
-    return y, patches @ kernel.reshape(-1, 5)
 
-  rng = np.random.RandomState(0)
-  y, y_from_patches = conv_and_patches(
-      rng.randn(2, *size, 3).astype(np.float32),
-      rng.randn(*window, 3, 5).astype(np.float32))
-  np.testing.assert_allclose(y_from_patches, y, rtol=1e-4, atol=1e-4)
+def test_convolutions_without_a_usable_geometry_get_the_plain_gradient():
+  """No recorded geometry, a grouped convolution: plain gradient, warned."""
+  _, grads, stats = _conv_problem(jnp.float32, [1.0, 1.0])
+  grouped = stats["inputs"]["conv"]["geometry"][0].replace(
+      feature_group_count=2)
+  tx = kfac_lib.scale_by_kfac()
+  for geometry, match in ((None, "no geometry"), (grouped, "grouped")):
+    stats["inputs"]["conv"].pop("geometry", None)
+    if geometry is not None:
+      stats["inputs"]["conv"]["geometry"] = (geometry,)
+    with pytest.warns(UserWarning, match=match):
+      updates, state = tx.update(grads, tx.init(grads), kfac_stats=stats)
+    np.testing.assert_array_equal(updates["conv"]["kernel"],
+                                  grads["conv"]["kernel"])
+    assert float(jnp.abs(state.layers["conv"].a).max()) == 0
 
 
 def test_missing_kfac_stats_is_a_clear_error():
@@ -386,7 +410,10 @@ def _conv_problem(dtype, mask):
   a = {k: jnp.asarray(v, dtype) for k, v in arrays.items()}
   grads = {"conv": {"kernel": a["conv_kernel"], "bias": a["conv_bias"]},
            "dense": {"kernel": a["dense_kernel"]}}
-  stats = {"inputs": {"conv": {"inputs": (a["x"],)},
+  geometry = layers.ConvGeometry(
+      kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+      input_dilation=(1, 1), kernel_dilation=(1, 1))
+  stats = {"inputs": {"conv": {"inputs": (a["x"],), "geometry": (geometry,)},
                       "dense": {"inputs": (a["h"],)}},
            "output_grads": {"conv": {"outputs": a["dy"]},
                             "dense": {"outputs": a["dz"]}},

@@ -12,11 +12,10 @@ else (moments, bias correction, clipping, weight decay) is the reference's.
 Mappings:
   AdaHessian(lr=η, betas, eps, hessian_power=1, update_period=p,
              weight_decay=λ)   [decoupled]
-      == make("adahessian", η, weight_decay=λ, weight_decay_mask=None,
-              eps=eps, update_period=p)
+      == make("adahessian", η, weight_decay=λ, eps=eps, update_period=p)
   SophiaH(lr=L, betas, p=P, eps=E, update_period=k, weight_decay=λ)
       == make("sophia", L·P, rho=P, eps=P·E, update_period=k,
-              weight_decay=λ/P, weight_decay_mask=None)
+              weight_decay=λ/P)
   torch.optim.LBFGS(lr=η, max_iter=1, history_size=m, line_search_fn=None)
       == make("lbfgs", η, memory_size=m, linesearch="none",
               first_step_norm=1)       (while every pair has sᵀy > 1e-10)
@@ -40,10 +39,9 @@ from pytorch_optimizer import AdaHessian, SophiaH
 from optbench_jax import transforms
 from optbench_jax.errors import OptBenchError
 from optbench_jax.transforms import adahessian as adahessian_lib
-from tests.transforms.test_wrappers import (SHAPES,
-                                            assert_same_with_and_without_jit,
-                                            initial_params, run_against_torch,
-                                            to_torch_layout)
+from tests.transforms.torch_reference import (
+    LOSS_SHAPES, assert_same_with_and_without_jit, initial_params,
+    relative_error, run_against_torch, to_torch_layout)
 
 NEEDS = frozenset({"hvp_fn", "key"})
 TOL = 1e-10
@@ -51,7 +49,7 @@ TOL = 1e-10
 
 def torch_hutchinson(side, batch, key, distribution, spatial_average=False):
   """z ⊙ (H z) in PyTorch, with our probes, in PyTorch layout."""
-  shapes = {k: jnp.zeros(s, jnp.float64) for k, s in SHAPES.items()}
+  shapes = {k: jnp.zeros(s, jnp.float64) for k, s in LOSS_SHAPES.items()}
   probes = adahessian_lib.hutchinson_probes(key, shapes, distribution)
   z = [torch.tensor(to_torch_layout(np.asarray(probes[k])))
        for k in side.names]
@@ -85,7 +83,7 @@ def hessian_torch_step(update_period, distribution, spatial_average):
 def test_adahessian_matches_pytorch_optimizer(x64, update_period):
   lr, wd, eps = 0.05, 0.01, 1e-4
   tx = transforms.make("adahessian", lr, weight_decay=wd,
-                       weight_decay_mask=None, eps=eps,
+                       eps=eps,
                        update_period=update_period)
   worst = run_against_torch(
       tx, lambda ps: AdaHessian(ps, lr=lr, betas=(0.9, 0.999), eps=eps,
@@ -124,8 +122,8 @@ def test_hutchinson_is_exact_for_a_diagonal_hessian(x64):
 def test_sophia_matches_pytorch_optimizer(x64, clip_p, update_period):
   lr_torch, eps_torch, wd_torch = 0.5, 1e-12, 0.01
   tx = transforms.make("sophia", lr_torch * clip_p,
-                       weight_decay=wd_torch / clip_p, weight_decay_mask=None,
-                       rho=clip_p, eps=clip_p * eps_torch,
+                       weight_decay=wd_torch / clip_p, rho=clip_p,
+                       eps=clip_p * eps_torch,
                        update_period=update_period)
   ratios = []
 
@@ -224,11 +222,6 @@ def _run_lbfgs(tx, torch_kwargs, loss, params0, steps):
     yield t, params, ref, opt.state[tensors[0]]
 
 
-def _rel(ours, ref):
-  return max(float(np.max(np.abs(np.asarray(ours[k]) - ref[k]))
-                   / np.max(np.abs(ref[k]))) for k in ref)
-
-
 def test_lbfgs_fixed_step_matches_torch(x64):
   loss, params0 = _lbfgs_problem(0, ill_conditioned=False)
   memory, lr = 5, 0.3
@@ -239,7 +232,7 @@ def test_lbfgs_fixed_step_matches_torch(x64):
       tx, dict(lr=lr, history_size=memory), loss, params0, 25):
     # PyTorch kept every curvature pair (sᵀy > 1e-10): same memory as optax.
     assert len(torch_state["old_dirs"]) == min(t, memory)
-    err = _rel(ours, ref)
+    err = relative_error(ours, ref)
     assert err <= TOL, f"step {t + 1}: relative error {err:.3g}"
     worst = max(worst, err)
   print(f"MAXERR lbfgs(fixed step) {worst:.3g}")
@@ -260,12 +253,12 @@ def test_lbfgs_strong_wolfe_matches_while_first_trials_are_accepted(x64):
   final = None
   for t, ours, ref, torch_state in _run_lbfgs(tx, torch_kwargs, loss, params0,
                                               24):
-    err = _rel(ours, ref)
+    err = relative_error(ours, ref)
     if t < 21:
       assert err <= TOL, f"step {t + 1}: relative error {err:.3g}"
       worst = max(worst, err)
     final = ours, ref
-  assert _rel(*final) > 1e-8  # the line searches did part ways
+  assert relative_error(*final) > 1e-8  # the line searches did part ways
   ours_value = float(loss(final[0], jnp))
   ref_value = float(loss({k: torch.tensor(v) for k, v in final[1].items()},
                          torch))
@@ -277,7 +270,7 @@ def test_lbfgs_strong_wolfe_matches_while_first_trials_are_accepted(x64):
 def test_lbfgs_weight_decay_is_an_l2_term_of_the_objective(x64):
   loss, params0 = _lbfgs_problem(1, ill_conditioned=False)
   lam = 0.05
-  decayed = transforms.make("lbfgs", weight_decay=lam, weight_decay_mask=None)
+  decayed = transforms.make("lbfgs", weight_decay=lam)
   plain = transforms.make("lbfgs")
   l2 = lambda p: 0.5 * lam * sum(jnp.sum(x ** 2) for x in jax.tree.leaves(p))
   value_fns = (lambda p: loss(p, jnp), lambda p: loss(p, jnp) + l2(p))
@@ -298,7 +291,7 @@ def test_lbfgs_weight_decay_is_an_l2_term_of_the_objective(x64):
       p, state = step(p, state)
     runs.append(p)
   chex.assert_trees_all_close(runs[0], runs[1], rtol=1e-12)
-  assert _rel(runs[0], params0) > 1e-2
+  assert relative_error(runs[0], params0) > 1e-2
 
 
 def test_lbfgs_needs_value_and_value_fn_only_with_a_line_search():

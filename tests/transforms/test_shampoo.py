@@ -23,6 +23,7 @@ import torch
 
 from optbench_jax import transforms
 from optbench_jax.transforms import shampoo as shampoo_lib
+from tests.transforms.torch_reference import relative_error
 
 SHAPES = {"matrix": (3, 4), "bias": (4,), "tensor": (2, 3, 3), "scalar": ()}
 STEPS = 20
@@ -37,11 +38,6 @@ def _grads(seed=1, steps=STEPS):
   rng = np.random.RandomState(seed)
   return [{k: np.asarray(rng.randn(*s), np.float64) for k, s in SHAPES.items()}
           for _ in range(steps)]
-
-
-def _rel_err(ours, ref):
-  return max(float(np.max(np.abs(np.asarray(ours[k]) - ref[k]))
-                   / np.max(np.abs(ref[k]))) for k in ref)
 
 
 @pytest.mark.parametrize("momentum, period, tol", [
@@ -74,12 +70,12 @@ def test_matches_pytorch_optimizer(x64, momentum, period, tol):
                             state, params)
     params = optax.apply_updates(params, updates)
     ref = {k: p.detach().numpy() for k, p in torch_params.items()}
-    err = _rel_err(params, ref)
+    err = relative_error(params, ref)
     worst = max(worst, err)
     assert err <= tol, err
   print(f"shampoo momentum={momentum} period={period}: max relative error "
         f"{worst:.2e}")
-  assert _rel_err(params, start) > 0.1
+  assert relative_error(params, start) > 0.1
 
 
 def test_matrix_update_is_l_quarter_g_r_quarter(x64):
@@ -151,7 +147,8 @@ def test_large_dimensions_are_not_preconditioned():
   g = {"embedding": jnp.ones((50, 4)), "kernel": jnp.ones((4, 3))}
   tx = shampoo_lib.scale_by_shampoo(max_preconditioner_dim=16)
   state = tx.init(g)
-  assert state.stats[0] == () and len(state.stats[1]) == 2
+  assert state.tensors["embedding"].stats == ()
+  assert len(state.tensors["kernel"].stats) == 2
   u, _ = jax.jit(tx.update)(g, state)
   chex.assert_trees_all_close(u["embedding"], g["embedding"])
   assert not np.allclose(u["kernel"], g["kernel"])
@@ -209,6 +206,31 @@ class TestJitAndChain(chex.TestCase):
 def test_bfloat16_keeps_dtypes_and_float32_statistics():
   tx = _chain()
   state = _run_chain(jax.jit(tx.update), tx, jnp.bfloat16)
-  stats_dtypes = {m.dtype for m in jax.tree_util.tree_leaves(
-      _find_shampoo_state(state).stats)}
+  tensors = jax.tree_util.tree_leaves(
+      _find_shampoo_state(state).tensors,
+      is_leaf=lambda x: isinstance(x, shampoo_lib.ShampooTensorState))
+  stats_dtypes = {m.dtype for t in tensors for m in t.stats + t.roots}
   assert stats_dtypes == {jnp.dtype(jnp.float32)}, stats_dtypes
+
+
+@pytest.mark.parametrize("momentum,graft", [(0.0, "none"), (0.9, "adagrad"),
+                                            (0.0, "sgd")])
+def test_state_is_one_pytree_per_parameter_without_placeholders(momentum,
+                                                                graft):
+  params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4), "s": jnp.ones(())}
+  tx = shampoo_lib.scale_by_shampoo(momentum=momentum, graft=graft)
+  state = tx.init(params)
+  is_tensor = lambda x: isinstance(x, shampoo_lib.ShampooTensorState)
+  # The params' tree, one ShampooTensorState per parameter.
+  assert (jax.tree.structure(state.tensors, is_leaf=is_tensor)
+          == jax.tree.structure(params))
+  for name, p in params.items():
+    t = state.tensors[name]
+    assert len(t.stats) == len(t.roots) == p.ndim
+    assert (t.momentum is None) == (momentum == 0.0)
+    assert (t.graft is None) == (graft != "adagrad")
+  # No zero-size placeholder anywhere, and updates keep the structure.
+  assert all(leaf.size for leaf in jax.tree.leaves(state))
+  grads = jax.tree.map(lambda p: 0.5 * p, params)
+  _, new_state = jax.jit(tx.update)(grads, state)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)

@@ -15,12 +15,12 @@ the reference as shipped with the looser bound that its float32 norm allows.
 Mappings (see ``optbench_jax/transforms/sam.py``):
   SAM(ps, torch.optim.SGD, rho=ρ, adaptive=a, lr=η, momentum=0.9,
       weight_decay=λ)
-      == make("sam", η, weight_decay=λ, weight_decay_mask=None, rho=ρ,
+      == make("sam", η, weight_decay=λ, rho=ρ,
               adaptive=a)                                (base sgd_momentum)
   GSAM(ps, SGD(ps, lr=η, momentum=0.9, weight_decay=λ), model,
        ProportionScheduler(sched, max_lr=η, min_lr=η, max_value=ρ,
                            min_value=ρ), alpha=α)     (constant ρ_t = ρ)
-      == make("gsam", η, weight_decay=λ, weight_decay_mask=None, rho=ρ,
+      == make("gsam", η, weight_decay=λ, rho=ρ,
               alpha=α)
 """
 import types
@@ -39,8 +39,8 @@ from pytorch_optimizer.lr_scheduler.proportion import ProportionScheduler
 from optbench_jax import transforms
 from optbench_jax.errors import OptBenchError
 from optbench_jax.transforms import sam as sam_lib
-from tests.transforms.test_wrappers import (assert_same_with_and_without_jit,
-                                            initial_params, run_against_torch)
+from tests.transforms.torch_reference import (assert_same_with_and_without_jit,
+                                              initial_params, run_against_torch)
 
 NEEDS = frozenset({"grad_fn"})
 
@@ -85,8 +85,7 @@ def gsam_torch_step(opt, side, batch, t, key):
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_sam_matches_pytorch_optimizer(x64, float64_reference, adaptive):
   lr, rho, wd = 0.05, (0.5 if adaptive else 0.05), 0.01
-  tx = transforms.make("sam", lr, weight_decay=wd, weight_decay_mask=None,
-                       rho=rho, adaptive=adaptive)
+  tx = transforms.make("sam", lr, weight_decay=wd, rho=rho, adaptive=adaptive)
   worst = run_against_torch(
       tx, lambda ps: SAM(ps, torch.optim.SGD, rho=rho, adaptive=adaptive,
                          lr=lr, momentum=0.9, weight_decay=wd),
@@ -116,8 +115,7 @@ def test_sam_with_adam_base_matches(x64, float64_reference):
 @pytest.mark.parametrize("alpha", [0.1, 0.4])
 def test_gsam_matches_pytorch_optimizer(x64, float64_reference, alpha):
   lr, rho, wd = 0.05, 0.05, 0.01
-  tx = transforms.make("gsam", lr, weight_decay=wd, weight_decay_mask=None,
-                       rho=rho, alpha=alpha)
+  tx = transforms.make("gsam", lr, weight_decay=wd, rho=rho, alpha=alpha)
 
   def reference(ps):
     base = torch.optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=wd)

@@ -14,7 +14,7 @@ Mappings (see ``optbench_jax/transforms/lookahead.py``):
       == make("lookahead", η, base="sgd_momentum", sync_period=k,
               slow_step_size=alpha)
   Ranger(lr=η, weight_decay=λ, degenerated_to_sgd=True)
-      == make("ranger", η, weight_decay=λ, weight_decay_mask=None)
+      == make("ranger", η, weight_decay=λ)
   (degenerated_to_sgd=True because the reference's default steps *up* the
   gradient while ρ_t < 5; test_reference_ranger_default_ascends shows it).
 """
@@ -30,154 +30,11 @@ from pytorch_optimizer import Lookahead, Ranger
 from optbench_jax import transforms
 from optbench_jax.errors import OptBenchError
 from optbench_jax.transforms import lookahead as lookahead_lib
+from tests.transforms.torch_reference import (assert_same_with_and_without_jit,
+                                              initial_params, relative_error,
+                                              run_against_torch)
 
 TOL = 1e-10
-STEPS = 25
-SHAPES = {"w": (3, 4), "b": (4,), "t": (2, 3, 3), "k": (2, 2, 3, 2)}
-BATCH = 6
-
-
-# --------------------------------------------------------------------------
-# A small torch-vs-ours harness (layout-aware, same loss in both frameworks).
-# --------------------------------------------------------------------------
-
-def to_torch_layout(x):
-  """Flax (*spatial, in, out) -> PyTorch (out, in, *spatial)."""
-  n = x.ndim
-  return x if n < 2 else np.transpose(x, (n - 1, n - 2) + tuple(range(n - 2)))
-
-
-def from_torch_layout(t):
-  n = t.dim()
-  return t if n < 2 else t.permute(*range(2, n), 1, 0)
-
-
-def loss(p, batch, xp):
-  """A smooth non-convex loss written once for jnp and torch."""
-  x, x4, y = batch
-  h = xp.tanh(x @ p["w"] + p["b"])
-  z = xp.tanh(xp.einsum("ni,kij->nkj", x, p["t"]))
-  c = xp.tanh(xp.einsum("nabc,abcd->nd", x4, p["k"]))
-  pred = 0.5 * h.sum(-1) + 0.3 * z.sum((1, 2)) + 0.7 * c.sum(-1)
-  return ((pred - y) ** 2).mean()
-
-
-def initial_params(seed=0):
-  rng = np.random.default_rng(seed)
-  return {k: 0.5 * rng.normal(size=s) for k, s in SHAPES.items()}
-
-
-def batches(steps, seed=1):
-  rng = np.random.default_rng(seed)
-  return [(rng.normal(size=(BATCH, 3)), rng.normal(size=(BATCH, 2, 2, 3)),
-           rng.normal(size=BATCH)) for _ in range(steps)]
-
-
-def rel_err(ours, ref):
-  return max(float(np.max(np.abs(np.asarray(ours[k]) - ref[k]))
-                   / np.max(np.abs(ref[k]))) for k in ref)
-
-
-class TorchSide:
-  """Parameters in PyTorch layout and the gradient of the same loss."""
-
-  def __init__(self, params0):
-    self.names = list(SHAPES)
-    self.tensors = [torch.tensor(to_torch_layout(params0[k]),
-                                 requires_grad=True) for k in self.names]
-
-  def loss(self, batch):
-    p = {k: from_torch_layout(t) for k, t in zip(self.names, self.tensors)}
-    return loss(p, tuple(torch.tensor(b) for b in batch), torch)
-
-  def backward(self, batch):
-    for t in self.tensors:
-      t.grad = None
-    value = self.loss(batch)
-    value.backward()
-    return value
-
-  def params(self, tensors=None):
-    tensors = self.tensors if tensors is None else tensors
-    return {k: from_torch_layout(t.detach()).numpy()
-            for k, t in zip(self.names, tensors)}
-
-
-def ours_step(tx, needs=frozenset(), jit=True):
-  """One step of ours on a batch, with the extras the engine would build."""
-  def step(params, state, batch, key):
-    loss_fn = lambda p: (loss(p, batch, jnp), None)
-    value, grads = jax.value_and_grad(lambda p: loss_fn(p)[0])(params)
-    extras = transforms.build_extras(needs, loss_fn, value=value, key=key,
-                                     params=params)
-    updates, state = tx.update(grads, state, params, **extras)
-    return optax.apply_updates(params, updates), state
-  return jax.jit(step) if jit else step
-
-
-def plain_torch_step(opt, side, batch, t, key):
-  del t, key
-  side.backward(batch)
-  opt.step()
-
-
-def run_against_torch(tx, torch_opt_fn, steps=STEPS, jit=True, on_step=None,
-                      needs=frozenset(), torch_step=plain_torch_step,
-                      tol=TOL, params0=None):
-  """Runs ours and the reference side by side; returns the max rel. error.
-
-  ``torch_step(opt, side, batch, t, key)`` takes one reference step (``key``
-  is the PRNG key ours received, for aligning random probes).
-  """
-  params0 = initial_params() if params0 is None else params0
-  data = batches(steps)
-  side = TorchSide(params0)
-  opt = torch_opt_fn(side.tensors)
-  params = {k: jnp.asarray(v) for k, v in params0.items()}
-  state = tx.init(params)
-  step = ours_step(tx, needs, jit=jit)
-  worst = 0.0
-  for t, batch in enumerate(data):
-    key = jax.random.key(t)
-    params, state = step(params, state, tuple(map(jnp.asarray, batch)), key)
-    torch_step(opt, side, batch, t, key)
-    err = rel_err(params, side.params())
-    assert err <= tol, f"step {t + 1}: relative error {err:.3g}"
-    if on_step is not None:
-      on_step(t, params, state, side, opt)
-    worst = max(worst, err)
-  chex.assert_tree_all_finite(params)
-  return worst
-
-
-def assert_same_with_and_without_jit(tx, needs=frozenset(), steps=3,
-                                     prepare=None):
-  """Eager and jitted updates agree (a cheap loss keeps eager mode fast).
-
-  ``prepare(state, params, loss)`` may edit the initial state (SVRG's
-  epoch_start).
-  """
-  params = {k: jnp.asarray(v) for k, v in initial_params().items()}
-  loss_fn = lambda p: (sum(jnp.sum(jnp.sin(x) ** 2 + 0.1 * x ** 4)
-                           for x in jax.tree.leaves(p)), None)
-
-  def step(params, state, key):
-    value, grads = jax.value_and_grad(lambda p: loss_fn(p)[0])(params)
-    extras = transforms.build_extras(needs, loss_fn, value=value, key=key,
-                                     params=params)
-    updates, state = tx.update(grads, state, params, **extras)
-    return optax.apply_updates(params, updates), state
-
-  results = []
-  for run in (jax.jit(step), step):
-    p, state = params, tx.init(params)
-    if prepare is not None:
-      state = prepare(state, p, loss_fn)
-    for t in range(steps):
-      p, state = run(p, state, jax.random.key(t))
-    results.append(p)
-  chex.assert_trees_all_close(results[0], results[1], rtol=1e-12)
-  assert rel_err(results[0], params) > 1e-4  # the optimizer moved
 
 
 # --------------------------------------------------------------------------
@@ -190,9 +47,9 @@ def test_lookahead_adam_matches_pytorch_optimizer(x64):
   def check_slow(t, params, state, side, opt):
     ours_slow = transforms.get("lookahead").prepare_for_eval(params, state)
     ref_slow = side.params([opt.state[p]["slow_params"] for p in side.tensors])
-    assert rel_err(ours_slow, ref_slow) <= TOL
+    assert relative_error(ours_slow, ref_slow) <= TOL
     if (t + 1) % 5:
-      assert rel_err(ours_slow, side.params()) > 1e-6  # slow != fast
+      assert relative_error(ours_slow, side.params()) > 1e-6  # slow != fast
     else:
       chex.assert_trees_all_close(ours_slow, params, rtol=1e-14)
 
@@ -206,7 +63,7 @@ def test_lookahead_adam_matches_pytorch_optimizer(x64):
 def test_lookahead_sgd_momentum_weight_decay_matches(x64):
   lr, wd = 0.05, 0.01
   tx = transforms.make("lookahead", lr, weight_decay=wd,
-                       weight_decay_mask=None, base="sgd_momentum",
+                       base="sgd_momentum",
                        sync_period=3, slow_step_size=0.7)
   worst = run_against_torch(
       tx, lambda ps: Lookahead(
@@ -249,8 +106,7 @@ def test_wrappers_refuse_bases_they_cannot_feed():
 @pytest.mark.parametrize("gc_conv_only", [False, True])
 def test_ranger_matches_pytorch_optimizer(x64, gc_conv_only):
   lr, wd = 0.03, 0.02
-  tx = transforms.make("ranger", lr, weight_decay=wd, weight_decay_mask=None,
-                       gc_conv_only=gc_conv_only)
+  tx = transforms.make("ranger", lr, weight_decay=wd, gc_conv_only=gc_conv_only)
   worst = run_against_torch(
       tx, lambda ps: Ranger(ps, lr=lr, weight_decay=wd,
                             degenerated_to_sgd=True,

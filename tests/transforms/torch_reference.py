@@ -1,10 +1,18 @@
 """Step-by-step comparison of an optax transformation with a PyTorch optimizer.
 
-A small harness for the equivalence tests: both optimizers start from the same
+The one harness of the equivalence tests: both optimizers start from the same
 parameters (a dict of numpy arrays), are fed the same gradients, step after
 step, and the parameters are compared after every step. Everything runs in
 float64 (call it with ``jax.enable_x64(True)`` active, e.g. the ``x64``
-fixture).
+fixture). Two ways to drive it:
+
+* :func:`compare` (:func:`run_torch`, :func:`run_optax`): given gradients or a
+  loss closure, parameters in the same layout on both sides;
+* :func:`run_against_torch`: both sides differentiate the same loss
+  (:func:`loss`, written once for jnp and torch) on the same mini-batches,
+  with parameters in Flax layout here and PyTorch layout there
+  (:class:`TorchSide`), and ours receives the extras the engine would build
+  (two-pass, Hessian-vector and variance-reduced methods).
 
 Gradients are given as one of
 
@@ -31,11 +39,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
+
+from optbench_jax import transforms
 
 Params = dict[str, np.ndarray]
 GradFn = Callable[[int, Params], Params]
@@ -197,8 +208,14 @@ def run_optax(tx: optax.GradientTransformation, params: Params, steps: int,
   return trajectory
 
 
-def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
-  """``max|ours − ref| / max|ref|`` (absolute if ``ref`` is all zeros)."""
+def relative_error(ours: Any, ref: Any) -> float:
+  """``max|ours − ref| / max|ref|`` (absolute if ``ref`` is all zeros).
+
+  The one relative error of the tests. For dicts of arrays: the maximum over
+  ``ref``'s keys.
+  """
+  if isinstance(ref, Mapping):
+    return max(relative_error(ours[k], ref[k]) for k in ref)
   ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
   if ours.shape != ref.shape:
     raise ValueError(f"shape mismatch {ours.shape} vs {ref.shape}")
@@ -246,4 +263,148 @@ def moved(trajectory: Sequence[Params], params: Params) -> float:
   Equivalence tests assert this is not tiny, so that agreement is not the
   trivial agreement of two optimizers that do nothing.
   """
-  return max(relative_error(trajectory[-1][k], params[k]) for k in params)
+  return relative_error(trajectory[-1], params)
+
+
+# ---------------------------------------------------------------------------
+# Same loss in both frameworks (Flax layout here, PyTorch layout there).
+
+# A matrix, a bias, a 3-D tensor and a 2-D conv kernel (Flax layout).
+LOSS_SHAPES = {"w": (3, 4), "b": (4,), "t": (2, 3, 3), "k": (2, 2, 3, 2)}
+BATCH = 6
+
+
+def to_torch_layout(x):
+  """Flax (*spatial, in, out) -> PyTorch (out, in, *spatial)."""
+  n = x.ndim
+  return x if n < 2 else np.transpose(x, (n - 1, n - 2) + tuple(range(n - 2)))
+
+
+def from_torch_layout(t):
+  n = t.dim()
+  return t if n < 2 else t.permute(*range(2, n), 1, 0)
+
+
+def loss(p, batch, xp):
+  """A smooth non-convex loss written once for jnp and torch."""
+  x, x4, y = batch
+  h = xp.tanh(x @ p["w"] + p["b"])
+  z = xp.tanh(xp.einsum("ni,kij->nkj", x, p["t"]))
+  c = xp.tanh(xp.einsum("nabc,abcd->nd", x4, p["k"]))
+  pred = 0.5 * h.sum(-1) + 0.3 * z.sum((1, 2)) + 0.7 * c.sum(-1)
+  return ((pred - y) ** 2).mean()
+
+
+def initial_params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {k: 0.5 * rng.normal(size=s) for k, s in LOSS_SHAPES.items()}
+
+
+def batches(steps, seed=1):
+  rng = np.random.default_rng(seed)
+  return [(rng.normal(size=(BATCH, 3)), rng.normal(size=(BATCH, 2, 2, 3)),
+           rng.normal(size=BATCH)) for _ in range(steps)]
+
+
+class TorchSide:
+  """Parameters in PyTorch layout and the gradient of the same loss."""
+
+  def __init__(self, params0):
+    self.names = list(LOSS_SHAPES)
+    self.tensors = [torch.tensor(to_torch_layout(params0[k]),
+                                 requires_grad=True) for k in self.names]
+
+  def loss(self, batch):
+    p = {k: from_torch_layout(t) for k, t in zip(self.names, self.tensors)}
+    return loss(p, tuple(torch.tensor(b) for b in batch), torch)
+
+  def backward(self, batch):
+    for t in self.tensors:
+      t.grad = None
+    value = self.loss(batch)
+    value.backward()
+    return value
+
+  def params(self, tensors=None):
+    tensors = self.tensors if tensors is None else tensors
+    return {k: from_torch_layout(t.detach()).numpy()
+            for k, t in zip(self.names, tensors)}
+
+
+def ours_step(tx, needs=frozenset(), jit=True):
+  """One step of ours on a batch, with the extras the engine would build."""
+  def step(params, state, batch, key):
+    loss_fn = lambda p: (loss(p, batch, jnp), None)
+    value, grads = jax.value_and_grad(lambda p: loss_fn(p)[0])(params)
+    extras = transforms.build_extras(needs, loss_fn, value=value, key=key,
+                                     params=params)
+    updates, state = tx.update(grads, state, params, **extras)
+    return optax.apply_updates(params, updates), state
+  return jax.jit(step) if jit else step
+
+
+def plain_torch_step(opt, side, batch, t, key):
+  del t, key
+  side.backward(batch)
+  opt.step()
+
+
+def run_against_torch(tx, torch_opt_fn, steps=25, jit=True, on_step=None,
+                      needs=frozenset(), torch_step=plain_torch_step,
+                      tol=1e-10, params0=None):
+  """Runs ours and the reference side by side; returns the max rel. error.
+
+  Asserts every step's error is at most ``tol``. ``torch_step(opt, side,
+  batch, t, key)`` takes one reference step (``key`` is the PRNG key ours
+  received, for aligning random probes); ``on_step(t, params, state, side,
+  opt)`` may check more after each step.
+  """
+  params0 = initial_params() if params0 is None else params0
+  data = batches(steps)
+  side = TorchSide(params0)
+  opt = torch_opt_fn(side.tensors)
+  params = {k: jnp.asarray(v) for k, v in params0.items()}
+  state = tx.init(params)
+  step = ours_step(tx, needs, jit=jit)
+  worst = 0.0
+  for t, batch in enumerate(data):
+    key = jax.random.key(t)
+    params, state = step(params, state, tuple(map(jnp.asarray, batch)), key)
+    torch_step(opt, side, batch, t, key)
+    err = relative_error(params, side.params())
+    assert err <= tol, f"step {t + 1}: relative error {err:.3g}"
+    if on_step is not None:
+      on_step(t, params, state, side, opt)
+    worst = max(worst, err)
+  chex.assert_tree_all_finite(params)
+  return worst
+
+
+def assert_same_with_and_without_jit(tx, needs=frozenset(), steps=3,
+                                     prepare=None):
+  """Eager and jitted updates agree (a cheap loss keeps eager mode fast).
+
+  ``prepare(state, params, loss)`` may edit the initial state (SVRG's
+  epoch_start).
+  """
+  params = {k: jnp.asarray(v) for k, v in initial_params().items()}
+  loss_fn = lambda p: (sum(jnp.sum(jnp.sin(x) ** 2 + 0.1 * x ** 4)
+                           for x in jax.tree.leaves(p)), None)
+
+  def step(params, state, key):
+    value, grads = jax.value_and_grad(lambda p: loss_fn(p)[0])(params)
+    extras = transforms.build_extras(needs, loss_fn, value=value, key=key,
+                                     params=params)
+    updates, state = tx.update(grads, state, params, **extras)
+    return optax.apply_updates(params, updates), state
+
+  results = []
+  for run in (jax.jit(step), step):
+    p, state = params, tx.init(params)
+    if prepare is not None:
+      state = prepare(state, p, loss_fn)
+    for t in range(steps):
+      p, state = run(p, state, jax.random.key(t))
+    results.append(p)
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-12)
+  assert relative_error(results[0], params) > 1e-4  # the optimizer moved

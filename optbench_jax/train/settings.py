@@ -1,0 +1,344 @@
+"""Run settings, declared once.
+
+Every setting is one field of a frozen dataclass, declared with
+:func:`setting`: its default, its help text, how the command line parses it
+and whether it changes a run's numbers. The command line's ``run`` flags are
+generated from these fields (``cli.py``), the run metadata is their
+``asdict``, and :func:`check` validates them, in one place, for the command
+line and the Python API alike.
+
+* :class:`Protocol`: what every run of a campaign shares (the fair
+  protocol: task, data, model, epochs, schedule, ...).
+* :class:`RunConfig`: a protocol plus what varies between the runs of a
+  campaign: the optimizer, its learning rate and the seed.
+* :class:`CampaignConfig`: a protocol plus how a campaign chooses its runs
+  (optimizers, seeds, learning rates) and where it writes them.
+
+Task defaults (``scheduler``, ``grad_clip``, ``label_smoothing`` left at
+``None``) are resolved by :func:`resolve` into concrete values before a run
+starts, so the metadata records what was used.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from optbench_jax.errors import OptBenchError
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *,  # pylint: disable=redefined-builtin
+            parse: Optional[Callable[[str], Any]] = None,
+            flag: Optional[str] = "", choices: Optional[Callable[[], Sequence]] = None,
+            check: Optional[Callable[[Any], Optional[str]]] = None,
+            numeric: bool = True, factory: Optional[Callable[[], Any]] = None):
+  """A dataclass field that is a run setting.
+
+  Args:
+    default: the default (omit for a required setting).
+    help: the command line's help text.
+    parse: turns the flag's text into the value (default: the field's type).
+    flag: the command-line flag; ``""`` derives ``--name-with-dashes``;
+      ``None`` means a setting of the Python API only.
+    choices: ``() -> valid values``, checked by :func:`check`.
+    check: ``value -> error text or None``, checked by :func:`check`.
+    numeric: whether the setting changes a run's numbers (results); settings
+      that only change where or how fast results are computed do not.
+    factory: a default factory (mutable defaults).
+  """
+  metadata = {"help": help, "parse": parse, "flag": flag, "choices": choices,
+              "check": check, "numeric": numeric}
+  if factory is not None:
+    return dataclasses.field(default_factory=factory, metadata=metadata)
+  return dataclasses.field(default=default, metadata=metadata)
+
+
+# -- value checks --------------------------------------------------------------
+def at_least(minimum: float) -> Callable[[Any], Optional[str]]:
+  def check(value):
+    if value is not None and value < minimum:
+      return f"must be at least {minimum:g} (got {value})"
+    return None
+  return check
+
+
+def fraction(value) -> Optional[str]:
+  if not 0.0 < value < 1.0:
+    return f"must be in (0, 1) (got {value})"
+  return None
+
+
+def non_negative(value) -> Optional[str]:
+  if value is not None and value < 0:
+    return f"must not be negative (got {value})"
+  return None
+
+
+def optional_int(text: str) -> Optional[int]:
+  return None if text.lower() in ("none", "all", "0") else int(text)
+
+
+def auto_int(text: str) -> Optional[int]:
+  return None if text.lower() in ("auto", "all") else int(text)
+
+
+def number_list(kind, flag):
+  def parse(text: str):
+    try:
+      values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+      raise ValueError(f"{flag} expects a comma-separated list "
+                       f"(got {text!r})") from None
+    if not values:
+      raise ValueError(f"{flag} is empty")
+    return values
+  return parse
+
+
+def name_values(text: str) -> dict[str, float]:
+  overrides = {}
+  for item in filter(None, (s.strip() for s in text.split(","))):
+    name, sep, value = item.partition("=")
+    try:
+      if not sep:
+        raise ValueError
+      overrides[name.strip()] = float(value)
+    except ValueError:
+      raise ValueError(f"--lr-overrides expects name=lr,... "
+                       f"(got {item!r})") from None
+  return overrides
+
+
+def _schedulers():
+  from optbench_jax.train import schedules
+  return schedules.SCHEDULERS
+
+
+def _precisions():
+  from optbench_jax.train import precision
+  return tuple(precision.PRECISIONS)
+
+
+def _inits():
+  from optbench_jax import models
+  return models.INITS
+
+
+DATA_PLACEMENTS = ("auto", "device", "host")
+LR_POLICIES = ("per-optimizer", "fixed")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Protocol:
+  """The settings every run of a campaign shares."""
+  task: str = setting(help="the task (python -m optbench_jax list)")
+  dataset: str = setting(help="a dataset of the task")
+  model: str = setting(help="a model of the task")
+  epochs: int = setting(20, "epochs per run", check=at_least(1))
+  batch_size: int = setting(128, "training batch size", check=at_least(1))
+  eval_batch_size: int = setting(512, "evaluation batch size (capped at the "
+                                 "split's size)", check=at_least(1),
+                                 numeric=False)
+  max_samples: Optional[int] = setting(
+      None, "cap on the training split", parse=optional_int,
+      check=at_least(1))
+  split_seed: int = setting(
+      0, "seed of the train/validation split, independent of the run seeds "
+      "(a campaign's seeds all use the same split)", check=non_negative)
+  val_fraction: float = setting(0.1, "share of the training data held out "
+                                "for validation", check=fraction)
+  scheduler: Optional[str] = setting(
+      None, "cosine, plateau or none (default: the task's)",
+      choices=_schedulers)
+  warmup_steps: int = setting(0, "linear learning-rate warmup steps",
+                              check=non_negative)
+  grad_clip: Optional[float] = setting(
+      None, "global-norm clipping (default: the task's; 0 = off)",
+      check=non_negative)
+  label_smoothing: Optional[float] = setting(
+      None, "label smoothing of the training loss (default: the task's)",
+      check=non_negative)
+  weight_decay: float = setting(0.0, "weight decay (decoupled or coupled as "
+                                "the optimizer's registry entry says)",
+                                check=non_negative)
+  exclude_bias_norm: bool = setting(
+      False, "exclude biases and normalisation scales (1-D tensors) from "
+      "weight decay and from LARS/LAMB trust ratios (default: every tensor, "
+      "as the source protocol)")
+  init: str = setting("torch", "parameter initialisation: torch (PyTorch's "
+                      "defaults, as the source benchmark) or flax",
+                      choices=_inits)
+  precision: str = setting("fp32", "fp32 or bf16 (bfloat16 compute, float32 "
+                           "parameters and optimizer state)",
+                           choices=_precisions)
+  eval_every: int = setting(1, "evaluate on the validation split every N "
+                            "epochs (and after the last)", check=at_least(1))
+  eval_max_samples: Optional[int] = setting(
+      None, "evaluate on the first N validation examples only",
+      parse=optional_int, check=at_least(1))
+  devices: Optional[int] = setting(
+      None, "data-parallel over this many local devices (default: all)",
+      parse=auto_int, check=at_least(1), numeric=False)
+  data_placement: str = setting(
+      "auto", "auto, device (epoch gathered inside the compiled program) or "
+      "host (streamed with prefetching)", choices=lambda: DATA_PLACEMENTS,
+      numeric=False)
+  checkpoint: bool = setting(True, "Orbax checkpoints every epoch",
+                             flag=None, numeric=False)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig(Protocol):
+  """One run: the protocol, the optimizer, its learning rate and the seed."""
+  optimizer: str = setting(flag=None)
+  learning_rate: float = setting(flag=None)
+  seed: int = setting(0, flag=None, check=non_negative)
+  optimizer_hyperparameters: Mapping[str, Any] = setting(
+      flag=None, factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CampaignConfig(Protocol):
+  """A campaign: the protocol and how it chooses and stores its runs."""
+  optimizers: Any = setting("all", "'all' or a comma-separated list")
+  seed: int = setting(0, "the seed of a single run (see --seeds)",
+                      check=non_negative)
+  seeds: Optional[Sequence[int]] = setting(
+      None, "several seeds, e.g. 0,1,2 (overrides --seed); the runs of one "
+      "optimizer train together in one program",
+      parse=number_list(int, "--seeds"))
+  lr_policy: str = setting("per-optimizer", "per-optimizer (registry "
+                           "defaults) or fixed (--lr)",
+                           choices=lambda: LR_POLICIES)
+  lr: Optional[float] = setting(None, "the learning rate of "
+                                "--lr-policy fixed")
+  lr_overrides: Mapping[str, float] = setting(
+      help="per-optimizer learning rates: name=lr,...", parse=name_values,
+      factory=dict)
+  lr_grid: Optional[Sequence[float]] = setting(
+      None, "train every optimizer at each of these learning rates, e.g. "
+      "1e-4,3e-4,1e-3 (one compiled program)",
+      parse=number_list(float, "--lr-grid"))
+  runs_per_program: Optional[int] = setting(
+      None, "at most this many runs (seeds x LRs) in one program; 'auto' "
+      "(default) fits them to device memory", parse=auto_int,
+      check=at_least(1), numeric=False)
+  output_dir: str = setting("results", "where results are written",
+                            numeric=False)
+  data_dir: Optional[str] = setting(
+      None, "dataset cache directory (HF datasets / TFDS)", numeric=False)
+  resume: bool = setting(False, "skip finished runs, continue unfinished "
+                         "ones from their last checkpoint", numeric=False)
+  quiet: bool = setting(False, "no progress bars", numeric=False)
+  compile_cache: Optional[str] = setting(
+      None, "persistent XLA compilation cache directory (default "
+      "~/.cache/optbench_jax/xla or $OPTBENCH_COMPILE_CACHE; 'off' "
+      "disables)", numeric=False)
+  num_workers: int = setting(
+      0, "accepted for compatibility with the PyTorch framework; data are "
+      "batched on the device, so unused", numeric=False)
+
+  @property
+  def seed_list(self) -> list[int]:
+    return list(self.seeds) if self.seeds else [self.seed]
+
+
+def fields(cls) -> list[dataclasses.Field]:
+  return list(dataclasses.fields(cls))
+
+
+def flag_of(field: dataclasses.Field) -> Optional[str]:
+  flag = field.metadata.get("flag", "")
+  if flag is None:
+    return None
+  return flag or "--" + field.name.replace("_", "-")
+
+
+def protocol_of(config: Protocol) -> dict:
+  """The protocol's settings of ``config`` (a run or a campaign)."""
+  return {f.name: getattr(config, f.name) for f in dataclasses.fields(Protocol)}
+
+
+def numeric_settings(cls=RunConfig) -> list[str]:
+  """Names of the settings that change a run's numbers."""
+  return [f.name for f in dataclasses.fields(cls) if f.metadata["numeric"]]
+
+
+def resolve(config, task) -> Any:
+  """``config`` with the task's defaults in place of ``None``."""
+  clip = task.default_grad_clip if config.grad_clip is None else config.grad_clip
+  return dataclasses.replace(
+      config, scheduler=config.scheduler or task.default_scheduler,
+      grad_clip=clip or None,
+      label_smoothing=(task.default_label_smoothing
+                       if config.label_smoothing is None
+                       else config.label_smoothing))
+
+
+def _fail(field: dataclasses.Field, message: str) -> OptBenchError:
+  name = flag_of(field) or field.name
+  return OptBenchError(f"{name} {message}")
+
+
+def check(config) -> None:
+  """Validates ``config`` (any of the three classes); one-line errors.
+
+  Names are checked against the registries, every field against its
+  declared choices and checks, and the combinations that cannot work are
+  refused before any data is loaded or anything is compiled.
+  """
+  from optbench_jax import data, models, tasks, transforms
+  from optbench_jax.train import distributed
+  tasks.get(config.task)
+  data.get(config.task, config.dataset)
+  models.get(config.task, config.model)
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    choices = field.metadata.get("choices")
+    if choices is not None and value is not None and value not in choices():
+      raise OptBenchError(f"unknown {flag_of(field) or field.name} "
+                          f"{value!r}; valid: {', '.join(choices())}")
+    test = field.metadata.get("check")
+    message = test(value) if test is not None and value is not None else None
+    if message:
+      raise _fail(field, message)
+  mesh = distributed.make_mesh(config.devices)
+  if mesh is not None and config.batch_size % mesh.devices.size:
+    raise OptBenchError(f"--batch-size {config.batch_size} is not divisible "
+                        f"by the {mesh.devices.size} data-parallel devices; "
+                        f"change it or --devices")
+  if isinstance(config, RunConfig):
+    transforms.get(config.optimizer)
+    if not config.learning_rate > 0:
+      raise OptBenchError(f"learning rate must be positive (got "
+                          f"{config.learning_rate})")
+  if isinstance(config, CampaignConfig):
+    _check_campaign(config)
+
+
+def _check_campaign(cfg: CampaignConfig) -> None:
+  from optbench_jax.train import campaign
+  optimizers = campaign.resolve_optimizers(cfg.optimizers)
+  for name in cfg.lr_overrides:
+    if name not in optimizers:
+      raise OptBenchError(f"--lr-overrides names {name!r}, which is not in "
+                          f"--optimizers ({', '.join(optimizers)})")
+  if cfg.lr_grid is not None:
+    if not cfg.lr_grid or any(not lr > 0 for lr in cfg.lr_grid):
+      raise OptBenchError("--lr-grid needs positive learning rates, e.g. "
+                          "1e-4,3e-4,1e-3")
+    if cfg.lr is not None or cfg.lr_overrides:
+      raise OptBenchError("--lr-grid replaces --lr and --lr-overrides; give "
+                          "one of them")
+    if len(set(cfg.lr_grid)) != len(cfg.lr_grid):
+      raise OptBenchError("--lr-grid repeats a learning rate")
+  seeds = cfg.seed_list
+  if len(set(seeds)) != len(seeds):
+    raise OptBenchError("--seeds repeats a seed")
+  if any(s < 0 for s in seeds):
+    raise OptBenchError(f"--seeds must not be negative (got "
+                        f"{','.join(map(str, seeds))})")
+  for optimizer in optimizers:
+    for lr in campaign.learning_rates(cfg, optimizer):
+      if not lr > 0:
+        raise OptBenchError(f"the learning rate of {optimizer} must be "
+                            f"positive (got {lr})")

@@ -1,0 +1,71 @@
+"""Run settings: declared once, every one a flag, recorded, validated."""
+import csv
+import dataclasses
+import json
+
+import pytest
+
+from optbench_jax import cli
+from optbench_jax.train import settings
+from tests.train.helpers import read_history, small_run_args
+
+
+def test_every_setting_is_a_flag_and_every_run_setting_is_recorded(
+    tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    cli.main(["run", "--help"])
+  help_text = capsys.readouterr().out
+  for field in settings.fields(settings.CampaignConfig):
+    flag = settings.flag_of(field)
+    if flag is not None:
+      assert flag in help_text, flag
+  assert cli.main(small_run_args(tmp_path, optimizers="adam", epochs=3,
+                                 max_samples=64,
+                                 extra=["--eval-every", "2",
+                                        "--eval-max-samples", "20",
+                                        "--init", "flax"])) == 0
+  run = tmp_path / "image_classification" / "synthetic" / "cnn_scratch"
+  meta = json.loads((run / "adam" / "run_metadata.json").read_text())
+  for field in settings.fields(settings.RunConfig):
+    assert field.name in meta, field.name
+  assert (meta["eval_every"], meta["eval_max_samples"], meta["init"],
+          meta["n_val"]) == (2, 20, "flax", 20)
+  assert meta["scheduler"] == "cosine"  # the task's default, resolved
+
+  # --eval-every 2 over 3 epochs: epochs 2 and 3 (the last) are evaluated.
+  history = read_history(run / "adam")
+  assert [h["val_loss"] is not None for h in history] == [False, True, True]
+  assert "accuracy" not in history[0] and "accuracy" in history[1]
+  with open(run / "summary.csv") as f:
+    row = next(csv.DictReader(f))
+  assert float(row["best_val_loss"]) == min(h["val_loss"]
+                                            for h in history[1:])
+  assert row["convergence_epoch"] in ("2", "3")
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--eval-every", "0"], "--eval-every must be at least 1"),
+    (["--eval-max-samples", "-3"], "--eval-max-samples must be at least 1"),
+    (["--init", "xavier"], "unknown --init 'xavier'; valid: torch, flax"),
+    (["--split-seed", "-1"], "--split-seed must not be negative"),
+    (["--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+])
+def test_bad_setting_values_give_one_line_errors(tmp_path, capsys, extra,
+                                                 expected):
+  assert cli.main(small_run_args(tmp_path, optimizers="adam",
+                                 extra=extra)) == 2
+  err = capsys.readouterr().err.strip()
+  assert expected in err and "\n" not in err, err
+  assert not (tmp_path / "image_classification").exists()
+
+
+def test_python_api_runs_are_checked_like_the_command_line():
+  rc = settings.RunConfig(task="image_classification", dataset="synthetic",
+                          model="cnn_scratch", optimizer="adam",
+                          learning_rate=1e-3)
+  settings.check(rc)
+  with pytest.raises(settings.OptBenchError, match="--eval-every"):
+    settings.check(dataclasses.replace(rc, eval_every=0))
+  with pytest.raises(settings.OptBenchError, match="learning rate"):
+    settings.check(dataclasses.replace(rc, learning_rate=-1.0))
