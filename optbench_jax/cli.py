@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -53,11 +54,21 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
 _SCALARS = {"int": int, "float": float, "str": str}
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (``error: ...``, exit status 2), as for
+  every other bad input; ``--help`` shows the usage."""
+
+  def error(self, message):
+    print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="python -m optbench_jax",
       description="A JAX benchmark of deep-learning optimizers.")
-  sub = parser.add_subparsers(dest="command", required=True)
+  sub = parser.add_subparsers(dest="command", required=True,
+                              parser_class=_Parser)
 
   run = sub.add_parser("run", help="train one configuration with several "
                        "optimizers under one protocol")
@@ -144,9 +155,38 @@ def cmd_list(args) -> int:
   return 0
 
 
+def _attach_values(argv: Sequence[str], parser) -> list[str]:
+  """``--seeds -1,2`` → ``--seeds=-1,2``: a value that starts with ``-`` is
+  parsed (then judged) instead of being taken for an unknown flag."""
+  flags = {a for action in parser._subparsers._group_actions  # pylint: disable=protected-access
+           for sub in action.choices.values() for a in sub._option_string_actions  # pylint: disable=protected-access
+           if sub._option_string_actions[a].nargs is None}  # pylint: disable=protected-access
+  out, i = [], 0
+  argv = list(argv)
+  while i < len(argv):
+    if (argv[i] in flags and i + 1 < len(argv) and argv[i + 1].startswith("-")
+        and argv[i + 1][1:2].isdigit() or (
+            argv[i] in flags and i + 1 < len(argv)
+            and argv[i + 1][:2] in ("-.", "-i", "-n"))):
+      out.append(f"{argv[i]}={argv[i + 1]}")
+      i += 2
+    else:
+      out.append(argv[i])
+      i += 1
+  return out
+
+
+def _terminate(signum, frame):
+  """SIGTERM (a batch scheduler's preemption) ends the run as Ctrl-C does."""
+  del signum, frame
+  raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = build_parser()
-  args = parser.parse_args(argv)
+  argv = sys.argv[1:] if argv is None else argv
+  args = parser.parse_args(_attach_values(argv, parser))
+  previous = signal.signal(signal.SIGTERM, _terminate)
   try:
     return {"run": cmd_run, "list": cmd_list}[args.command](args)
   except OptBenchError as e:
@@ -155,6 +195,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except KeyboardInterrupt:
     print("interrupted; continue with --resume", file=sys.stderr)
     return 130
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ def run_campaign(cfg: CampaignConfig) -> list[dict]:
       data.load(cfg.task, cfg.dataset, cfg.data_dir), seed=cfg.split_seed,
       max_samples=cfg.max_samples, val_fraction=cfg.val_fraction))
   out_dir = campaign_dir(cfg)
+  outputs.remove_partial_writes(out_dir)
   rows, long_rows, histories = [], [], {}
   quiet = cfg.quiet or not distributed.is_primary()
   bar = tqdm(optimizers, desc="runs", disable=quiet, dynamic_ncols=True)

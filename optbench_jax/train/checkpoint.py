@@ -30,6 +30,13 @@ class Checkpoints:
   def epochs(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  def drop_after(self, epoch: int) -> None:
+    """Deletes the checkpoints of epochs after ``epoch`` (a resumed run
+    writes them again)."""
+    for step in self.epochs():
+      if step > epoch:
+        self.manager.delete(step)
+
   def restore(self, epoch: int, like: Any) -> Any:
     restored = self.manager.restore(
         epoch, args=ocp.args.StandardRestore(_abstract_payload(like)))

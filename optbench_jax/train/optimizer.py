@@ -18,8 +18,9 @@ from optbench_jax import transforms
 
 # The NamedTuple that ``optax.inject_hyperparams`` keeps: its ``hyperparams``
 # hold the learning rate, its ``inner_state`` the registry optimizer's state.
-_INJECTED = type(optax.inject_hyperparams(optax.sgd)(learning_rate=0.0)
-                 .init({})).__name__
+# (Named, not computed: nothing here may touch a JAX backend at import time,
+# since ``--distributed`` must initialise it first.)
+_INJECTED = optax.InjectStatefulHyperparamsState.__name__
 
 
 def _injected(path, value) -> bool:

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Optional, Sequence
 import jax
 
 CONVERGENCE_RTOL = 0.01
+TMP_PREFIX = ".tmp-"
 SUMMARY_COLUMNS = (
     "task", "dataset", "model", "optimizer", "seed", "learning_rate", "status",
     "epochs_run", "primary_metric", "best_primary", "best_primary_epoch",
@@ -46,8 +47,9 @@ def write_atomic(path: str, text: str) -> None:
     return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
   try:
+    os.chmod(tmp, 0o666 & ~umask())  # as an ordinary file (mkstemp: 0600)
     with os.fdopen(fd, "w") as f:
       f.write(text)
     os.replace(tmp, path)
@@ -55,6 +57,41 @@ def write_atomic(path: str, text: str) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def remove_partial_writes(directory: str) -> None:
+  """Deletes what a kill inside :func:`write_atomic` left (``.tmp-*``)."""
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    if name.startswith(TMP_PREFIX):
+      os.unlink(os.path.join(directory, name))
+
+
+class DamagedFile(Exception):
+  """A result file that exists but cannot be read (truncated, empty)."""
+
+
+def read_json_if_intact(path: str) -> Any:
+  """The JSON in ``path``; None if absent; :class:`DamagedFile` if it
+  cannot be parsed."""
+  if not os.path.exists(path):
+    return None
+  try:
+    return read_json(path)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise DamagedFile(f"{path}: {e}") from None
+
+
+def as_json(value: Any) -> Any:
+  """``value`` as it reads back from a JSON file (tuples as lists, ...)."""
+  return json.loads(json.dumps(_json_safe(value), default=_describe))
 
 
 def _finite_or_none(x):

@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from optbench_jax.train.outputs import TMP_PREFIX, umask  # noqa: E402
+
 
 def _epochs(history):
   return [h["epoch"] for h in history]
@@ -25,12 +27,28 @@ def _series(history, key):
           for h in history]
 
 
+def run_plot_paths(primary: str, run_dir: str) -> list[str]:
+  """The files :func:`run_plots` writes."""
+  return [os.path.join(run_dir, f"{primary}_and_val_loss.png"),
+          os.path.join(run_dir, "train_vs_val_loss.png")]
+
+
+def _save(fig, path: str) -> None:
+  """Saves atomically (a kill leaves no truncated image), then closes."""
+  directory = os.path.dirname(os.path.abspath(path))
+  tmp = os.path.join(directory, f"{TMP_PREFIX}{os.path.basename(path)}")
+  fig.savefig(tmp, dpi=100, format="png")
+  os.chmod(tmp, 0o666 & ~umask())
+  os.replace(tmp, path)
+  plt.close(fig)
+
+
 def run_plots(history: Sequence[dict], primary: str, title: str,
               run_dir: str) -> list[str]:
   if jax.process_index() != 0:  # --distributed: process 0 writes
     return []
   epochs = _epochs(history)
-  paths = []
+  paths = run_plot_paths(primary, run_dir)
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot(epochs, _series(history, primary), "o-", color="tab:blue")
   ax.set_xlabel("epoch")
@@ -40,9 +58,7 @@ def run_plots(history: Sequence[dict], primary: str, title: str,
   twin.set_ylabel("validation loss", color="tab:red")
   ax.set_title(title)
   fig.tight_layout()
-  paths.append(os.path.join(run_dir, f"{primary}_and_val_loss.png"))
-  fig.savefig(paths[-1], dpi=100)
-  plt.close(fig)
+  _save(fig, paths[0])
 
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot(epochs, _series(history, "train_loss"), "o-", label="train")
@@ -52,9 +68,7 @@ def run_plots(history: Sequence[dict], primary: str, title: str,
   ax.set_title(title)
   ax.legend()
   fig.tight_layout()
-  paths.append(os.path.join(run_dir, "train_vs_val_loss.png"))
-  fig.savefig(paths[-1], dpi=100)
-  plt.close(fig)
+  _save(fig, paths[1])
   return paths
 
 
@@ -76,6 +90,5 @@ def campaign_plots(histories: Mapping[str, Sequence[dict]], primary: str,
     ax.legend(fontsize="small", ncol=2 if len(histories) > 8 else 1)
     fig.tight_layout()
     paths.append(os.path.join(out_dir, name))
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    _save(fig, paths[-1])
   return paths

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from typing import Optional
 
+from optbench_jax.errors import one_line
 from optbench_jax.train import distributed, outputs
 from optbench_jax.train.checkpoint import Checkpoints
 from optbench_jax.train.program import Program
@@ -19,22 +21,36 @@ from optbench_jax.train.state import run_slice, stack_runs, unalias
 
 
 def usable_epochs(checkpoints: Optional[Checkpoints], run_dir: str
-                   ) -> list[int]:
-  """Epochs that have both a checkpoint and an ``ok`` history record."""
-  hist_path = os.path.join(run_dir, "history.json")
-  if checkpoints is None or not os.path.exists(hist_path):
+                  ) -> list[int]:
+  """Epochs that have both a checkpoint and an ``ok`` history record.
+
+  None when the history or the metadata is missing or damaged: the run's
+  settings and epochs cannot be trusted, so it is trained again.
+  """
+  if checkpoints is None:
     return []
-  recorded = {h["epoch"] for h in outputs.read_json(hist_path)
-              if h.get("status") == "ok"}
-  return [e for e in checkpoints.epochs() if e in recorded]
+  try:
+    history = outputs.read_json_if_intact(os.path.join(run_dir,
+                                                       "history.json"))
+    meta = outputs.read_json_if_intact(os.path.join(run_dir,
+                                                    "run_metadata.json"))
+    saved = checkpoints.epochs()
+  except (outputs.DamagedFile, OSError, ValueError):
+    return []
+  if not isinstance(history, list) or not isinstance(meta, dict):
+    return []
+  recorded = {h.get("epoch") for h in history
+              if isinstance(h, dict) and h.get("status") == "ok"}
+  return [e for e in saved if e in recorded]
 
 
-def common_resume_epoch(real) -> Optional[int]:
+def common_resume_epochs(real) -> list[int]:
+  """Epochs every run of the group can resume from, latest first."""
   common = None
   for m in real:
     usable = set(usable_epochs(m.checkpoints, m.run_dir))
     common = usable if common is None else common & usable
-  return max(common) if common else None
+  return sorted(common or (), reverse=True)
 
 
 def restore(program: Program, members, state, epoch: int):
@@ -72,9 +88,21 @@ def initial_state(setup, program: Program, members, resume: bool):
                                 [m.rc.learning_rate for m in members],
                                 setup.example)
   real = [m for m in members if m.run_dir is not None]
-  epoch = (common_resume_epoch(real) if resume and setup.rc.checkpoint
-           else None)
-  if epoch is not None:
-    return restore(program, members, state, epoch), epoch
+  epochs = (common_resume_epochs(real) if resume and setup.rc.checkpoint
+            else [])
+  for epoch in epochs:
+    try:
+      restored = restore(program, members, state, epoch)
+    except Exception as e:  # pylint: disable=broad-except
+      # A damaged checkpoint (truncated files, OCDBT/ZSTD errors): fall
+      # back to the one before, never a result built on damaged state.
+      warnings.warn(f"checkpoint of epoch {epoch} could not be read "
+                    f"({one_line(e)}); trying an earlier one")
+      continue
+    for j, m in enumerate(members):
+      if m.run_dir is not None:
+        m.checkpoints.drop_after(epoch)
+        m.checkpoints.save_initial(run_slice(state.params, j))
+    return restored, epoch
   fresh_start(members, state)
   return state, 0

@@ -69,15 +69,40 @@ def run_label(rc: RunConfig, *, lr_dir: bool = False,
 
 
 def read_finished(run_dir: str) -> Optional[tuple[list, dict]]:
-  """(history, metadata) of a finished run in ``run_dir``, else None."""
-  meta_path = os.path.join(run_dir, "run_metadata.json")
-  hist_path = os.path.join(run_dir, "history.json")
-  if not (os.path.exists(meta_path) and os.path.exists(hist_path)):
+  """(history, metadata) of a finished run in ``run_dir``, else None (also
+  when either file is damaged: the run is then trained again)."""
+  try:
+    meta = outputs.read_json_if_intact(
+        os.path.join(run_dir, "run_metadata.json"))
+    history = outputs.read_json_if_intact(
+        os.path.join(run_dir, "history.json"))
+  except outputs.DamagedFile:
     return None
-  meta = outputs.read_json(meta_path)
-  if meta.get("status") not in FINISHED:
+  if meta is None or history is None or meta.get("status") not in FINISHED:
     return None
-  return outputs.read_json(hist_path), meta
+  if len(history) != meta.get("epochs_run"):
+    return None
+  return history, meta
+
+
+def check_resumable(rcs: Sequence[RunConfig], run_dirs: Sequence[str]
+                    ) -> None:
+  """Refuses (one line) to resume runs whose stored settings differ from
+  ``rcs`` in anything that changes their numbers."""
+  for rc, run_dir in zip(rcs, run_dirs):
+    try:
+      stored = outputs.read_json_if_intact(
+          os.path.join(run_dir, "run_metadata.json"))
+    except outputs.DamagedFile:
+      continue  # retrained from scratch (resume.py), never compared
+    if stored is None:
+      continue
+    changed = settings.differences(stored, rc)
+    if changed:
+      raise OptBenchError(
+          f"--resume: {run_dir} was trained with other settings "
+          f"({'; '.join(changed)}); resume with the settings it was started "
+          f"with, or give a new --output-dir")
 
 
 def _finite(x) -> bool:
@@ -187,11 +212,14 @@ def train_runs(rcs: Sequence[RunConfig], splits: Splits,
   rcs = [settings.resolve(rc, task) for rc in rcs]
   for rc in rcs:
     settings.check(rc)
+  if resume:
+    check_resumable(rcs, run_dirs)
   results: list = [None] * len(rcs)
   pending = []
   for i, (rc, run_dir) in enumerate(zip(rcs, run_dirs)):
     finished = read_finished(run_dir) if resume else None
     if finished is not None:
+      _heal_finished(run_dir, rc, splits, *finished)
       results[i] = finished
     else:
       pending.append(i)
@@ -227,6 +255,32 @@ def train_runs(rcs: Sequence[RunConfig], splits: Splits,
         results[pending[j]] = (member.history, member.meta)
     pending = pending[size:]
   return results
+
+
+def _heal_finished(run_dir: str, rc: RunConfig, splits: Splits, history,
+                   meta) -> None:
+  """A finished run's directory as an uninterrupted run leaves it: partial
+  writes removed, plots drawn (a kill may have come between the two), the
+  initial parameters saved (recomputed from the seed) if they were lost."""
+  del meta
+  outputs.remove_partial_writes(run_dir)
+  if rc.checkpoint and not os.path.exists(
+      os.path.join(run_dir, "checkpoints", "initial")):
+    setup = _Setup(rc, splits)
+    state = setup.program(1).initial_state([rc.seed], [rc.learning_rate],
+                                           setup.example)
+    checkpoints = Checkpoints(run_dir)
+    checkpoints.save_initial(run_slice(state.params, 0))
+    checkpoints.close()
+  primary = tasks.get(rc.task).primary_metric
+  if not all(os.path.exists(p)
+             for p in plots.run_plot_paths(primary, run_dir)):
+    _plot(run_dir, rc, history)
+
+
+def _plot(run_dir: str, rc: RunConfig, history) -> None:
+  title = f"{rc.optimizer} — {rc.model} on {rc.dataset}"
+  plots.run_plots(history, tasks.get(rc.task).primary_metric, title, run_dir)
 
 
 def run_one(rc: RunConfig, splits: Splits, run_dir: str, *,
@@ -271,6 +325,7 @@ def _open_runs(setup: _Setup, members, compiled: Compiled, runs: int,
   real = [m for m in members if m.run_dir is not None]
   for m in real:
     os.makedirs(m.run_dir, exist_ok=True)
+    outputs.remove_partial_writes(m.run_dir)
     m.meta = {**_base_metadata(setup, m.rc), "runs_in_program": runs,
               "program_bytes": compiled.bytes,
               "compile_time_s": compiled.compile_time_s}
@@ -283,6 +338,20 @@ def _open_runs(setup: _Setup, members, compiled: Compiled, runs: int,
       m.checkpoints = Checkpoints(m.run_dir)
 
 
+def _diverged(m: _Member, train_finite: bool, train_loss: float,
+              val_loss: Optional[float]) -> bool:
+  """NaN/inf losses; with ``divergence_factor`` also losses above that
+  multiple of the first epoch's training loss."""
+  losses = [train_loss] + ([] if val_loss is None else [val_loss])
+  if not train_finite or not all(_finite(x) for x in losses):
+    return True
+  factor = m.rc.divergence_factor
+  if factor is None:
+    return False
+  reference = m.history[0]["train_loss"] if m.history else train_loss
+  return max(losses) > factor * reference
+
+
 def _record(m: _Member, epoch: int, train_metrics: dict,
             metrics: Optional[dict], times: tuple[float, float]) -> dict:
   """The history record of one run's epoch; marks a diverged run."""
@@ -290,8 +359,7 @@ def _record(m: _Member, epoch: int, train_metrics: dict,
       float(train_metrics["count"]), 1.0)
   metrics = dict(metrics or {"loss": None})
   val_loss = metrics.pop("loss")
-  diverged = (not bool(train_metrics["finite"]) or not _finite(train_loss)
-              or (val_loss is not None and not _finite(val_loss)))
+  diverged = _diverged(m, bool(train_metrics["finite"]), train_loss, val_loss)
   record = {"epoch": epoch + 1, "train_loss": train_loss,
             "val_loss": val_loss, **metrics,
             "learning_rate": float(train_metrics["learning_rate"]),
@@ -375,6 +443,6 @@ def _finish(setup: _Setup, program: Program, members, state) -> None:
     m.meta.update(status=m.status, epochs_run=len(m.history),
                   total_runtime_s=m.meta["compile_time_s"] + sum(
                       h["train_time_s"] + h["eval_time_s"] for h in m.history))
+    _plot(m.run_dir, m.rc, m.history)
+    # The metadata says "completed" only once everything else is written.
     outputs.write_json(os.path.join(m.run_dir, "run_metadata.json"), m.meta)
-    title = f"{m.rc.optimizer} — {m.rc.model} on {m.rc.dataset}"
-    plots.run_plots(m.history, setup.task.primary_metric, title, m.run_dir)

@@ -21,6 +21,9 @@ starts, so the metadata records what was used.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import tempfile
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from optbench_jax.errors import OptBenchError
@@ -68,13 +71,38 @@ def fraction(value) -> Optional[str]:
 
 
 def non_negative(value) -> Optional[str]:
-  if value is not None and value < 0:
-    return f"must not be negative (got {value})"
+  if value is not None and not (math.isfinite(value) and value >= 0):
+    return f"must be a finite number ≥ 0 (got {value})"
+  return None
+
+
+def positive_finite(value) -> Optional[str]:
+  if value is not None and not (math.isfinite(value) and value > 0):
+    return f"must be a positive finite number (got {value})"
+  return None
+
+
+def seed_value(value) -> Optional[str]:
+  if not 0 <= value <= MAX_SEED:
+    return f"must be an integer in [0, {MAX_SEED}] (got {value})"
+  return None
+
+
+def label_smoothing(value) -> Optional[str]:
+  if value is not None and not 0.0 <= value < 1.0:
+    return f"must be in [0, 1) (got {value})"
+  return None
+
+
+def not_empty(value) -> Optional[str]:
+  if value is not None and not str(value).strip():
+    return "must not be empty"
   return None
 
 
 def optional_int(text: str) -> Optional[int]:
-  return None if text.lower() in ("none", "all", "0") else int(text)
+  """An integer, or ``none``/``all`` for no value."""
+  return None if text.lower() in ("none", "all") else int(text)
 
 
 def auto_int(text: str) -> Optional[int]:
@@ -124,6 +152,8 @@ def _inits():
 
 
 DATA_PLACEMENTS = ("auto", "device", "host")
+# Seeds are unsigned 32-bit integers (as PyTorch's and NumPy's generators).
+MAX_SEED = 2**32 - 1
 LR_POLICIES = ("per-optimizer", "fixed")
 
 
@@ -143,7 +173,7 @@ class Protocol:
       check=at_least(1))
   split_seed: int = setting(
       0, "seed of the train/validation split, independent of the run seeds "
-      "(a campaign's seeds all use the same split)", check=non_negative)
+      "(a campaign's seeds all use the same split)", check=seed_value)
   val_fraction: float = setting(0.1, "share of the training data held out "
                                 "for validation", check=fraction)
   scheduler: Optional[str] = setting(
@@ -156,7 +186,7 @@ class Protocol:
       check=non_negative)
   label_smoothing: Optional[float] = setting(
       None, "label smoothing of the training loss (default: the task's)",
-      check=non_negative)
+      check=label_smoothing)
   weight_decay: float = setting(0.0, "weight decay (decoupled or coupled as "
                                 "the optimizer's registry entry says)",
                                 check=non_negative)
@@ -182,6 +212,10 @@ class Protocol:
       "auto", "auto, device (epoch gathered inside the compiled program) or "
       "host (streamed with prefetching)", choices=lambda: DATA_PLACEMENTS,
       numeric=False)
+  divergence_factor: Optional[float] = setting(
+      None, "also mark a run diverged (and stop it) when its training or "
+      "validation loss exceeds this multiple of its first epoch's training "
+      "loss (default: only NaN/inf losses diverge)", check=positive_finite)
   checkpoint: bool = setting(True, "Orbax checkpoints every epoch",
                              flag=None, numeric=False)
 
@@ -191,7 +225,7 @@ class RunConfig(Protocol):
   """One run: the protocol, the optimizer, its learning rate and the seed."""
   optimizer: str = setting(flag=None)
   learning_rate: float = setting(flag=None)
-  seed: int = setting(0, flag=None, check=non_negative)
+  seed: int = setting(0, flag=None, check=seed_value)
   optimizer_hyperparameters: Mapping[str, Any] = setting(
       flag=None, factory=dict)
 
@@ -201,7 +235,7 @@ class CampaignConfig(Protocol):
   """A campaign: the protocol and how it chooses and stores its runs."""
   optimizers: Any = setting("all", "'all' or a comma-separated list")
   seed: int = setting(0, "the seed of a single run (see --seeds)",
-                      check=non_negative)
+                      check=seed_value)
   seeds: Optional[Sequence[int]] = setting(
       None, "several seeds, e.g. 0,1,2 (overrides --seed); the runs of one "
       "optimizer train together in one program",
@@ -210,7 +244,7 @@ class CampaignConfig(Protocol):
                            "defaults) or fixed (--lr)",
                            choices=lambda: LR_POLICIES)
   lr: Optional[float] = setting(None, "the learning rate of "
-                                "--lr-policy fixed")
+                                "--lr-policy fixed", check=positive_finite)
   lr_overrides: Mapping[str, float] = setting(
       help="per-optimizer learning rates: name=lr,...", parse=name_values,
       factory=dict)
@@ -223,7 +257,7 @@ class CampaignConfig(Protocol):
       "(default) fits them to device memory", parse=auto_int,
       check=at_least(1), numeric=False)
   output_dir: str = setting("results", "where results are written",
-                            numeric=False)
+                            check=not_empty, numeric=False)
   data_dir: Optional[str] = setting(
       None, "dataset cache directory (HF datasets / TFDS)", numeric=False)
   resume: bool = setting(False, "skip finished runs, continue unfinished "
@@ -261,6 +295,22 @@ def protocol_of(config: Protocol) -> dict:
 def numeric_settings(cls=RunConfig) -> list[str]:
   """Names of the settings that change a run's numbers."""
   return [f.name for f in dataclasses.fields(cls) if f.metadata["numeric"]]
+
+
+def differences(stored: Mapping[str, Any], config) -> list[str]:
+  """``"flag old → new"`` for every setting that changes a run's numbers
+  and differs between a run's stored metadata and ``config``."""
+  from optbench_jax.train import outputs
+  out = []
+  for field in dataclasses.fields(config):
+    if not field.metadata["numeric"]:
+      continue
+    new = outputs.as_json(getattr(config, field.name))
+    old = stored.get(field.name, "(not recorded)")
+    if old != new:
+      name = flag_of(field) or field.name.replace("_", " ")
+      out.append(f"{name} {old!r} → {new!r}")
+  return out
 
 
 def resolve(config, task) -> Any:
@@ -308,9 +358,9 @@ def check(config) -> None:
                         f"change it or --devices")
   if isinstance(config, RunConfig):
     transforms.get(config.optimizer)
-    if not config.learning_rate > 0:
-      raise OptBenchError(f"learning rate must be positive (got "
-                          f"{config.learning_rate})")
+    if positive_finite(config.learning_rate):
+      raise OptBenchError(f"the learning rate "
+                          f"{positive_finite(config.learning_rate)}")
   if isinstance(config, CampaignConfig):
     _check_campaign(config)
 
@@ -318,14 +368,21 @@ def check(config) -> None:
 def _check_campaign(cfg: CampaignConfig) -> None:
   from optbench_jax.train import campaign
   optimizers = campaign.resolve_optimizers(cfg.optimizers)
+  repeated = sorted({o for o in optimizers if optimizers.count(o) > 1})
+  if repeated:
+    raise OptBenchError(f"--optimizers repeats {', '.join(repeated)}")
   for name in cfg.lr_overrides:
     if name not in optimizers:
       raise OptBenchError(f"--lr-overrides names {name!r}, which is not in "
                           f"--optimizers ({', '.join(optimizers)})")
+  for name, lr in cfg.lr_overrides.items():
+    if positive_finite(lr):
+      raise OptBenchError(f"--lr-overrides {name}={lr}: the learning rate "
+                          f"{positive_finite(lr)}")
   if cfg.lr_grid is not None:
-    if not cfg.lr_grid or any(not lr > 0 for lr in cfg.lr_grid):
-      raise OptBenchError("--lr-grid needs positive learning rates, e.g. "
-                          "1e-4,3e-4,1e-3")
+    if not cfg.lr_grid or any(positive_finite(lr) for lr in cfg.lr_grid):
+      raise OptBenchError("--lr-grid needs positive finite learning rates, "
+                          "e.g. 1e-4,3e-4,1e-3")
     if cfg.lr is not None or cfg.lr_overrides:
       raise OptBenchError("--lr-grid replaces --lr and --lr-overrides; give "
                           "one of them")
@@ -334,11 +391,34 @@ def _check_campaign(cfg: CampaignConfig) -> None:
   seeds = cfg.seed_list
   if len(set(seeds)) != len(seeds):
     raise OptBenchError("--seeds repeats a seed")
-  if any(s < 0 for s in seeds):
-    raise OptBenchError(f"--seeds must not be negative (got "
-                        f"{','.join(map(str, seeds))})")
+  bad = [s for s in seeds if seed_value(s)]
+  if bad:
+    raise OptBenchError(f"--seeds: {bad[0]} {seed_value(bad[0])}")
   for optimizer in optimizers:
     for lr in campaign.learning_rates(cfg, optimizer):
-      if not lr > 0:
-        raise OptBenchError(f"the learning rate of {optimizer} must be "
-                            f"positive (got {lr})")
+      if positive_finite(lr):
+        raise OptBenchError(f"the learning rate of {optimizer} "
+                            f"{positive_finite(lr)}")
+  check_output_dir(cfg.output_dir)
+
+
+def check_output_dir(path: str) -> None:
+  """The output directory can be created and written (one-line errors)."""
+  probe = os.path.abspath(path)
+  while not os.path.exists(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  if not os.path.isdir(probe):
+    what = ("is an existing file" if probe == os.path.abspath(path)
+            else f"is below {probe}, which is a file")
+    raise OptBenchError(f"--output-dir {path} {what}; give a directory")
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise OptBenchError(f"--output-dir {path} is not writable "
+                        f"({e.strerror}); give a directory you can write "
+                        f"to") from None

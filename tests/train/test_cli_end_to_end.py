@@ -100,3 +100,14 @@ def test_diverging_run_is_recorded_and_campaign_goes_on(tmp_path):
   history = read_history(campaign / "sgd")
   assert history[-1]["status"] == "diverged" and len(history) < 3
   assert len(read_history(campaign / "adam")) == 3
+
+
+def test_importing_the_engine_touches_no_jax_backend():
+  # --distributed must call jax.distributed.initialize before any backend
+  # exists, so importing the CLI and the engine may not create one.
+  code = ("import optbench_jax.cli, optbench_jax.train\n"
+          "import jax._src.xla_bridge as xb\n"
+          "assert not xb._backends, list(xb._backends)\n")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]

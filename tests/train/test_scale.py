@@ -162,14 +162,16 @@ _DATA_PARALLEL = textwrap.dedent("""
 """)
 
 
-# ResNet-18 (batch norm over 32 examples, gradient norm 12.7 at lr 0.01) is
-# chaotic in float32: epoch 1 agrees to 3.7e-5 (grad norm; train loss 8.6e-7,
-# so the statistics are the global batch's), epoch 2 to 3.8e-3 (grad norm).
-@pytest.mark.parametrize("model, tolerance", [
-    ("cnn_scratch", 1e-4),
-    pytest.param("resnet18", 1e-2, marks=pytest.mark.slow)])
+# ResNet-18 (batch norm over 32 examples, gradient norm 12.6 at lr 0.01,
+# PyTorch initialisation) is chaotic in float32: the first step's gradient
+# norm agrees to 6.8e-7 between 1 and 2 vmapped runs, the second step's to
+# 5.1e-4; measured over epochs: 4 devices alone 3.2e-6 (epoch 1) and 6.0e-4
+# (epoch 2), 2 vmapped runs on 4 devices 6.4e-4 and 2.7e-3 (grad norm).
+@pytest.mark.parametrize("model, first_epoch, tolerance", [
+    ("cnn_scratch", 1e-4, 1e-4),
+    pytest.param("resnet18", 2e-3, 1e-2, marks=pytest.mark.slow)])
 def test_four_device_data_parallel_equals_one_device(tmp_path, model,
-                                                     tolerance):
+                                                     first_epoch, tolerance):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   done = subprocess.run([sys.executable, "-c", _DATA_PARALLEL, str(tmp_path),
@@ -185,7 +187,8 @@ def test_four_device_data_parallel_equals_one_device(tmp_path, model,
   # device. Measured (cnn_scratch) 9.9e-8 for 4 devices: alone, with 2
   # vmapped runs, and host-streamed.
   for name in ("four", "vmapped", "streamed"):  # streamed: host batches
-    assert _max_relative_difference(result[name][:1], result["one"][:1]) < 1e-4
+    assert (_max_relative_difference(result[name][:1], result["one"][:1])
+            < first_epoch)
     assert _max_relative_difference(result[name], result["one"]) < tolerance
 
 

@@ -47,14 +47,35 @@ def test_every_setting_is_a_flag_and_every_run_setting_is_recorded(
     (["--eval-every", "0"], "--eval-every must be at least 1"),
     (["--eval-max-samples", "-3"], "--eval-max-samples must be at least 1"),
     (["--init", "xavier"], "unknown --init 'xavier'; valid: torch, flax"),
-    (["--split-seed", "-1"], "--split-seed must not be negative"),
+    (["--split-seed", "-1"], "--split-seed must be an integer in [0, "),
     (["--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
     (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 4294967295]"),
+    (["--seeds=-1,2"], "--seeds: -1 must be an integer in [0, 4294967295]"),
+    (["--seeds", "-1,2"], "--seeds: -1 must be an integer in [0, 4294967295]"),
+    (["--seed", "99999999999999999999"], "--seed must be an integer in"),
+    (["--grad-clip", "-1"], "--grad-clip must be a finite number ≥ 0"),
+    (["--label-smoothing", "2"], "--label-smoothing must be in [0, 1)"),
+    (["--lr-policy", "fixed", "--lr", "0"], "--lr must be a positive finite"),
+    (["--lr-policy", "fixed", "--lr", "nan"], "--lr must be a positive fin"),
+    (["--lr-overrides", "adam=-1"], "--lr-overrides adam=-1.0: the learning"),
+    (["--lr-grid", "0.1,inf"], "--lr-grid needs positive finite"),
+    (["--warmup-steps", "-5"], "--warmup-steps must be a finite number ≥ 0"),
+    (["--weight-decay", "-1"], "--weight-decay must be a finite number ≥ 0"),
+    (["--max-samples", "0"], "--max-samples must be at least 1"),
+    (["--output-dir="], "--output-dir must not be empty"),
+    (["--divergence-factor", "0"], "--divergence-factor must be a positive"),
+    (["--epochs", "abc"], "--epochs expects int (got 'abc')"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_bad_setting_values_give_one_line_errors(tmp_path, capsys, extra,
                                                  expected):
-  assert cli.main(small_run_args(tmp_path, optimizers="adam",
-                                 extra=extra)) == 2
+  try:
+    status = cli.main(small_run_args(tmp_path, optimizers="adam",
+                                     extra=extra))
+  except SystemExit as e:  # argparse's errors
+    status = e.code
+  assert status == 2
   err = capsys.readouterr().err.strip()
   assert expected in err and "\n" not in err, err
   assert not (tmp_path / "image_classification").exists()
@@ -69,3 +90,23 @@ def test_python_api_runs_are_checked_like_the_command_line():
     settings.check(dataclasses.replace(rc, eval_every=0))
   with pytest.raises(settings.OptBenchError, match="learning rate"):
     settings.check(dataclasses.replace(rc, learning_rate=-1.0))
+
+
+def test_repeated_optimizers_and_unusable_output_dirs_are_refused(
+    tmp_path, capsys):
+  afile = tmp_path / "afile"
+  afile.write_text("")
+  for extra, expected in (
+      (["--optimizers", "sgd,sgd"], "--optimizers repeats sgd"),
+      (["--output-dir", str(afile)], "is an existing file"),
+      (["--output-dir", str(afile / "below")], "which is a file"),
+      (["--output-dir", "/proc/no/such"], "is not writable")):
+    args = small_run_args(tmp_path / "out", optimizers="adam")
+    args = args[:args.index("--optimizers")] + args[
+        args.index("--optimizers") + 2:]
+    if "--output-dir" in extra:
+      args = args[:args.index("--output-dir")]
+      args += ["--optimizers", "adam"]
+    assert cli.main(args + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "\n" not in err, err
