@@ -176,17 +176,15 @@ def _attach_values(argv: Sequence[str], parser) -> list[str]:
   return out
 
 
-def _terminate(signum, frame):
-  """SIGTERM (a batch scheduler's preemption) ends the run as Ctrl-C does."""
-  del signum, frame
-  raise KeyboardInterrupt
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = build_parser()
   argv = sys.argv[1:] if argv is None else argv
   args = parser.parse_args(_attach_values(argv, parser))
-  previous = signal.signal(signal.SIGTERM, _terminate)
+  # SIGTERM (a scheduler's preemption) ends a run as Ctrl-C does; neither
+  # interrupts a checkpoint write (train/interrupts.py).
+  from optbench_jax.train import interrupts
+  previous = {s: signal.signal(s, interrupts.request_stop)
+              for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     return {"run": cmd_run, "list": cmd_list}[args.command](args)
   except OptBenchError as e:
@@ -196,7 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("interrupted; continue with --resume", file=sys.stderr)
     return 130
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for number, handler in previous.items():
+      signal.signal(number, handler)
 
 
 if __name__ == "__main__":

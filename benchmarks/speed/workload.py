@@ -19,6 +19,7 @@ import torch
 
 from optbench_jax import data, models, tasks
 from optbench_jax.data.base import DatasetInfo
+from optbench_jax.tasks import semantic_segmentation as segmentation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,15 +43,54 @@ def random_images(info, n, rng):
 
 
 def nchw_images(batch):
-  """NHWC images → PyTorch's NCHW; int64 class targets."""
+  """NHWC images → PyTorch's NCHW; int64 class targets (per example or per
+  pixel)."""
   image = np.asarray(batch["image"])
   return ((image.transpose(0, image.ndim - 1, *range(1, image.ndim - 1)),),
           np.asarray(batch["label"]).astype(np.int64))
 
 
+def random_segmentation(info, n, rng):
+  """uint8 images of ``info.input_shape`` and uint8 per-pixel labels,
+  uniform over the classes with 1 % of pixels ``IGNORE`` (255)."""
+  height, width = info.input_shape[:2]
+  label = rng.randint(0, info.num_classes, (n, height, width)).astype(np.uint8)
+  label[rng.random_sample(label.shape) < 0.01] = segmentation.IGNORE
+  return {"image": rng.randint(0, 256, (n, *info.input_shape), dtype=np.uint8),
+          "label": label}
+
+
+class SegmentationLoss(torch.nn.Module):
+  """The ``semantic_segmentation`` task's batch loss in PyTorch (no padding,
+  no label smoothing): inverse-frequency weighted pixel cross-entropy plus
+  soft Dice, over the pixels not labelled ``IGNORE``; logits NCHW."""
+
+  def forward(self, logits, target):
+    num_classes = logits.shape[1]
+    valid = target != segmentation.IGNORE
+    label = torch.where(valid, target, torch.zeros_like(target))
+    onehot = torch.nn.functional.one_hot(label, num_classes).permute(
+        0, 3, 1, 2).to(logits.dtype) * valid[:, None]
+    counts = onehot.sum((0, 2, 3))
+    weights = torch.where(counts > 0, counts.sum() / (
+        num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    pixel_weight = weights[label] * valid
+    per_pixel = torch.nn.functional.cross_entropy(logits, label,
+                                                  reduction="none")
+    cross_entropy = (per_pixel * pixel_weight).sum() / pixel_weight.sum(
+    ).clamp(min=1e-12)
+    probs = logits.softmax(1) * valid[:, None]
+    smoothing = segmentation.DICE_SMOOTHING
+    dice = (2 * (probs * onehot).sum((0, 2, 3)) + smoothing) / (
+        probs.sum((0, 2, 3)) + counts + smoothing)
+    return cross_entropy + 1 - dice.mean()
+
+
 TASK_DATA = {
     "image_classification": TaskData(random_images, nchw_images,
                                      torch.nn.CrossEntropyLoss),
+    "semantic_segmentation": TaskData(random_segmentation, nchw_images,
+                                      SegmentationLoss),
 }
 
 

@@ -5,14 +5,24 @@ shapes, whose labels follow a rule of the inputs, so the loss must fall.
 
 ``image_classification/synthetic``: 28×28×1 images of Gaussian noise with a
 bright 7×7 square whose position (one of 10 cells of a grid) is the label.
+
+``semantic_segmentation/synthetic``: 32×32×3 uint8 images of grey noise with
+1–3 rectangles or discs, red-ish (class 1) or blue-ish (class 2) on the
+background (class 0): a pixel's class is a rule of its colour (red minus
+blue above 0.3: 1; below −0.3: 2; else 0). Pixels with an 8-neighbour of
+another class (a 1-pixel band on each side of every shape's outline) are
+labelled 255 (ignored).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from optbench_jax.data import augment
 from optbench_jax.data.base import DatasetInfo, DatasetSpec, RawDataset, register
 
 SYNTHETIC_SEED = 1234  # the data never depend on the run's seed
+IGNORE = 255
+SHAPE_COLOURS = {1: (0.8, 0.2, 0.2), 2: (0.2, 0.2, 0.8)}  # class -> RGB
 
 
 def image_classification(n_train: int = 1024, n_test: int = 256,
@@ -40,3 +50,68 @@ register(DatasetSpec(
     name="synthetic", task="image_classification",
     load=lambda data_dir=None: image_classification(),
     description="28x28 noise with a bright square whose position is the label"))
+
+
+def segmentation_shapes(rng: np.random.Generator, size: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """One image (float RGB in [0, 1]) and its class map (before ignoring)."""
+  grey = rng.normal(0.45, 0.1, size=(size, size, 1))
+  image = grey + rng.normal(0.0, 0.02, size=(size, size, 3))
+  classes = np.zeros((size, size), np.uint8)
+  yy, xx = np.mgrid[:size, :size]
+  for _ in range(rng.integers(1, 4)):
+    cls = int(rng.integers(1, 3))
+    extent = rng.integers(5, size // 2, size=2)
+    top, left = (rng.integers(0, size - e) for e in extent)
+    if rng.random() < 0.5:  # rectangle
+      inside = ((yy >= top) & (yy < top + extent[0])
+                & (xx >= left) & (xx < left + extent[1]))
+    else:  # disc inscribed in the box
+      radius = extent.min() / 2
+      inside = ((yy - top - radius + 0.5) ** 2
+                + (xx - left - radius + 0.5) ** 2) <= radius ** 2
+    image[inside] = np.asarray(SHAPE_COLOURS[cls]) + rng.normal(
+        0.0, 0.05, size=(int(inside.sum()), 3))
+    classes[inside] = cls
+  return np.clip(image, 0.0, 1.0), classes
+
+
+def ignore_boundaries(classes: np.ndarray) -> np.ndarray:
+  """``classes`` with every pixel that has an 8-neighbour of another class
+  set to 255."""
+  padded = np.pad(classes, 1, mode="edge")
+  h, w = classes.shape
+  boundary = np.zeros(classes.shape, bool)
+  for dy in (0, 1, 2):
+    for dx in (0, 1, 2):
+      boundary |= padded[dy:dy + h, dx:dx + w] != classes
+  return np.where(boundary, IGNORE, classes).astype(np.uint8)
+
+
+def semantic_segmentation(n_train: int = 512, n_test: int = 128,
+                          size: int = 32) -> RawDataset:
+  rng = np.random.default_rng(SYNTHETIC_SEED)
+
+  def make(n):
+    image = np.empty((n, size, size, 3), np.uint8)
+    label = np.empty((n, size, size), np.uint8)
+    for i in range(n):
+      pixels, classes = segmentation_shapes(rng, size)
+      image[i] = np.round(pixels * 255).astype(np.uint8)
+      label[i] = ignore_boundaries(classes)
+    return {"image": image, "label": label}
+
+  info = DatasetInfo(
+      name="synthetic", task="semantic_segmentation", num_classes=3,
+      input_shape=(size, size, 3), source="synthetic",
+      extra={"ignore_index": IGNORE,
+             "class_names": ["background", "red", "blue"]})
+  return RawDataset(train=make(n_train), test=make(n_test), info=info)
+
+
+register(DatasetSpec(
+    name="synthetic", task="semantic_segmentation",
+    load=lambda data_dir=None: semantic_segmentation(),
+    augment=augment.flip_scale_crop,
+    description="32x32 grey noise with red and blue shapes whose colour is "
+    "the pixel class, shape outlines ignored"))

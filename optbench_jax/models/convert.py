@@ -14,7 +14,9 @@ here (e.g. attention projections reshaped to ``(in, heads, head_dim)``).
 Layout conventions (PyTorch -> Flax):
 
 * convolution kernels ``(out, in, kh, kw)`` (OIHW) -> ``(kh, kw, in, out)``
-  (HWIO);
+  (HWIO); transposed convolutions ``(in, out, kh, kw)`` -> ``(kh, kw, out,
+  in)`` (Flax's ``transpose_kernel=True`` layout), see
+  :func:`conv_transpose`;
 * dense kernels ``(out, in)`` -> ``(in, out)``; a dense layer that follows a
   flatten of an NCHW feature map (``cnn_scratch``) also permutes its input
   rows from ``(c, h, w)`` to ``(h, w, c)`` order, see
@@ -99,6 +101,18 @@ def conv(use_bias: bool = True) -> Kind:
   if use_bias:
     kind["bias"] = Leaf("params", "bias")
   return kind
+
+
+def conv_transpose(use_bias: bool = True) -> Kind:
+  """``nn.ConvTranspose2d`` <-> ``layers.ConvTranspose`` (transposed kernel).
+
+  PyTorch stores ``(in, out, kh, kw)``; Flax's ``ConvTranspose`` with
+  ``transpose_kernel=True`` stores ``(kh, kw, out, in)`` (and then computes
+  PyTorch's function, with ``padding="VALID"`` for PyTorch's ``padding=0``):
+  the same axis permutation as a convolution's OIHW -> HWIO, with the roles
+  of ``in`` and ``out`` exchanged.
+  """
+  return conv(use_bias)
 
 
 def dense(use_bias: bool = True) -> Kind:

@@ -343,3 +343,21 @@ class BatchNorm(nn.Module):
             n / max(n - 1, 1))
     y = (xc - mean) * jax.lax.rsqrt(var + self.epsilon)
     return (y * scale + bias).astype(self.dtype)
+
+
+class ConvTranspose(_SchemeParams, nn.ConvTranspose):
+  """``flax.linen.ConvTranspose`` with the scheme's initialisers.
+
+  ``transpose_kernel`` defaults to True: the layer is then the gradient of a
+  convolution, as ``torch.nn.ConvTranspose2d``, and its kernel is
+  ``(*window, features, in_features)``, so ``prod(shape[:-1])`` is
+  ``kh·kw·C_out``, the fan-in PyTorch uses to initialise a transposed
+  convolution (it reads ``weight.size(1)``, the output channels). The
+  ``"torch"`` scheme hence gives PyTorch's bounds and ``"flax"`` LeCun-normal
+  with the same fan-in. Curvature statistics are not recorded (optimizers
+  that use them give this layer the plain gradient).
+  """
+  kernel_init: Optional[Initializer] = None
+  bias_init: Optional[Initializer] = None
+  init_scheme: str = "torch"
+  transpose_kernel: bool = True

@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from optbench_jax.train import interrupts
+
 
 class Checkpoints:
   def __init__(self, run_dir: str, keep: int = 2):
@@ -24,8 +26,9 @@ class Checkpoints:
                                              enable_async_checkpointing=False))
 
   def save(self, epoch: int, state: Any) -> None:
-    self.manager.save(epoch, args=ocp.args.StandardSave(_payload(state)))
-    self.manager.wait_until_finished()
+    with interrupts.critical():
+      self.manager.save(epoch, args=ocp.args.StandardSave(_payload(state)))
+      self.manager.wait_until_finished()
 
   def epochs(self) -> list[int]:
     return list(self.manager.all_steps())
@@ -45,11 +48,12 @@ class Checkpoints:
   def save_initial(self, params: Any) -> None:
     path = os.path.join(self.directory, "initial")
     if not os.path.exists(path):
-      with ocp.StandardCheckpointer() as checkpointer:
+      with interrupts.critical(), ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(path, _payload(params))
 
   def close(self) -> None:
-    self.manager.close()
+    with interrupts.critical():
+      self.manager.close()
 
 
 def restore_initial(run_dir: str, like: Any) -> Any:

@@ -24,6 +24,7 @@ tensor (the maximum over tensors for trees).
   between runs. In float64 the two implementations agree to rounding.
 """
 import functools
+import math
 import os
 import re
 import subprocess
@@ -44,8 +45,20 @@ from optbench_jax.reference import torch_models  # noqa: E402
 BATCH = 4
 OUTPUT_RTOL = 1e-5
 GRAD_RTOL_FLOAT64 = 1e-9
+# Models with a larger example input than this (the segmentation models:
+# 256×256×3 images, 30-40 M parameters, dropout in train mode) would take
+# minutes here on a CPU; tests/models/test_segmentation_models.py runs these
+# checks for them at a reduced width and input. The other tests of this file
+# (names, registry entries) cover every model.
+MAX_EXAMPLE_VALUES = 64 * 64 * 3
+
+
+def example_is_small(spec) -> bool:
+  return math.prod(spec.example_info.input_shape) <= MAX_EXAMPLE_VALUES
+
+
 TWINNED = [name for name, spec in models.MODELS.items()
-           if spec.torch_twin is not None]
+           if spec.torch_twin is not None and example_is_small(spec)]
 
 
 def _has_batch_norm(name):

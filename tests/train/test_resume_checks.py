@@ -184,3 +184,17 @@ def test_divergence_factor_marks_an_exploding_run(tmp_path):
                                    "divergence_factor": None})
   assert not diverged(member, True, 5.0, 44528.0)  # only NaN/inf by default
   assert diverged(member, True, float("nan"), None)
+
+
+def test_an_interruption_waits_for_the_checkpoint_being_written():
+  from optbench_jax.train import interrupts
+  events = []
+  with pytest.raises(KeyboardInterrupt):
+    with interrupts.critical():
+      interrupts.request_stop()     # the signal arrives mid-write
+      events.append("write finished")
+  assert events == ["write finished"]
+  with pytest.raises(KeyboardInterrupt):
+    interrupts.request_stop()       # outside a write: at once
+  with interrupts.critical():       # nothing pending any more
+    pass
