@@ -10,7 +10,6 @@ per-channel mean and std (``fit``).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optbench_jax.data.augment import to_unit
+from optbench_jax.tasks._images import normalized_images, with_stats
 from optbench_jax.tasks.base import Task, register
 
 def confusion_matrix(labels, predictions, mask, num_classes):
@@ -68,17 +67,12 @@ class ImageClassification(Task):
     if splits.train["image"].dtype == np.uint8:
       image /= 255.0
     axes = tuple(range(image.ndim - 1))
-    stats = {"mean": tuple(float(m) for m in image.mean(axis=axes)),
-             "std": tuple(float(s) + 1e-12 for s in image.std(axis=axes))}
-    return dataclasses.replace(splits, info=dataclasses.replace(
-        splits.info, stats={**splits.info.stats, **stats}))
+    return with_stats(
+        splits, mean=tuple(float(m) for m in image.mean(axis=axes)),
+        std=tuple(float(s) + 1e-12 for s in image.std(axis=axes)))
 
   def preprocess(self, batch, info):
-    image = to_unit(batch["image"])
-    if "mean" in info.stats:
-      image = (image - jnp.asarray(info.stats["mean"], jnp.float32)
-               ) / jnp.asarray(info.stats["std"], jnp.float32)
-    return {**batch, "image": image}
+    return normalized_images(batch, info)
 
   def loss(self, outputs, batch, label_smoothing):
     num_classes = outputs.shape[-1]

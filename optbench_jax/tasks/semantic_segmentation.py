@@ -30,7 +30,6 @@ the classes that occur in the labels or the predictions), pixel accuracy
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -38,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optbench_jax.data.augment import to_unit
+from optbench_jax.tasks._images import normalized_images, with_stats
 from optbench_jax.tasks.base import Task, register
 
 IGNORE = 255
@@ -123,16 +122,10 @@ class SemanticSegmentation(Task):
 
   def fit(self, splits):
     """ImageNet statistics (fixed, as the source benchmark)."""
-    stats = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    return dataclasses.replace(splits, info=dataclasses.replace(
-        splits.info, stats={**splits.info.stats, **stats}))
+    return with_stats(splits, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
   def preprocess(self, batch, info):
-    image = to_unit(batch["image"])
-    if "mean" in info.stats:
-      image = (image - jnp.asarray(info.stats["mean"], jnp.float32)
-               ) / jnp.asarray(info.stats["std"], jnp.float32)
-    return {**batch, "image": image}
+    return normalized_images(batch, info)
 
   def _batch_loss(self, logits, batch, label_smoothing):
     logits = logits.astype(jnp.float32)
