@@ -40,8 +40,8 @@ from optbench_jax import transforms
 from optbench_jax.errors import OptBenchError
 from optbench_jax.transforms import adahessian as adahessian_lib
 from tests.transforms.torch_reference import (
-    LOSS_SHAPES, assert_same_with_and_without_jit, initial_params,
-    relative_error, run_against_torch, to_torch_layout)
+    LOSS_SHAPES, assert_same_with_and_without_jit, extras_step,
+    initial_params, relative_error, run_against_torch, to_torch_layout)
 
 NEEDS = frozenset({"hvp_fn", "key"})
 TOL = 1e-10
@@ -334,13 +334,7 @@ def test_dtypes_and_chain(name, dtype):
   if name != "lbfgs":  # the line search must see the raw gradient
     tx = optax.chain(optax.clip_by_global_norm(10.0), tx)
 
-  @jax.jit
-  def step(params, state, key):
-    value, grads = jax.value_and_grad(lambda p: loss_fn(p)[0])(params)
-    extras = transforms.build_extras(needs, loss_fn, value=value, key=key,
-                                     params=params)
-    updates, state = tx.update(grads, state, params, **extras)
-    return optax.apply_updates(params, updates), state
+  step = jax.jit(extras_step(tx, needs, loss_fn))
 
   state = tx.init(params)
   start = loss_fn(params)[0]

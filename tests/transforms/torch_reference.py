@@ -380,6 +380,20 @@ def run_against_torch(tx, torch_opt_fn, steps=25, jit=True, on_step=None,
   return worst
 
 
+def extras_step(tx, needs, loss_fn):
+  """``step(params, state, key)``: one update of ``tx`` on ``loss_fn`` (which
+  returns ``(loss, aux)``), with the extras ``needs`` lists."""
+
+  def step(params, state, key):
+    value, grads = jax.value_and_grad(lambda p: loss_fn(p)[0])(params)
+    extras = transforms.build_extras(needs, loss_fn, value=value, key=key,
+                                     params=params)
+    updates, state = tx.update(grads, state, params, **extras)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
 def assert_same_with_and_without_jit(tx, needs=frozenset(), steps=3,
                                      prepare=None):
   """Eager and jitted updates agree (a cheap loss keeps eager mode fast).
@@ -390,13 +404,7 @@ def assert_same_with_and_without_jit(tx, needs=frozenset(), steps=3,
   params = {k: jnp.asarray(v) for k, v in initial_params().items()}
   loss_fn = lambda p: (sum(jnp.sum(jnp.sin(x) ** 2 + 0.1 * x ** 4)
                            for x in jax.tree.leaves(p)), None)
-
-  def step(params, state, key):
-    value, grads = jax.value_and_grad(lambda p: loss_fn(p)[0])(params)
-    extras = transforms.build_extras(needs, loss_fn, value=value, key=key,
-                                     params=params)
-    updates, state = tx.update(grads, state, params, **extras)
-    return optax.apply_updates(params, updates), state
+  step = extras_step(tx, needs, loss_fn)
 
   results = []
   for run in (jax.jit(step), step):
