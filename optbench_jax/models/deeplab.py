@@ -94,8 +94,8 @@ class ASPP(nn.Module):
 
 
 class DeepLabHead(nn.Module):
-  """torchvision's ``DeepLabHead``: ``aspp``, ``conv``/``bn``/ReLU (3×3) and
-  the 1×1 ``logits`` convolution."""
+  """torchvision's ``DeepLabHead``: ``aspp``, a 3×3 ``block``
+  (conv/bn/ReLU) and the 1×1 ``logits`` convolution."""
   num_classes: int
   rates: tuple
   features: int = ASPP_FEATURES
@@ -107,10 +107,8 @@ class DeepLabHead(nn.Module):
   def __call__(self, x, train: bool):
     x = ASPP(self.rates, self.features, self.dropout_rate, self.dtype,
              self.init_scheme, name="aspp")(x, train)
-    x = Conv(self.features, (3, 3), padding=1, use_bias=False,
-             dtype=self.dtype, init_scheme=self.init_scheme, name="conv")(x)
-    x = nn.relu(BatchNorm(use_running_average=not train, momentum=0.9,
-                          epsilon=1e-5, dtype=self.dtype, name="bn")(x))
+    x = ConvBNReLU(self.features, 3, dtype=self.dtype,
+                   init_scheme=self.init_scheme, name="block")(x, train)
     return Conv(self.num_classes, (1, 1), dtype=self.dtype,
                 init_scheme=self.init_scheme, name="logits")(x)
 
@@ -160,21 +158,19 @@ def conversion(info: DatasetInfo,
   del info   # the same names for every input shape and class count
   rules = resnet50.rules("backbone", ("backbone",), stage_sizes)
   aspp, path = "classifier.0", ("classifier", "aspp")
-  branches = [(f"convs.{i}.0", f"convs.{i}.1", f"convs_{i}")
-              for i in range(4)]
-  branches += [("convs.4.1", "convs.4.2", "convs_4"),   # 0: the pooling
-               ("project.0", "project.1", "project")]
-  for conv, norm, name in branches:
-    rules += [convert.Rule(f"{aspp}.{conv}", (*path, name, "conv"),
+  # (PyTorch conv, PyTorch batch norm, Flax ConvBNReLU path)
+  blocks = [(f"{aspp}.convs.{i}.0", f"{aspp}.convs.{i}.1",
+             (*path, f"convs_{i}")) for i in range(4)]
+  blocks += [(f"{aspp}.convs.4.1", f"{aspp}.convs.4.2",   # 0: the pooling
+              (*path, "convs_4")),
+             (f"{aspp}.project.0", f"{aspp}.project.1", (*path, "project")),
+             ("classifier.1", "classifier.2", ("classifier", "block"))]
+  for conv, norm, block in blocks:
+    rules += [convert.Rule(conv, (*block, "conv"),
                            convert.conv(use_bias=False)),
-              convert.Rule(f"{aspp}.{norm}", (*path, name, "bn"),
-                           convert.batch_norm())]
-  rules += [convert.Rule("classifier.1", ("classifier", "conv"),
-                         convert.conv(use_bias=False)),
-            convert.Rule("classifier.2", ("classifier", "bn"),
-                         convert.batch_norm()),
-            convert.Rule("classifier.4", ("classifier", "logits"),
-                         convert.conv())]
+              convert.Rule(norm, (*block, "bn"), convert.batch_norm())]
+  rules.append(convert.Rule("classifier.4", ("classifier", "logits"),
+                            convert.conv()))
   return rules
 
 
