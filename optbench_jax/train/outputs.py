@@ -11,6 +11,7 @@ the rule runs over the evaluated epochs.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -38,25 +39,35 @@ SEED_COLUMNS = ("task", "dataset", "model", "optimizer", "learning_rate",
                     for s in ("mean", "std", "ci95"))
 
 
-def write_atomic(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` so that readers never see a partial file.
-
-  With several processes (``--distributed``) only process 0 writes.
-  """
-  if jax.process_index() != 0:
-    return
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """Yields a temporary path beside ``path``; on success it is renamed to
+  ``path`` (readers never see a partial file; a kill leaves a ``.tmp-*``
+  file that :func:`remove_partial_writes` deletes), with the permissions the
+  umask gives ordinary files."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
+  os.close(fd)
   try:
     os.chmod(tmp, 0o666 & ~umask())  # as an ordinary file (mkstemp: 0600)
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    yield tmp
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` atomically (:func:`atomic_path`).
+
+  With several processes (``--distributed``) only process 0 writes.
+  """
+  if jax.process_index() != 0:
+    return
+  with atomic_path(path) as tmp, open(tmp, "w") as f:
+    f.write(text)
 
 
 def umask() -> int:

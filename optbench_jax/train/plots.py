@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from optbench_jax.train.outputs import TMP_PREFIX, umask  # noqa: E402
+from optbench_jax.train import outputs  # noqa: E402
 
 
 def _epochs(history):
@@ -35,11 +35,8 @@ def run_plot_paths(primary: str, run_dir: str) -> list[str]:
 
 def _save(fig, path: str) -> None:
   """Saves atomically (a kill leaves no truncated image), then closes."""
-  directory = os.path.dirname(os.path.abspath(path))
-  tmp = os.path.join(directory, f"{TMP_PREFIX}{os.path.basename(path)}")
-  fig.savefig(tmp, dpi=100, format="png")
-  os.chmod(tmp, 0o666 & ~umask())
-  os.replace(tmp, path)
+  with outputs.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=100, format="png")
   plt.close(fig)
 
 
