@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import signal
 import sys
 from typing import Optional, Sequence
@@ -155,24 +156,22 @@ def cmd_list(args) -> int:
   return 0
 
 
+_NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
 def _attach_values(argv: Sequence[str], parser) -> list[str]:
   """``--seeds -1,2`` → ``--seeds=-1,2``: a value that starts with ``-`` is
   parsed (then judged) instead of being taken for an unknown flag."""
-  flags = {a for action in parser._subparsers._group_actions  # pylint: disable=protected-access
-           for sub in action.choices.values() for a in sub._option_string_actions  # pylint: disable=protected-access
-           if sub._option_string_actions[a].nargs is None}  # pylint: disable=protected-access
-  out, i = [], 0
-  argv = list(argv)
-  while i < len(argv):
-    if (argv[i] in flags and i + 1 < len(argv) and argv[i + 1].startswith("-")
-        and argv[i + 1][1:2].isdigit() or (
-            argv[i] in flags and i + 1 < len(argv)
-            and argv[i + 1][:2] in ("-.", "-i", "-n"))):
-      out.append(f"{argv[i]}={argv[i + 1]}")
-      i += 2
+  flags = {flag for action in parser._subparsers._group_actions  # pylint: disable=protected-access
+           for sub in action.choices.values()
+           for flag, option in sub._option_string_actions.items()  # pylint: disable=protected-access
+           if option.nargs is None}
+  out = []
+  for arg in argv:
+    if out and out[-1] in flags and _NEGATIVE_NUMBER.match(arg):
+      out[-1] = f"{out[-1]}={arg}"
     else:
-      out.append(argv[i])
-      i += 1
+      out.append(arg)
   return out
 
 

@@ -219,7 +219,7 @@ def train_runs(rcs: Sequence[RunConfig], splits: Splits,
   for i, (rc, run_dir) in enumerate(zip(rcs, run_dirs)):
     finished = read_finished(run_dir) if resume else None
     if finished is not None:
-      _heal_finished(run_dir, rc, splits, *finished)
+      _heal_finished(run_dir, rc, splits, finished[0])
       results[i] = finished
     else:
       pending.append(i)
@@ -257,12 +257,11 @@ def train_runs(rcs: Sequence[RunConfig], splits: Splits,
   return results
 
 
-def _heal_finished(run_dir: str, rc: RunConfig, splits: Splits, history,
-                   meta) -> None:
+def _heal_finished(run_dir: str, rc: RunConfig, splits: Splits,
+                   history) -> None:
   """A finished run's directory as an uninterrupted run leaves it: partial
   writes removed, plots drawn (a kill may have come between the two), the
   initial parameters saved (recomputed from the seed) if they were lost."""
-  del meta
   outputs.remove_partial_writes(run_dir)
   if rc.checkpoint and not os.path.exists(
       os.path.join(run_dir, "checkpoints", "initial")):
