@@ -56,7 +56,9 @@ def build(workload, args, *, runs=1, precision="fp32") -> Built:
   example = program.example(workload.arrays)
   keys = jax.random.split(jax.random.key(args.seed), runs)
   lrs = jnp.full((runs,), LEARNING_RATE, jnp.float32)
-  return Built(program, lambda: program.init(keys, example, lrs))
+  # No pretrained weights (``program.pretrained`` is None): random init.
+  return Built(program, lambda: program.init(keys, example, lrs,
+                                             program.pretrained))
 
 
 def setup(workload, args) -> Setup:

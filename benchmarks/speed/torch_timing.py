@@ -4,7 +4,8 @@ The twin is ``spec.torch_twin(info)`` with the JAX program's initial
 weights copied in (``convert.flax_to_torch`` with ``spec.conversion(info)``),
 so both sides start from the same model. Each step is ``zero_grad /
 forward / backward / step`` with SGD (the engine's learning rate and
-momentum) and the task's loss, in ``model.train()`` mode, on the same fixed
+momentum) and the task's loss (``TaskData.torch_loss(model)``; a target may
+be a tuple of arrays), in ``model.train()`` mode, on the same fixed
 batch as the JAX step; ``--warmup`` steps (at least one) run first, and
 timings end with ``torch.cuda.synchronize()`` on a GPU.
 """
@@ -53,12 +54,14 @@ def time_steps(model, workload, args) -> Timing:
           else (lambda _: None))
   inputs, target = workload.recipe.torch_batch(
       jax.device_get(workload.jax.batch))
-  inputs = tuple(torch.from_numpy(np.array(x)).to(device) for x in inputs)
-  target = torch.from_numpy(np.array(target)).to(device)
+  to_torch = lambda x: torch.from_numpy(np.array(x)).to(device)
+  inputs = tuple(to_torch(x) for x in inputs)
+  target = (tuple(to_torch(t) for t in target)
+            if isinstance(target, tuple) else to_torch(target))
   model.train()
   opt = torch.optim.SGD(model.parameters(), lr=jax_timing.LEARNING_RATE,
                         momentum=jax_timing.MOMENTUM)
-  loss_fn = workload.recipe.torch_loss()
+  loss_fn = workload.recipe.torch_loss(model)
 
   def step():
     opt.zero_grad(set_to_none=True)

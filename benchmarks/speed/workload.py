@@ -8,11 +8,17 @@ random data of that shape and says how PyTorch reads a batch and which loss
 it trains; the task computes the data's statistics (``Task.fit``). A model
 whose task has no recipe is reported as not implemented yet, with the
 reason.
+
+Text tasks tokenise raw text in ``Task.fit`` (vocabularies, encoding); the
+benchmark skips that: its recipes make already-encoded random id arrays
+(right-padded, every row with at least one real token) and give the info the
+statistics ``fit`` would have stored (``TaskData.encoded_stats``: vocabulary
+sizes from the model's ``example_info``, the sequence lengths).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -28,12 +34,18 @@ class TaskData:
 
   random(info, n, rng) -> host arrays of n examples; torch_batch(a
   preprocessed numpy batch) ->
-  (model inputs, target); torch_loss() -> the PyTorch loss module (the mean
-  over the batch, as the engine's loss).
+  (model inputs, target: an array or a tuple of arrays); torch_loss(the
+  PyTorch twin) -> the PyTorch loss module, called as ``loss(model output,
+  target)`` (the mean over the batch, as the engine's loss; it gets the twin
+  for losses with parameters of their own, e.g. a CRF's).
+  encoded_stats(info) -> the statistics the task's ``fit`` would store, for
+  tasks whose random data are already encoded (then ``fit`` is skipped);
+  None: ``fit`` runs on the random data (image statistics).
   """
   random: Callable[[DatasetInfo, int, np.random.RandomState], dict]
   torch_batch: Callable[[Mapping[str, np.ndarray]], tuple[tuple, Any]]
-  torch_loss: Callable[[], torch.nn.Module]
+  torch_loss: Callable[[torch.nn.Module], torch.nn.Module]
+  encoded_stats: Optional[Callable[[DatasetInfo], dict]] = None
 
 
 def random_images(info, n, rng):
@@ -86,11 +98,173 @@ class SegmentationLoss(torch.nn.Module):
     return cross_entropy + 1 - dice.mean()
 
 
+# -- text: already-encoded random ids ----------------------------------------
+MAX_WORD_LENGTH = 16       # tasks/ner.py: characters per word
+QUESTION_LENGTH = 64       # tasks/question_answering.py
+MAX_ANSWER_LENGTH = 30
+
+
+def random_ids(rng, n, length, vocab_size, min_length=1):
+  """``(n, length)`` int32 ids in ``[1, vocab_size)``, right-padded with 0
+  to a uniform random length in ``[min_length, length]`` per row."""
+  lengths = rng.randint(min_length, length + 1, n)
+  ids = rng.randint(1, vocab_size, (n, length)).astype(np.int32)
+  ids[np.arange(length)[None, :] >= lengths[:, None]] = 0
+  return ids
+
+
+def text_length(info):
+  """The sequence length of the benchmark's data: the model's
+  ``max_length`` statistic, else its example input length."""
+  return int(info.stats.get("max_length", info.input_shape[0]))
+
+
+def text_stats(info):
+  """What the text tasks' ``fit`` stores, for encoded random data: the
+  example info's statistics (vocabulary sizes) and the lengths."""
+  stats = {"max_length": text_length(info)}
+  if info.task == "question_answering":
+    stats["question_length"] = int(info.stats.get("question_length",
+                                                  QUESTION_LENGTH))
+  return stats
+
+
+def random_sentiment(info, n, rng):
+  return {"tokens": random_ids(rng, n, text_length(info),
+                               int(info.stats["vocab_size"])),
+          "label": rng.randint(0, info.num_classes, n).astype(np.int32)}
+
+
+def long(x):
+  return np.asarray(x).astype(np.int64)
+
+
+def sentiment_batch(batch):
+  """``model(tokens, mask)``, int64 class targets."""
+  tokens = long(batch["tokens"])
+  return (tokens, tokens != 0), long(batch["label"])
+
+
+class SentimentLoss(torch.nn.CrossEntropyLoss):
+  """The sentiment task's loss: cross-entropy with label smoothing 0.05; reads
+  ``.logits`` of a Hugging Face model's output."""
+
+  def __init__(self, model=None):
+    del model
+    from optbench_jax.tasks import sentiment_analysis
+    super().__init__(label_smoothing=(
+        sentiment_analysis.SentimentAnalysis.default_label_smoothing))
+
+  def forward(self, output, target):
+    return super().forward(getattr(output, "logits", output), target)
+
+
+def random_ner(info, n, rng):
+  length = text_length(info)
+  tokens = random_ids(rng, n, length, int(info.stats["vocab_size"]))
+  chars = random_ids(rng, n * length, MAX_WORD_LENGTH,
+                     int(info.stats["char_vocab_size"])).reshape(
+                         n, length, MAX_WORD_LENGTH)
+  real = tokens != 0
+  chars[~real] = 0
+  tags = rng.randint(0, len(info.extra["tag_names"]), (n, length))
+  return {"tokens": tokens, "chars": chars,
+          "tags": np.where(real, tags, 0).astype(np.int32)}
+
+
+def ner_batch(batch):
+  """``model(tokens, chars, mask)``; target ``(tags, mask)``."""
+  tokens = long(batch["tokens"])
+  mask = tokens != 0
+  return (tokens, long(batch["chars"]), mask), (long(batch["tags"]), mask)
+
+
+def crf_nll(emissions, tags, mask, transitions, start, end):
+  """Per-sentence CRF negative log-likelihood ``log Z − S(y)`` ``(B,)``, as
+  ``optbench_jax/models/crf.py``: forward algorithm in log space, right
+  padding (a padding step carries α unchanged), 0 for an empty row."""
+  mask = mask.bool()
+  real = mask.to(emissions.dtype)
+  tags = torch.where(mask, tags, torch.zeros_like(tags))
+  emitted = emissions.gather(-1, tags[..., None])[..., 0]
+  moved = transitions[tags[:, :-1], tags[:, 1:]] * real[:, 1:]
+  length = mask.sum(-1)
+  last = tags.gather(1, (length - 1).clamp(min=0)[:, None])[:, 0]
+  score = (start[tags[:, 0]] + (emitted * real).sum(-1) + moved.sum(-1)
+           + end[last])
+  alpha = start + emissions[:, 0]
+  for t in range(1, emissions.shape[1]):
+    nxt = torch.logsumexp(alpha[:, :, None] + transitions, dim=1) + (
+        emissions[:, t])
+    alpha = torch.where(mask[:, t, None], nxt, alpha)
+  log_z = torch.logsumexp(alpha + end, dim=-1)
+  nonempty = length > 0
+  return torch.where(nonempty, log_z - score, torch.zeros_like(score))
+
+
+class CRFLoss(torch.nn.Module):
+  """The NER task's loss: the CRF negative log-likelihood of the gold tags,
+  mean over sentences, with the twin's ``crf_transitions/start/end``."""
+
+  def __init__(self, model):
+    super().__init__()
+    self.crf = lambda: (model.crf_transitions, model.crf_start,
+                        model.crf_end)
+
+  def forward(self, emissions, target):
+    tags, mask = target
+    return crf_nll(emissions.float(), tags, mask, *self.crf()).mean()
+
+
+def random_qa(info, n, rng):
+  """Contexts and questions of random lengths, an answer span of at most
+  30 tokens inside each context, every example answerable."""
+  stats = text_stats(info)
+  vocab = int(info.stats["vocab_size"])
+  context = random_ids(rng, n, stats["max_length"], vocab)
+  question = random_ids(rng, n, stats["question_length"], vocab)
+  length = (context != 0).sum(1)
+  start = (rng.random_sample(n) * length).astype(np.int32)
+  span = np.minimum(length - start, MAX_ANSWER_LENGTH)
+  end = start + (rng.random_sample(n) * span).astype(np.int32)
+  return {"context": context, "question": question, "start": start,
+          "end": end.astype(np.int32), "answerable": np.ones(n, np.float32),
+          "uid": np.arange(n, dtype=np.int32)}
+
+
+def qa_batch(batch):
+  """``model(context, context_mask, question, question_mask)``; target
+  ``(start, end)``."""
+  context, question = long(batch["context"]), long(batch["question"])
+  return ((context, context != 0, question, question != 0),
+          (long(batch["start"]), long(batch["end"])))
+
+
+class SpanLoss(torch.nn.Module):
+  """The QA task's loss: cross-entropy of the start plus of the end
+  position, each the mean over the (all answerable) examples."""
+
+  def __init__(self, model=None):
+    super().__init__()
+    del model
+    self.ce = torch.nn.CrossEntropyLoss()
+
+  def forward(self, output, target):
+    (start_logits, end_logits), (start, end) = output, target
+    return self.ce(start_logits, start) + self.ce(end_logits, end)
+
+
+_cross_entropy = lambda model: torch.nn.CrossEntropyLoss()
 TASK_DATA = {
     "image_classification": TaskData(random_images, nchw_images,
-                                     torch.nn.CrossEntropyLoss),
+                                     _cross_entropy),
     "semantic_segmentation": TaskData(random_segmentation, nchw_images,
-                                      SegmentationLoss),
+                                      lambda model: SegmentationLoss()),
+    "sentiment_analysis": TaskData(random_sentiment, sentiment_batch,
+                                   SentimentLoss, text_stats),
+    "ner": TaskData(random_ner, ner_batch, CRFLoss, text_stats),
+    "question_answering": TaskData(random_qa, qa_batch, SpanLoss,
+                                   text_stats),
 }
 
 
@@ -122,7 +296,16 @@ def make(name: str, args) -> Workload:
   if recipe is None:
     raise NotImplementedYet(f"no random-data recipe for task {spec.task!r} "
                             f"in benchmarks/speed/workload.py")
-  arrays = recipe.random(spec.example_info, args.batch_size * args.steps,
+  example = spec.example_info
+  if recipe.encoded_stats is not None:
+    # Encoded random data: the statistics fit would store; fit is skipped.
+    info = dataclasses.replace(
+        example, name="random", source="random",
+        stats={**example.stats, **recipe.encoded_stats(example)})
+    arrays = recipe.random(info, args.batch_size * args.steps,
+                           np.random.RandomState(args.seed))
+    return Workload(spec, info, arrays, recipe)
+  arrays = recipe.random(example, args.batch_size * args.steps,
                          np.random.RandomState(args.seed))
   # The task's statistics of the training data (e.g. normalisation); the
   # example info has no augmentation, so none runs.

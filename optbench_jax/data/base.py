@@ -72,13 +72,15 @@ class DatasetSpec:
   :class:`~optbench_jax.errors.MissingDataError` naming the files it looked
   for when the data is not cached locally. ``augment(batch, key) -> batch``
   is the random training augmentation (on the device, inside jit; see
-  ``data/augment.py``), None for none.
+  ``data/augment.py``), None for none. ``defaults`` are the dataset's values
+  of run settings left unset (``{"max_length": 384}``: SQuAD contexts).
   """
   name: str
   task: str
   load: Callable[[Optional[str]], RawDataset]
   augment: Optional[Callable[[Mapping, Any], dict]] = None
   description: str = ""
+  defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")

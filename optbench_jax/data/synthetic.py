@@ -12,6 +12,13 @@ background (class 0): a pixel's class is a rule of its colour (red minus
 blue above 0.3: 1; below −0.3: 2; else 0). Pixels with an 8-neighbour of
 another class (a 1-pixel band on each side of every shape's outline) are
 labelled 255 (ignored).
+
+Text tasks (raw strings, tokenised by the task for the model):
+``sentiment_analysis/synthetic`` (label = whether positive cue words
+outnumber negative ones), ``ner/synthetic`` (person and place names among
+filler words, BIO tags), ``question_answering/synthetic`` (``key value``
+pairs among filler words; the question names a key, the answer is its
+value).
 """
 from __future__ import annotations
 
@@ -115,3 +122,131 @@ register(DatasetSpec(
     augment=augment.flip_scale_crop,
     description="32x32 grey noise with red and blue shapes whose colour is "
     "the pixel class, shape outlines ignored"))
+
+
+# -- text ----------------------------------------------------------------------
+FILLER = tuple(f"w{i}" for i in range(40))
+POSITIVE = ("great", "superb", "lovely", "excellent", "fine")
+NEGATIVE = ("awful", "boring", "dull", "terrible", "bad")
+
+
+def _object_array(values) -> np.ndarray:
+  out = np.empty(len(values), dtype=object)
+  out[:] = values
+  return out
+
+
+def sentiment_analysis(n_train: int = 512, n_test: int = 128) -> RawDataset:
+  """Filler words with 1-5 cue words; the label is whether positive cues
+  outnumber negative ones (a counting rule an LSTM learns)."""
+  rng = np.random.default_rng(SYNTHETIC_SEED)
+
+  def make(n):
+    texts, labels = [], []
+    for _ in range(n):
+      label = int(rng.integers(0, 2))
+      minority = int(rng.integers(0, 3))
+      majority = minority + int(rng.integers(1, 3))
+      pos, neg = (majority, minority) if label else (minority, majority)
+      words = list(rng.choice(FILLER, size=int(rng.integers(6, 20))))
+      for cue in ([rng.choice(POSITIVE) for _ in range(pos)]
+                  + [rng.choice(NEGATIVE) for _ in range(neg)]):
+        words.insert(int(rng.integers(0, len(words) + 1)), str(cue))
+      texts.append(" ".join(words))
+      labels.append(label)
+    return {"text": _object_array(texts),
+            "label": np.asarray(labels, np.int32)}
+
+  info = DatasetInfo(name="synthetic", task="sentiment_analysis",
+                     num_classes=2, source="synthetic",
+                     extra={"class_names": ("negative", "positive")})
+  return RawDataset(train=make(n_train), test=make(n_test), info=info)
+
+
+NER_TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+PEOPLE = (("Anna",), ("Bruno",), ("Chen", "Li"), ("Dara", "Okafor"),
+          ("Emil",), ("Farah", "Khan"))
+PLACES = (("Paris",), ("Lagos",), ("New", "York"), ("Rio", "de", "Janeiro"),
+          ("Oslo",), ("Hanoi",))
+
+
+def ner(n_train: int = 512, n_test: int = 128) -> RawDataset:
+  """Filler words with person and place names (1-3 words) tagged in BIO;
+  a word's tag follows from the word and its left neighbour."""
+  rng = np.random.default_rng(SYNTHETIC_SEED)
+
+  def make(n):
+    sentences, tags = [], []
+    for _ in range(n):
+      words, labels = [], []
+      for _ in range(int(rng.integers(3, 9))):
+        kind = rng.random()
+        if kind < 0.2:
+          entity, tag = PEOPLE[int(rng.integers(len(PEOPLE)))], "PER"
+        elif kind < 0.35:
+          entity, tag = PLACES[int(rng.integers(len(PLACES)))], "LOC"
+        else:
+          words.append(str(rng.choice(FILLER)))
+          labels.append(0)
+          continue
+        words.extend(entity)
+        labels.extend([NER_TAGS.index(f"B-{tag}")]
+                      + [NER_TAGS.index(f"I-{tag}")] * (len(entity) - 1))
+      sentences.append(words)
+      tags.append(labels)
+    return {"tokens": _object_array(sentences), "tags": _object_array(tags)}
+
+  info = DatasetInfo(name="synthetic", task="ner", num_classes=len(NER_TAGS),
+                     source="synthetic", extra={"tag_names": NER_TAGS})
+  return RawDataset(train=make(n_train), test=make(n_test), info=info)
+
+
+QA_KEYS = ("colour", "size", "city", "animal", "mood")
+QA_VALUES = ("red", "blue", "big", "small", "rome", "lima", "cat", "owl",
+             "calm", "glad", "green", "tiny")
+
+
+def question_answering(n_train: int = 512, n_test: int = 128) -> RawDataset:
+  """Contexts of filler words and ``key value`` pairs; the question names a
+  key, the answer is the value that follows it in the context."""
+  rng = np.random.default_rng(SYNTHETIC_SEED)
+
+  def make(n):
+    contexts, questions, answers, starts = [], [], [], []
+    for _ in range(n):
+      keys = rng.choice(QA_KEYS, size=3, replace=False)
+      units = [str(w) for w in rng.choice(FILLER,
+                                           size=int(rng.integers(8, 24)))]
+      pairs = {}
+      for key in keys:
+        pairs[str(key)] = str(rng.choice(QA_VALUES))
+        units.insert(int(rng.integers(0, len(units) + 1)),
+                     f"{key} {pairs[str(key)]}")
+      asked = str(rng.choice(keys))
+      context = " ".join(units)
+      start = context.index(f"{asked} {pairs[asked]}") + len(asked) + 1
+      contexts.append(context)
+      questions.append(f"what {asked} is it ?")
+      answers.append([pairs[asked]])
+      starts.append([start])
+    return {"context": _object_array(contexts),
+            "question": _object_array(questions),
+            "answers": _object_array(answers),
+            "answer_starts": _object_array(starts)}
+
+  info = DatasetInfo(name="synthetic", task="question_answering",
+                     source="synthetic")
+  return RawDataset(train=make(n_train), test=make(n_test), info=info)
+
+
+# Their texts are short: every text fits the default maximum length.
+for _task, _make, _length, _what in (
+    ("sentiment_analysis", sentiment_analysis, 32,
+     "texts whose label is whether positive cue words outnumber negative"),
+    ("ner", ner, 32, "sentences with person and place names tagged in BIO"),
+    ("question_answering", question_answering, 48,
+     "key-value contexts; the answer is the value of the asked key")):
+  register(DatasetSpec(name="synthetic", task=_task,
+                       load=lambda data_dir=None, _make=_make: _make(),
+                       description=f"synthetic: {_what}",
+                       defaults={"max_length": _length}))

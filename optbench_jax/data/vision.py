@@ -81,15 +81,18 @@ def load_cached(name: str, sources: Sequence[Source],
 
 def register_cached(name: str, task: str, sources: Sequence[Source],
                     build: Build, description: str = "",
-                    augment: Optional[Callable] = None) -> DatasetSpec:
+                    augment: Optional[Callable] = None,
+                    defaults: Optional[dict] = None) -> DatasetSpec:
   """Registers a dataset read by :func:`load_cached` and shaped by ``build``
-  (``augment``: its training augmentation, see ``data/augment.py``)."""
+  (``augment``: its training augmentation, see ``data/augment.py``;
+  ``defaults``: its values of unset run settings)."""
 
   def load(data_dir: Optional[str] = None) -> RawDataset:
     return build(*load_cached(name, sources, data_dir))
 
   return register(DatasetSpec(name=name, task=task, load=load,
-                              augment=augment, description=description))
+                              augment=augment, description=description,
+                              defaults=dict(defaults or {})))
 
 
 def image_split(name: str, arrays: Arrays, input_shape: tuple,

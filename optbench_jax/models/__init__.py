@@ -3,11 +3,11 @@ import importlib
 import pkgutil
 
 from optbench_jax.models.base import (
-    INITS, MODELS, ModelSpec, get, names_for, register)
+    INITS, MODELS, ModelSpec, Pretrained, get, names_for, register)
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
   if (_module not in ("base", "layers", "convert")
       and not _module.startswith("_")):
     importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["INITS", "MODELS", "ModelSpec", "get", "names_for", "register"]
+__all__ = ["INITS", "MODELS", "ModelSpec", "Pretrained", "get", "names_for", "register"]

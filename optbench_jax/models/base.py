@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 
@@ -11,6 +11,25 @@ from optbench_jax.errors import OptBenchError
 from optbench_jax.models.convert import Rule
 from optbench_jax.models.layers import INITS, check_init
 from optbench_jax.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """Pretrained weights a model can start from (``--pretrained``).
+
+  Attributes:
+    default: the name used when ``--pretrained`` is not given (a Hugging
+      Face hub name, looked up in the local cache only).
+    resolve: ``name_or_path -> local directory``; raises a one-line
+      :class:`~optbench_jax.errors.OptBenchError` naming where it looked
+      and how to fill the cache.
+    load: ``directory -> {submodule: params}``, the top-level parameter
+      submodules the checkpoint replaces after initialisation (the rest, a
+      task head, keeps its per-seed random initialisation).
+  """
+  default: str
+  resolve: Callable[[str], str]
+  load: Callable[[str], Mapping[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +53,11 @@ class ModelSpec:
       torch is a test and benchmark dependency only); None if there is none.
     conversion: ``info -> [convert.Rule]``, the PyTorch ``state_dict`` <->
       Flax variables mapping of the model and its twin.
+    vocabulary: text models: ``(training texts, size cap, pretrained
+      directory or None) -> data.text.Vocabulary``, how the model's inputs
+      are tokenised (the task calls it in ``fit``); None for other models.
+    pretrained: a :class:`Pretrained` if the model can start from
+      pretrained weights, else None.
   """
   name: str
   task: str
@@ -42,6 +66,8 @@ class ModelSpec:
   description: str = ""
   torch_twin: Optional[Callable[[DatasetInfo], Any]] = None
   conversion: Optional[Callable[[DatasetInfo], list[Rule]]] = None
+  vocabulary: Optional[Callable[..., Any]] = None
+  pretrained: Optional[Pretrained] = None
 
   def build(self, info: DatasetInfo, init: str = "torch") -> nn.Module:
     """The model for ``info``, initialised with scheme ``init`` (INITS)."""
@@ -68,4 +94,4 @@ def get(task: str, name: str) -> ModelSpec:
   return spec
 
 
-__all__ = ["INITS", "MODELS", "ModelSpec", "get", "names_for", "register"]
+__all__ = ["INITS", "MODELS", "ModelSpec", "Pretrained", "get", "names_for", "register"]

@@ -337,3 +337,75 @@ def check_matches(variables: Mapping[str, Any],
     raise ConversionError("converted variables do not fit the model: "
                           + "; ".join(errors[:8])
                           + (" ..." if len(errors) > 8 else ""))
+
+
+# -- packed tensors (appended) -------------------------------------------------
+class _Packing:
+  """Splits a PyTorch tensor into ``count`` Flax leaves and joins them back.
+
+  Import slices block ``index`` of ``count`` equal blocks along axis 0.
+  Export cannot see the other leaves, so the kinds of one packing share this
+  object: each leaf's export stores its block and returns the whole tensor
+  with the blocks not yet stored filled with NaN; :func:`flax_to_torch`
+  writes the same name once per leaf, the last write (whatever the rules'
+  order) holds every block. A block stored twice starts a new export, so
+  nothing carries over between calls; a leaf missing from the variables
+  (``strict=False``) shows as NaN.
+  """
+
+  def __init__(self, count: int):
+    self.count = count
+    self.parts: dict[str, dict[int, Array]] = {}
+
+  def leaf(self, suffix: str, index: int, name: str,
+           to_flax: Transform = _identity,
+           to_torch: Transform = _identity) -> Leaf:
+
+    def split(tensor: Array) -> Array:
+      if tensor.shape[0] % self.count:
+        raise ConversionError(f"{suffix}: {tensor.shape[0]} rows do not split "
+                              f"into {self.count} equal blocks")
+      return to_flax(np.split(tensor, self.count, axis=0)[index])
+
+    def join(value: Array) -> Array:
+      parts = self.parts.setdefault(suffix, {})
+      if index in parts:
+        parts.clear()
+      parts[index] = block = np.asarray(to_torch(value))
+      filler = np.full(block.shape, np.nan, np.result_type(block, np.float32))
+      whole = np.concatenate([parts.get(i, filler) for i in range(self.count)])
+      if len(parts) == self.count:
+        parts.clear()
+      return whole.astype(block.dtype)
+
+    return Leaf("params", name, split, join)
+
+
+def packed_dense(count: int, weight: str = "in_proj_weight",
+                 bias: Optional[str] = "in_proj_bias") -> list[Kind]:
+  """``count`` dense layers stored as one PyTorch tensor of stacked rows.
+
+  ``torch.nn.MultiheadAttention`` keeps its query, key and value projections
+  as ``in_proj_weight (3·d, d)`` and ``in_proj_bias (3·d,)``: block ``i`` of
+  the rows is the ``(out, in)`` weight of projection ``i``. The kinds
+  returned, one per block and all with the same PyTorch module prefix, map
+  block ``i`` to a Flax ``Dense`` (``kernel (in, out)``, ``bias``); see
+  :class:`_Packing` for how export reassembles the tensor.
+
+  Args:
+    count: the number of blocks (3 for query, key, value).
+    weight: the PyTorch name of the stacked weight.
+    bias: the name of the stacked bias, or None without biases.
+
+  Returns:
+    ``count`` kinds, block order.
+  """
+  packing = _Packing(count)
+  kinds = []
+  for i in range(count):
+    kind = {weight: packing.leaf(weight, i, "kernel", np.transpose,
+                                 np.transpose)}
+    if bias is not None:
+      kind[bias] = packing.leaf(bias, i, "bias")
+    kinds.append(kind)
+  return kinds

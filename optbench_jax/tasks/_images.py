@@ -1,18 +1,12 @@
 """What the image tasks share: statistics of the split, normalisation."""
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 
 from optbench_jax.data.augment import to_unit
-from optbench_jax.data.base import Splits
+from optbench_jax.tasks.base import with_stats
 
-
-def with_stats(splits: Splits, **stats) -> Splits:
-  """``splits`` with ``stats`` added to ``splits.info.stats``."""
-  return dataclasses.replace(splits, info=dataclasses.replace(
-      splits.info, stats={**splits.info.stats, **stats}))
+__all__ = ["normalized_images", "with_stats"]
 
 
 def normalized_images(batch, info) -> dict:

@@ -22,6 +22,7 @@ supplies the training augmentation (``info.augment``).
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -49,6 +50,9 @@ class Task(abc.ABC):
     default_label_smoothing: label smoothing of the training loss.
     gathered_stats: names of ``eval_stats`` entries that are per-example
       arrays to concatenate across batches instead of summing.
+    default_max_length, default_vocab_size: text tasks' defaults of
+      ``--max-length`` and ``--vocab-size`` (None: the task has no text,
+      and the flags are refused).
   """
   name: str = ""
   primary_metric: str = ""
@@ -57,14 +61,27 @@ class Task(abc.ABC):
   default_grad_clip: Optional[float] = None
   default_label_smoothing: float = 0.0
   gathered_stats: tuple = ()
+  default_max_length: Optional[int] = None
+  default_vocab_size: Optional[int] = None
 
   @abc.abstractmethod
   def model_inputs(self, batch: Batch) -> tuple:
     """The positional inputs of the model's ``__call__`` for ``batch``."""
 
-  def fit(self, splits: Splits) -> Splits:
-    """Statistics of the training split the preprocessing needs (stored in
-    ``splits.info.stats``); computed once per campaign, on the host."""
+  def fit(self, splits: Splits, config: Any = None,
+          cache_dir: Optional[str] = None) -> Splits:
+    """Fits the preprocessing on the training split, once per campaign, on
+    the host: statistics (normalisation) or vocabularies, stored in
+    ``splits.info.stats``; text tasks also encode every split here.
+
+    Args:
+      splits: the raw splits.
+      config: the run or campaign settings (model, lengths, vocabulary
+        cap, pretrained weights).
+      cache_dir: where fitted vocabularies are cached for later runs and
+        resumption (the campaign directory); None to not cache.
+    """
+    del config, cache_dir
     return splits
 
   def preprocess(self, batch: Batch, info: DatasetInfo) -> dict:
@@ -118,6 +135,12 @@ def register(task: Task) -> Task:
 
 def get(name: str) -> Task:
   return TASKS.get(name)
+
+
+def with_stats(splits: Splits, **stats) -> Splits:
+  """``splits`` with ``stats`` added to ``splits.info.stats``."""
+  return dataclasses.replace(splits, info=dataclasses.replace(
+      splits.info, stats={**splits.info.stats, **stats}))
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

@@ -120,8 +120,9 @@ class SemanticSegmentation(Task):
   def model_inputs(self, batch):
     return (batch["image"],)
 
-  def fit(self, splits):
+  def fit(self, splits, config=None, cache_dir=None):
     """ImageNet statistics (fixed, as the source benchmark)."""
+    del config, cache_dir
     return with_stats(splits, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
   def preprocess(self, batch, info):

@@ -123,10 +123,11 @@ def run_campaign(cfg: CampaignConfig) -> list[dict]:
   optimizers = validate(cfg)
   enable_compile_cache(cfg.compile_cache or default_compile_cache())
   task = tasks.get(cfg.task)
+  out_dir = campaign_dir(cfg)
   splits = task.fit(data.prepare(
       data.load(cfg.task, cfg.dataset, cfg.data_dir), seed=cfg.split_seed,
-      max_samples=cfg.max_samples, val_fraction=cfg.val_fraction))
-  out_dir = campaign_dir(cfg)
+      max_samples=cfg.max_samples, val_fraction=cfg.val_fraction),
+      settings.resolve(cfg, task), cache_dir=out_dir)
   outputs.remove_partial_writes(out_dir)
   rows, long_rows, histories = [], [], {}
   quiet = cfg.quiet or not distributed.is_primary()

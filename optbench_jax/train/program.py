@@ -92,6 +92,26 @@ class Compiled:
   on_device: bool
 
 
+def with_pretrained(params: dict, pretrained: Optional[Mapping[str, Any]]
+                    ) -> dict:
+  """``params`` with whole submodules replaced by pretrained ones (same
+  structure, shapes and dtypes, else a one-line error)."""
+  if not pretrained:
+    return params
+  params = dict(params)
+  for name, tree in pretrained.items():
+    if name not in params:
+      raise OptBenchError(f"pretrained weights for {name!r}, which the model "
+                          f"does not have (it has {', '.join(params)})")
+    ours = jax.tree.map(lambda x: (x.shape, x.dtype), params[name])
+    theirs = jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), tree)
+    if ours != theirs:
+      raise OptBenchError(f"pretrained weights for {name!r} do not fit the "
+                          f"model (shapes or names differ)")
+    params[name] = tree
+  return params
+
+
 class Program(Evaluation):
   """Builds and jit-compiles the functions of one (task, model, optimizer).
 
@@ -99,17 +119,22 @@ class Program(Evaluation):
     runs: how many runs (R ≥ 1) are stacked on the leading axis of the
       state, the keys and the base learning rates.
     mesh: a one-axis (``"data"``) device mesh for data parallelism, or None.
+    pretrained: top-level parameter submodules that replace the freshly
+      initialised ones in every run (``{"distilbert": encoder params}``),
+      or None.
   """
 
   def __init__(self, task: Task, model: nn.Module, info: DatasetInfo,
                spec: OptimizerSpec, tx: optax.GradientTransformation,
-               hyper: Hyper, *, runs: int = 1, mesh: Optional[Mesh] = None):
+               hyper: Hyper, *, runs: int = 1, mesh: Optional[Mesh] = None,
+               pretrained: Optional[Mapping[str, Any]] = None):
     if runs < 1:
       raise ValueError(f"a program trains at least one run (got {runs})")
     self.task, self.info = task, info
     self.model = with_compute_dtype(model, hyper.precision)
     self.spec, self.tx, self.hyper = spec, tx, hyper
     self.runs, self.mesh = runs, mesh
+    self.pretrained = pretrained
     if mesh is not None:
       devices = mesh.devices.size
       for name, size in (("--batch-size", hyper.batch_size),
@@ -121,7 +146,7 @@ class Program(Evaluation):
                                     hyper.warmup_steps)
     self.plateau = schedules.plateau()
     vm = self._over_runs
-    self.init = jax.jit(vm(self._init, (0, None, 0)), static_argnums=1)
+    self.init = jax.jit(vm(self._init, (0, None, 0, None)), static_argnums=1)
     self.train_epoch = jax.jit(vm(self._train_epoch, (0, None, 0)),
                                donate_argnums=0)
     self.streamed_step = jax.jit(vm(self._step_and_accumulate,
@@ -190,12 +215,13 @@ class Program(Evaluation):
                     ) -> TrainState:
     """The runs' initial states, on the program's devices."""
     k_init, _ = self.run_keys(seeds)
-    state = self.init(k_init, example, jnp.asarray(learning_rates,
-                                                   jnp.float32))
+    state = self.init(k_init, example,
+                      jnp.asarray(learning_rates, jnp.float32),
+                      self.pretrained)
     return unalias(self.place(state))
 
-  def _init(self, key: jax.Array, example: Example,
-            base_lr: jax.Array) -> TrainState:
+  def _init(self, key: jax.Array, example: Example, base_lr: jax.Array,
+            pretrained: Optional[Mapping[str, Any]]) -> TrainState:
     k_params, k_dropout = jax.random.split(key)
     batch = self.task.preprocess(
         {k: jnp.asarray(v) for k, v in example.arrays.items()}, self.info)
@@ -203,7 +229,7 @@ class Program(Evaluation):
                                 *self.task.model_inputs(batch), train=False)
     variables = {k: v for k, v in variables.items()
                  if k not in _CAPTURE_COLLECTIONS}
-    params = variables.pop("params")
+    params = with_pretrained(variables.pop("params"), pretrained)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
         opt_state=self.tx.init(params),
@@ -219,7 +245,8 @@ class Program(Evaluation):
     abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                               sharding=self.sharding)
     state = jax.tree.map(abstract, jax.eval_shape(
-        lambda k, lr: self.init(k, example, lr), k_init, lrs))
+        lambda k, lr: self.init(k, example, lr, self.pretrained), k_init,
+        lrs))
     key = abstract(k_train)
     t0 = time.perf_counter()
     if on_device:

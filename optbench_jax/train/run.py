@@ -131,7 +131,7 @@ class _Setup:
   def __init__(self, rc: RunConfig, splits: Splits):
     self.task = tasks.get(rc.task)
     if not splits.info.stats:  # the campaign fits once; API callers may not
-      splits = self.task.fit(splits)
+      splits = self.task.fit(splits, rc)
     self.rc, self.splits = rc, splits
     self.spec = transforms.get(rc.optimizer)
     self.mesh = distributed.make_mesh(rc.devices)
@@ -161,18 +161,24 @@ class _Setup:
                           "must fit on the devices")
     self.data_bytes = data_bytes if self.on_device else 0
     self.example = Program.example(splits.train)
+    self.model_spec = models.get(rc.task, rc.model)
+    self.pretrained = None
+    if self.model_spec.pretrained is not None and rc.pretrained not in (
+        None, "none"):
+      hub = self.model_spec.pretrained
+      self.pretrained = hub.load(hub.resolve(rc.pretrained))
 
   def program(self, runs: int) -> Program:
     rc = self.rc
-    model = models.get(rc.task, rc.model).build(self.splits.info,
-                                                init=rc.init)
+    model = self.model_spec.build(self.splits.info, init=rc.init)
     tx = optimizer_lib.build(rc.optimizer, rc.learning_rate,
                              weight_decay=rc.weight_decay,
                              grad_clip=rc.grad_clip,
                              hyperparameters=rc.optimizer_hyperparameters,
                              exclude_bias_norm=rc.exclude_bias_norm)
     return Program(self.task, model, self.splits.info, self.spec, tx,
-                   self.hyper, runs=runs, mesh=self.mesh)
+                   self.hyper, runs=runs, mesh=self.mesh,
+                   pretrained=self.pretrained)
 
   def data(self, program: Program, split) -> dict:
     arrays = {k: np.asarray(v) for k, v in split.items()}

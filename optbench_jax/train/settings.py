@@ -212,6 +212,18 @@ class Protocol:
       "auto", "auto, device (epoch gathered inside the compiled program) or "
       "host (streamed with prefetching)", choices=lambda: DATA_PLACEMENTS,
       numeric=False)
+  max_length: Optional[int] = setting(
+      None, "text tasks: tokens kept per text (QA: per context), longer "
+      "texts truncated (default: the dataset's or the task's)",
+      parse=optional_int, check=at_least(1))
+  vocab_size: Optional[int] = setting(
+      None, "text tasks: cap on the vocabulary built from the training "
+      "split, special tokens included (default: the task's)",
+      parse=optional_int, check=at_least(3))
+  pretrained: Optional[str] = setting(
+      None, "models with pretrained weights: a local directory or a Hugging "
+      "Face hub name found in the local cache, or 'none' for random "
+      "initialisation (default: the model's)", check=not_empty)
   divergence_factor: Optional[float] = setting(
       None, "also mark a run diverged (and stop it) when its training or "
       "validation loss exceeds this multiple of its first epoch's training "
@@ -313,15 +325,30 @@ def differences(stored: Mapping[str, Any], config) -> list[str]:
   return out
 
 
-def resolve(config, task) -> Any:
-  """``config`` with the task's defaults in place of ``None``."""
+def resolve(config, task=None) -> Any:
+  """``config`` with the defaults of its task, dataset and model in place of
+  ``None``: scheduler, clipping, label smoothing (the task's), text lengths
+  (the dataset's, else the task's), vocabulary cap (the task's) and the
+  pretrained weights (the model's)."""
+  from optbench_jax import data, models, tasks
+  task = task or tasks.get(config.task)
+  dataset = data.get(config.task, config.dataset)
+  model = models.get(config.task, config.model)
   clip = task.default_grad_clip if config.grad_clip is None else config.grad_clip
+  pretrained = config.pretrained
+  if pretrained is None and model.pretrained is not None:
+    pretrained = model.pretrained.default
   return dataclasses.replace(
       config, scheduler=config.scheduler or task.default_scheduler,
       grad_clip=clip or None,
       label_smoothing=(task.default_label_smoothing
                        if config.label_smoothing is None
-                       else config.label_smoothing))
+                       else config.label_smoothing),
+      max_length=(config.max_length if config.max_length is not None else
+                  dataset.defaults.get("max_length", task.default_max_length)),
+      vocab_size=(task.default_vocab_size if config.vocab_size is None
+                  else config.vocab_size),
+      pretrained=pretrained)
 
 
 def _fail(field: dataclasses.Field, message: str) -> OptBenchError:
@@ -351,6 +378,16 @@ def check(config) -> None:
     message = test(value) if test is not None and value is not None else None
     if message:
       raise _fail(field, message)
+  task = tasks.get(config.task)
+  for name in ("max_length", "vocab_size"):
+    if getattr(config, name) is not None and getattr(
+        task, f"default_{name}") is None:
+      raise OptBenchError(f"--{name.replace('_', '-')} applies to text "
+                          f"tasks; task {config.task} has no text")
+  spec = models.get(config.task, config.model)
+  if (config.pretrained not in (None, "none") and spec.pretrained is None):
+    raise OptBenchError(f"--pretrained: model {config.model} has no "
+                        f"pretrained weights (omit the flag or give 'none')")
   mesh = distributed.make_mesh(config.devices)
   if mesh is not None and config.batch_size % mesh.devices.size:
     raise OptBenchError(f"--batch-size {config.batch_size} is not divisible "
