@@ -63,7 +63,7 @@ order; no-ops unless the caller asks for them.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -159,11 +159,13 @@ class _Direction(nn.Module):
   features: int
   gates: int
   init_scheme: str
+  dtype: Any = jnp.float32
 
   def setup(self):
     inits = _initializers(self.init_scheme, self.features, self.gates)
     self.ih = Dense(self.gates * self.features, kernel_init=inits["ih_kernel"],
-                    bias_init=inits["bias"], init_scheme=self.init_scheme)
+                    bias_init=inits["bias"], init_scheme=self.init_scheme,
+                    dtype=self.dtype)
     self.hh = _Recurrent(self.features, self.gates, inits["hh_kernel"],
                          inits["bias"])
 
@@ -187,6 +189,7 @@ class _RNN(nn.Module):
   bidirectional: bool = False
   dropout: float = 0.0
   init_scheme: str = "torch"
+  dtype: Any = jnp.float32   # compute dtype (parameters stay float32)
 
   gates = 0          # G, the blocks of H in a kernel's columns
   state_size = 1     # arrays in the carry: (h,) or (h, c)
@@ -233,7 +236,7 @@ class _RNN(nn.Module):
     for layer in range(self.num_layers):
       if layer > 0 and self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-      cells = [_Direction(hidden, self.gates, self.init_scheme,
+      cells = [_Direction(hidden, self.gates, self.init_scheme, self.dtype,
                           name=f"l{layer}{suffix}")
                for suffix in ("", "_reverse")[:directions]]
       rows = slice(layer * directions, (layer + 1) * directions)

@@ -80,7 +80,7 @@ class LSTMClassifier(nn.Module):
     x = Embed(self.vocab_size, self.embed, init_scheme=self.init_scheme,
               name="embedding")(tokens).astype(self.dtype)
     _, (h, _) = LSTM(self.hidden, init_scheme=self.init_scheme,
-                     name="lstm")(x, mask, train=train)
+                     dtype=self.dtype, name="lstm")(x, mask, train=train)
     h = nn.Dropout(self.dropout, deterministic=not train)(h[-1])
     return Dense(self.num_classes, dtype=self.dtype,
                  init_scheme=self.init_scheme, name="fc")(h)
@@ -181,7 +181,7 @@ class BiLSTMCRF(nn.Module):
           init_scheme=self.init_scheme, name="chars")(chars)], axis=-1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     h, _ = LSTM(self.hidden, bidirectional=True, init_scheme=self.init_scheme,
-                name="lstm")(x, mask, train=train)
+                dtype=self.dtype, name="lstm")(x, mask, train=train)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     emissions = Dense(len(self.tag_names), dtype=self.dtype,
                       init_scheme=self.init_scheme, name="emissions")(h)
@@ -309,7 +309,8 @@ class BiLSTMAttentionQA(nn.Module):
     embed = Embed(self.vocab_size, self.embed, init_scheme=self.init_scheme,
                   name="embedding")
     lstm = lambda name: LSTM(self.hidden, bidirectional=True,
-                             init_scheme=self.init_scheme, name=name)
+                             init_scheme=self.init_scheme, dtype=self.dtype,
+                             name=name)
     hc, _ = lstm("context_lstm")(embed(context).astype(self.dtype),
                                  context_mask, train=train)
     hq, _ = lstm("question_lstm")(embed(question).astype(self.dtype),
