@@ -47,8 +47,10 @@ def parse_args(argv=None):
   known = workload.registered()
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", default=",".join(known),
-                      help="comma-separated names from the model registry "
-                           "(default: all of them: " + ", ".join(known) + ")")
+                      help="comma-separated names from the model registry, "
+                           "a text model optionally with its sequence length "
+                           "(gpt_small@512) (default: all of them: "
+                           + ", ".join(known) + ")")
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--steps", type=int, default=50,
                       help="steps per timed run (and per scanned epoch)")
@@ -70,13 +72,31 @@ def parse_args(argv=None):
                       help="skip the bfloat16 scanned epoch (jax_bf16)")
   parser.add_argument("--no-project", dest="project", action="store_false",
                       help="skip the projection of the thesis campaign")
+  parser.add_argument("--seq-len", type=int, default=None,
+                      help="sequence length of the text models given "
+                           "without '@length' (LM blocks, sources, contexts "
+                           "and seq2seq targets; default: each model's "
+                           "example_info, 64 for the generation models); "
+                           "ignored by image models")
+  parser.add_argument("--peak-flops", default=None, metavar="FP32[,BF16]",
+                      help="the device's peak FLOP/s for MFU (e.g. 1e12), "
+                           "instead of the built-in GPU table; without it "
+                           "MFU is n/a on a CPU")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json", default=None, help="also write results here")
   args = parser.parse_args(argv)
   args.models = [m.strip() for m in args.models.split(",") if m.strip()]
   for m in args.models:
-    if m not in known:
-      parser.error(f"unknown model {m!r}; valid: {', '.join(known)}")
+    why = workload.entry_error(m)
+    if why:
+      parser.error(f"{why}; valid: {', '.join(known)}, text models "
+                   f"optionally as name@length")
+  if args.seq_len is not None and args.seq_len < 2:
+    parser.error("--seq-len must be >= 2")
+  try:
+    device_lib.parse_peak_flops(args.peak_flops)
+  except ValueError as e:
+    parser.error(str(e))
   if args.device == "cuda" and not torch.cuda.is_available():
     parser.error("--device cuda but torch.cuda.is_available() is False")
   if min(args.steps, args.repeats, args.batch_size) < 1:

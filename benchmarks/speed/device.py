@@ -10,7 +10,15 @@ not divided by the steps.) Achieved FLOP/s = FLOPs/step × the ``jax_epoch``
 ``PEAK_FLOPS``: fp32 MFU against the TF32 tensor-core peak when JAX's default
 matmul precision lets XLA use TF32 (the GPU default), else against the plain
 FP32 peak; bf16 MFU against the BF16 tensor-core peak, with the fp32 step's
-FLOP count. On a CPU or an unlisted device MFU is unavailable (``None``).
+FLOP count. On a CPU or an unlisted device MFU is unavailable (``None``,
+printed ``n/a``: a CPU has no reliable peak) unless ``--peak-flops`` gives
+the peak; the achieved FLOP/s are reported in every case.
+
+For the token models (``text_generation``: decoder-only) the analytic
+estimate 6 × parameters × token positions per step (Kaplan et al. 2020: 2
+FLOPs per parameter per token forward, 4 backward; attention's quadratic
+term and the optimizer left out; padding included, as it is computed) is
+recorded beside XLA's count as a cross-check; MFU uses XLA's count.
 """
 from __future__ import annotations
 
@@ -55,6 +63,17 @@ def cpu_name() -> str:
   return platform.processor() or platform.machine() or "cpu"
 
 
+def parse_peak_flops(text):
+  """``--peak-flops FP32[,BF16]`` -> {"fp32", "tf32", "bf16"} FLOP/s (one
+  value: the same peak for both), or None."""
+  if not text:
+    return None
+  values = [float(v) for v in str(text).split(",")]
+  if len(values) not in (1, 2) or min(values) <= 0:
+    raise ValueError("--peak-flops takes FP32[,BF16], positive FLOP/s")
+  return {"fp32": values[0], "tf32": values[0], "bf16": values[-1]}
+
+
 def device_info(args) -> dict:
   jax_device = jax.devices()[0]
   if args.device == "cuda":
@@ -74,11 +93,15 @@ def device_info(args) -> dict:
       "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
       "jax_default_matmul_precision": str(
           jax.config.jax_default_matmul_precision),
+      "peak_flops_given": parse_peak_flops(getattr(args, "peak_flops", None)),
   }
 
 
 def peak_flops(device: dict):
-  """(PEAK_FLOPS key, its entry) for the JAX device, or (None, None)."""
+  """(PEAK_FLOPS key, its entry) for the JAX device, or (None, None);
+  ``--peak-flops`` wins over the table."""
+  if device.get("peak_flops_given"):
+    return "--peak-flops", device["peak_flops_given"]
   if device["jax_platform"] != "gpu":
     return None, None
   kind = re.sub(r"^NVIDIA\s+", "", device["jax_device_kind"].strip())
@@ -95,13 +118,26 @@ def fp32_peak_kind(device: dict) -> str:
   float32 matmuls and convolutions on TF32 tensor cores; only
   ``jax_default_matmul_precision`` = highest / float32 forces true FP32.
   """
+  if device.get("peak_flops_given"):
+    return "fp32"
   precision = device["jax_default_matmul_precision"].lower()
   return "fp32" if precision in ("highest", "float32") else "tf32"
 
 
 def no_peak(device: dict) -> str:
+  if device["jax_platform"] == "cpu":
+    return "n/a on CPU (no reliable peak FLOP/s; give one with --peak-flops)"
   return (f"no peak FLOP/s for {device['jax_platform']} device "
-          f"{device['jax_device_kind']!r}")
+          f"{device['jax_device_kind']!r} (give one with --peak-flops)")
+
+
+def analytic_flops(result: dict):
+  """6 × parameters × token positions per step, for decoder-only language
+  models (``text_generation``), else None."""
+  if result.get("task") != "text_generation" or not result.get("parameters"):
+    return None
+  positions = result["batch_size"] * result["seq_len"]
+  return 6.0 * result["parameters"] * positions
 
 
 def mfu(result: dict, device: dict) -> dict:
@@ -127,8 +163,15 @@ def mfu(result: dict, device: dict) -> dict:
     achieved = flops * rate if flops and rate else None
     out[f"{name}_achieved_flops_per_s"] = achieved
     out[f"{name}_mfu"] = achieved / peak if achieved and peak else None
+  analytic = analytic_flops(result)
+  if analytic:
+    out["analytic_flops_per_step"] = analytic
+    out["analytic_flops_note"] = ("6 x parameters x token positions (batch x "
+                                  "seq_len); cross-check only, MFU uses XLA's "
+                                  "count")
+    out["xla_over_analytic"] = flops / analytic if flops else None
   if not peaks:
-    out["unavailable"] = f"{no_peak(device)} in PEAK_FLOPS"
+    out["unavailable"] = no_peak(device)
   elif not flops:
     out["unavailable"] = "XLA reported no FLOP count for the step"
   return out

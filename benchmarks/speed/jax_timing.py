@@ -48,9 +48,13 @@ def build(workload, args, *, runs=1, precision="fp32") -> Built:
   spec = workload.spec
   tx = optimizer_lib.build(OPTIMIZER, LEARNING_RATE,
                            hyperparameters={"momentum": MOMENTUM})
+  task = tasks.get(spec.task)
+  # The task's label smoothing (e.g. 0.1 for translation), as the PyTorch
+  # losses of ``workload.TASK_DATA``; no gradient clipping on either side.
   hyper = Hyper(batch_size=args.batch_size, eval_batch_size=args.batch_size,
-                total_steps=args.steps, scheduler="none", precision=precision)
-  program = Program(tasks.get(spec.task), spec.build(workload.info),
+                total_steps=args.steps, scheduler="none", precision=precision,
+                label_smoothing=float(task.default_label_smoothing))
+  program = Program(task, spec.build(workload.info),
                     workload.info, transforms.get(OPTIMIZER), tx, hyper,
                     runs=runs)
   example = program.example(workload.arrays)
@@ -77,6 +81,13 @@ def initial_variables(setup_: Setup) -> dict:
   state = setup_.base.init()
   variables = {"params": state.params, **state.model_state}
   return jax.device_get(jax.tree.map(lambda x: x[0], variables))
+
+
+def parameter_count(setup_: Setup) -> int:
+  """Trainable parameters of one run (shapes only, nothing computed)."""
+  state = jax.eval_shape(setup_.base.init)
+  return int(sum(x.size for x in jax.tree.leaves(state.params))
+             // setup_.base.program.runs)
 
 
 def xla_flops(analysis):

@@ -14,9 +14,18 @@ from speed.variants import VARIANTS
 RATIO_COLUMNS = (
     ("epoch/", "eager", lambda r: r.get("jax_epoch_over_eager")),
     ("vmap", "speedup", lambda r: r.get("vmap_speedup")),
-    ("MFU", "fp32", lambda r: r.get("mfu", {}).get("fp32_mfu")),
-    ("MFU", "bf16", lambda r: r.get("mfu", {}).get("bf16_mfu")),
+    ("MFU", "fp32", lambda r: mfu_cell(r, "fp32")),
+    ("MFU", "bf16", lambda r: mfu_cell(r, "bf16")),
 )
+
+
+def mfu_cell(r, name):
+  """The MFU, ``n/a`` without a peak (a CPU), ``-`` without a rate."""
+  m = r.get("mfu", {})
+  if m.get(f"{name}_mfu") is not None:
+    return m[f"{name}_mfu"]
+  return "n/a" if m.get("unavailable") and m.get(
+      f"{name}_achieved_flops_per_s") else None
 # Losses of the first timed epoch: (result key, label; {runs}: vmap_runs).
 EPOCH_LOSSES = (("epoch_loss_jax", "fp32"), ("epoch_loss_jax_bf16", "bf16"),
                 ("epoch_loss_jax_vmap", "vmap (mean of {runs} runs, own "
@@ -48,15 +57,15 @@ def title(variant, args) -> str:
   return f"{variant.title} x{runs}" if runs else variant.title
 
 
-def header(device, args) -> list:
-  top = f"{'':<14}" + "".join(f" {title(v, args):^19}" for v in VARIANTS) + (
+def header(device, args, width=14) -> list:
+  top = f"{'':<{width}}" + "".join(f" {title(v, args):^19}" for v in VARIANTS) + (
       "".join(f" {t:>7}" for t, _, _ in RATIO_COLUMNS))
-  sub = f"{'model':<14}" + "".join(
+  sub = f"{'model':<{width}}" + "".join(
       f" {'run-st/s' if v.runs else 'steps/s':>9} {'ex/s':>9}"
       for v in VARIANTS) + "".join(f" {s:>7}" for _, s, _ in RATIO_COLUMNS)
   peak_key = device_lib.peak_flops(device)[0]
   if peak_key is None:
-    mfu_note = f"MFU unavailable ('-'): {device_lib.no_peak(device)}"
+    mfu_note = f"MFU {device_lib.no_peak(device)}"
   else:
     mfu_note = (f"MFU fp32 against the "
                 f"{device_lib.fp32_peak_kind(device).upper()} peak, MFU bf16 "
@@ -91,10 +100,11 @@ def flops_line(r, device) -> str:
 
 
 def format_table(results, device, args) -> str:
-  lines = header(device, args)
+  width = max([14] + [len(r["model"]) for r in results])
+  lines = header(device, args, width)
   for r in results:
     if r.get("status") != "measured":
-      lines.append(f"{r['model']:<14} {r['status']}: {r['reason']}")
+      lines.append(f"{r['model']:<{width}} {r['status']}: {r['reason']}")
       continue
     cells = []
     for v in VARIANTS:
@@ -103,7 +113,7 @@ def format_table(results, device, args) -> str:
       else:
         cells += [cell(why_missing(r, v, args))] * 2
     cells += [cell(value(r), 7) for _, _, value in RATIO_COLUMNS]
-    lines.append(f"{r['model']:<14} " + " ".join(cells))
+    lines.append(f"{r['model']:<{width}} " + " ".join(cells))
   measured = [r for r in results if r.get("status") == "measured"]
   if not measured:
     return "\n".join(lines)
@@ -117,7 +127,43 @@ def format_table(results, device, args) -> str:
     losses.append(f"{r['model']} " + ", ".join(parts))
   lines.append("mean loss of the first timed epoch: " + "; ".join(losses))
   lines += [flops_line(r, device) for r in measured]
+  lines += token_table(measured, device)
   return "\n".join(lines)
+
+
+def token_table(measured, device) -> list:
+  """Tokens/s of the token models (real target tokens: padding not
+  counted), FLOPs and FLOP/s; empty when none was measured."""
+  rows = [r for r in measured if "target_tokens_per_step_batch" in r]
+  if not rows:
+    return []
+  shown = [v for v in VARIANTS
+           if any(f"{v.name}_tokens_per_s" in r for r in rows)]
+  width = max(len(f"{r['model']} (b{r['batch_size']})") for r in rows)
+  head = (f"{'model':<{width}} {'seq':>7} {'tok/step':>8}" + "".join(
+      f" {v.title + ' tok/s':>17}" for v in shown) + f" {'XLA GF/step':>11}"
+      f" {'6NT GF/step':>11} {'fp32 GF/s':>9} {'MFU fp32':>8}")
+  lines = ["", "Real target tokens/s (padding not counted; tok/step: of the "
+           "fixed batch; the epochs average over all their data); GF = 1e9 "
+           "FLOPs; XLA: cost analysis of the compiled step, used for MFU; "
+           "6NT: 6 x parameters x token positions (decoder-only models, "
+           "cross-check)", head, "-" * len(head)]
+  for r in rows:
+    m = r.get("mfu", {})
+    seq = str(r.get("seq_len", "-"))
+    if "target_len" in r:
+      seq = f"{r['seq_len']}/{r['target_len']}"
+    giga = lambda x: None if x is None else x / 1e9
+    cells = "".join(f" {cell(r.get(f'{v.name}_tokens_per_s'), 17)}"
+                    for v in shown)
+    lines.append(
+        f"{r['model'] + ' (b' + str(r['batch_size']) + ')':<{width}} "
+        f"{seq:>7} {r['target_tokens_per_step_batch']:>8}{cells}"
+        f" {cell(giga(m.get('flops_per_step')), 11)}"
+        f" {cell(giga(m.get('analytic_flops_per_step')), 11)}"
+        f" {cell(giga(m.get('fp32_achieved_flops_per_s')), 9)}"
+        f" {cell(mfu_cell(r, 'fp32'), 8)}")
+  return lines
 
 
 def duration(seconds) -> str:
@@ -191,6 +237,8 @@ def write_json(path, device, results, projection, args, argv) -> None:
       "repeats": args.repeats, "warmup": args.warmup,
       "vmap_runs": args.vmap_runs, "bf16": not args.no_bf16,
       "torch_compile": args.torch_compile, "seed": args.seed,
+      "seq_len": getattr(args, "seq_len", None),
+      "peak_flops": getattr(args, "peak_flops", None),
       "optimizer": f"SGD(lr={jax_timing.LEARNING_RATE}, "
                    f"momentum={jax_timing.MOMENTUM})",
       "command": command_line(argv),

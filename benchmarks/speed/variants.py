@@ -51,6 +51,9 @@ class Variant:
     such a variant reports run-steps/s, and 0 runs turns it off.
   off: ``(args attribute, value)``: the variant is off when it has that value.
   unavailable(workload): why it cannot run for a model, or None.
+  data: what one step trains on, for tokens/s: ``"batch"`` the fixed batch
+    (the step and PyTorch), ``"epoch"`` an average step of the scanned
+    epoch over the whole random dataset.
   """
   name: str
   title: str
@@ -62,6 +65,7 @@ class Variant:
   runs: Optional[str] = None
   off: Optional[tuple[str, bool]] = None
   unavailable: Callable[[Any], Optional[str]] = lambda workload: None
+  data: str = "batch"
 
   def run_count(self, args) -> int:
     return getattr(args, self.runs) if self.runs else 1
@@ -84,16 +88,17 @@ VARIANTS = (
                     "xla_flops_per_step_lowered")),
     Variant("jax_epoch", "JAX epoch", "JAX scanned epoch",
             build=lambda w, args: w.jax.base, time=jax_timing.time_epoch,
-            loss="epoch_loss_jax", fields=("xla_flops_epoch_compiled",)),
+            loss="epoch_loss_jax", fields=("xla_flops_epoch_compiled",),
+            data="epoch"),
     Variant("jax_vmap", "JAX vmap", "JAX scanned epoch, vmap over {runs} runs",
             build=lambda w, args: jax_timing.build(w, args,
                                                    runs=args.vmap_runs),
             time=jax_timing.time_epoch, loss="epoch_loss_jax_vmap",
-            runs="vmap_runs"),
+            runs="vmap_runs", data="epoch"),
     Variant("jax_bf16", "JAX bf16", "JAX scanned epoch, bf16",
             build=lambda w, args: jax_timing.build(w, args, precision="bf16"),
             time=jax_timing.time_epoch, loss="epoch_loss_jax_bf16",
-            off=("no_bf16", True)),
+            off=("no_bf16", True), data="epoch"),
     Variant("torch_eager", "torch eager", "PyTorch eager",
             build=torch_timing.twin, time=torch_timing.time_steps,
             loss="initial_loss_torch", unavailable=torch_timing.unavailable),
@@ -130,11 +135,37 @@ def measure(variant: Variant, workload, args, result: dict) -> None:
   if variant.runs:
     result[variant.rate_key()] = runs * rate
   result[f"{name}_examples_per_s"] = runs * rate * args.batch_size
+  tokens = result.get(f"target_tokens_per_step_{variant.data}")
+  if tokens is not None:
+    result[f"{name}_tokens_per_s"] = runs * rate * tokens
   if variant.loss:
     result[variant.loss] = timing.loss
   result.update({k: timing.fields[k] for k in variant.fields})
   if timing.memory is not None:
     result["memory_bytes"][name] = timing.memory
+
+
+def sequence_lengths(workload) -> dict:
+  stats = workload.info.stats
+  if workload.recipe.encoded_stats is None or "max_length" not in stats:
+    return {}
+  out = {"seq_len": int(stats["max_length"])}
+  if "target_length" in stats:
+    out["target_len"] = int(stats["target_length"])
+  return out
+
+
+def token_counts(workload, args) -> dict:
+  """Real target tokens per step: of the fixed batch (``_batch``) and of an
+  average step of the scanned epoch (``_epoch``: all the random data ÷
+  steps); empty for tasks without target tokens."""
+  total = workload.target_tokens(workload.arrays)
+  if total is None:
+    return {}
+  batch = workload.target_tokens(
+      {k: v[:args.batch_size] for k, v in workload.arrays.items()})
+  return {"target_tokens_per_step_batch": batch,
+          "target_tokens_per_step_epoch": total / args.steps}
 
 
 def bench_model(name: str, args) -> dict:
@@ -144,10 +175,13 @@ def bench_model(name: str, args) -> dict:
     print(f"[{name}] not implemented yet: {e}", flush=True)
     return {"model": name, "status": "not implemented yet", "reason": str(e)}
   workload.jax = jax_timing.setup(workload, args)
-  result = {"model": name, "status": "measured",
+  result = {"model": name, "registry_model": workload.spec.name,
+            "task": workload.spec.task, "status": "measured",
             "input_shape": list(workload.info.input_shape),
             "batch_size": args.batch_size, "steps": args.steps,
-            "repeats": args.repeats, "times_s": {}, "memory_bytes": {}}
+            "repeats": args.repeats, "times_s": {}, "memory_bytes": {},
+            **sequence_lengths(workload), **token_counts(workload, args),
+            "parameters": jax_timing.parameter_count(workload.jax)}
   for variant in VARIANTS:
     if variant.is_off(args):
       continue

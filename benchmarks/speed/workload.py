@@ -41,11 +41,16 @@ class TaskData:
   encoded_stats(info) -> the statistics the task's ``fit`` would store, for
   tasks whose random data are already encoded (then ``fit`` is skipped);
   None: ``fit`` runs on the random data (image statistics).
+  target_tokens(host arrays) -> ``(n,)`` the real (non-padding) target
+  tokens of each example, for the tasks that predict tokens (tokens/s);
+  None: the task's throughput is examples/s only.
   """
   random: Callable[[DatasetInfo, int, np.random.RandomState], dict]
   torch_batch: Callable[[Mapping[str, np.ndarray]], tuple[tuple, Any]]
   torch_loss: Callable[[torch.nn.Module], torch.nn.Module]
   encoded_stats: Optional[Callable[[DatasetInfo], dict]] = None
+  target_tokens: Optional[Callable[[Mapping[str, np.ndarray]],
+                                   np.ndarray]] = None
 
 
 def random_images(info, n, rng):
@@ -102,6 +107,8 @@ class SegmentationLoss(torch.nn.Module):
 MAX_WORD_LENGTH = 16       # tasks/ner.py: characters per word
 QUESTION_LENGTH = 64       # tasks/question_answering.py
 MAX_ANSWER_LENGTH = 30
+# data/text.py GENERATION_SPECIALS: [PAD] 0, [UNK] 1, [BOS] 2, [EOS] 3.
+BOS_ID, EOS_ID, FIRST_WORD_ID = 2, 3, 4
 
 
 def random_ids(rng, n, length, vocab_size, min_length=1):
@@ -123,6 +130,9 @@ def text_stats(info):
   """What the text tasks' ``fit`` stores, for encoded random data: the
   example info's statistics (vocabulary sizes) and the lengths."""
   stats = {"max_length": text_length(info)}
+  if "target_length" in info.stats:           # sequence-to-sequence
+    stats.update(target_length=int(info.stats["target_length"]),
+                 bos_id=BOS_ID, eos_id=EOS_ID)
   if info.task == "question_answering":
     stats["question_length"] = int(info.stats.get("question_length",
                                                   QUESTION_LENGTH))
@@ -254,6 +264,76 @@ class SpanLoss(torch.nn.Module):
     return self.ce(start_logits, start) + self.ce(end_logits, end)
 
 
+# -- generation: language modelling and sequence-to-sequence ---------------
+def random_lm(info, n, rng):
+  """Full blocks of ``max_length + 1`` random ids, as ``fit`` cuts a token
+  stream (only a stream's last block is padded): every target is real."""
+  return {"tokens": rng.randint(FIRST_WORD_ID, int(info.stats["vocab_size"]),
+                                (n, text_length(info) + 1)).astype(np.int32)}
+
+
+def lm_batch(batch):
+  """``model(tokens[:, :-1], mask)``; target ``tokens[:, 1:]``."""
+  tokens = long(batch["tokens"])
+  inputs = tokens[:, :-1]
+  return (inputs, inputs != 0), tokens[:, 1:]
+
+
+def lm_targets(arrays):
+  return (np.asarray(arrays["tokens"])[:, 1:] != 0).sum(1)
+
+
+def random_seq2seq(info, n, rng):
+  """Sources of ``max_length`` ids right-padded to uniform random lengths
+  ``[1, max_length]``; targets ``(n, target_length + 1)`` = ``[BOS] y
+  [EOS]`` right-padded, ``y`` of a uniform random length in ``[1,
+  target_length - 1]`` (as ``_seq2seq.encode_targets``); ``uid`` 0..n-1."""
+  stats, vocab = text_stats(info), int(info.stats["vocab_size"])
+  length = stats["target_length"]
+  source = random_ids(rng, n, stats["max_length"], vocab)
+  words = rng.randint(1, length, n)
+  target = rng.randint(FIRST_WORD_ID, vocab,
+                       (n, length + 1)).astype(np.int32)
+  target[:, 0] = BOS_ID
+  position = np.arange(length + 1)[None, :]
+  target[position == words[:, None] + 1] = EOS_ID
+  target[position > words[:, None] + 1] = 0
+  return {"source": source, "target": target,
+          "uid": np.arange(n, dtype=np.int32)}
+
+
+def seq2seq_batch(batch):
+  """``model(source, source_mask, target[:, :-1], target_mask)``; target
+  ``target[:, 1:]``."""
+  source, target = long(batch["source"]), long(batch["target"])
+  target_in = target[:, :-1]
+  return (source, source != 0, target_in, target_in != 0), target[:, 1:]
+
+
+def seq2seq_targets(arrays):
+  return (np.asarray(arrays["target"])[:, 1:] != 0).sum(1)
+
+
+class TokenLoss(torch.nn.CrossEntropyLoss):
+  """Next-token cross-entropy over the real target tokens (id 0 ignored),
+  the mean over them, with the task's label smoothing (0 for
+  ``text_generation``, 0.1 for translation and summarization); PyTorch's
+  ``label_smoothing`` mixes in the uniform distribution as optax's
+  ``smooth_labels``. Logits ``(B, T, V)``, targets ``(B, T)``."""
+
+  def __init__(self, task_name):
+    super().__init__(ignore_index=0, label_smoothing=float(
+        tasks.get(task_name).default_label_smoothing))
+
+  def forward(self, output, target):
+    logits = getattr(output, "logits", output)
+    return super().forward(logits.float().flatten(0, 1), target.flatten())
+
+
+def token_loss(task_name):
+  return lambda model: TokenLoss(task_name)
+
+
 _cross_entropy = lambda model: torch.nn.CrossEntropyLoss()
 TASK_DATA = {
     "image_classification": TaskData(random_images, nchw_images,
@@ -265,6 +345,12 @@ TASK_DATA = {
     "ner": TaskData(random_ner, ner_batch, CRFLoss, text_stats),
     "question_answering": TaskData(random_qa, qa_batch, SpanLoss,
                                    text_stats),
+    "text_generation": TaskData(random_lm, lm_batch,
+                                token_loss("text_generation"), text_stats,
+                                lm_targets),
+    **{task: TaskData(random_seq2seq, seq2seq_batch, token_loss(task),
+                      text_stats, seq2seq_targets)
+       for task in ("machine_translation", "text_summarization")},
 }
 
 
@@ -279,10 +365,17 @@ class Workload:
   arrays: dict               # host arrays: steps × batch random examples
   recipe: TaskData
   jax: Any = None            # jax_timing.Setup, once made
+  entry: Optional[str] = None  # the benchmark entry's name, e.g. gpt_small@512
 
   @property
   def name(self) -> str:
-    return self.spec.name
+    return self.entry or self.spec.name
+
+  def target_tokens(self, arrays) -> Optional[int]:
+    """Real target tokens in ``arrays``; None for tasks without tokens."""
+    if self.recipe.target_tokens is None:
+      return None
+    return int(np.sum(self.recipe.target_tokens(arrays)))
 
 
 def registered() -> list[str]:
@@ -290,7 +383,55 @@ def registered() -> list[str]:
   return models.MODELS.names()
 
 
-def make(name: str, args) -> Workload:
+def split_entry(entry: str) -> tuple[str, Optional[int]]:
+  """``"gpt_small@512"`` -> ``("gpt_small", 512)``; ``"gpt_small"`` ->
+  ``("gpt_small", None)``. Raises ValueError on a malformed length."""
+  name, at, length = entry.partition("@")
+  if not at:
+    return name, None
+  if not length.isdigit() or int(length) < 2:
+    raise ValueError(f"{entry!r}: the sequence length after '@' must be an "
+                     f"integer >= 2")
+  return name, int(length)
+
+
+def has_sequence_length(name: str) -> bool:
+  """Whether the model's task recipe makes token data of a chosen length."""
+  recipe = TASK_DATA.get(models.MODELS.get(name).task)
+  return recipe is not None and recipe.encoded_stats is not None
+
+
+def entry_error(entry: str) -> Optional[str]:
+  """Why ``entry`` (``model`` or ``model@length``) is not valid, or None."""
+  try:
+    name, length = split_entry(entry)
+  except ValueError as e:
+    return str(e)
+  if name not in registered():
+    return f"unknown model {name!r}"
+  if length is not None and not has_sequence_length(name):
+    return (f"{entry!r}: '@length' applies to text models only "
+            f"({name!r} is {models.MODELS.get(name).task})")
+  return None
+
+
+def sequence_info(example: DatasetInfo, length: Optional[int]) -> DatasetInfo:
+  """The example info with every sequence length set to ``length``: the
+  input (``max_length``: LM blocks, sources, contexts) and, for
+  sequence-to-sequence models, the target (``target_length``)."""
+  if length is None:
+    return example
+  stats = {**example.stats, "max_length": length}
+  if "target_length" in stats:
+    stats["target_length"] = length
+  return dataclasses.replace(example, input_shape=(length,), stats=stats)
+
+
+def make(entry: str, args) -> Workload:
+  """The workload of ``entry``: a registered model's name, optionally with a
+  sequence length (``gpt_small@512``); a text model without one gets
+  ``--seq-len`` if given, else its example info's length."""
+  name, length = split_entry(entry)
   spec = models.MODELS.get(name)
   recipe = TASK_DATA.get(spec.task)
   if recipe is None:
@@ -298,13 +439,16 @@ def make(name: str, args) -> Workload:
                             f"in benchmarks/speed/workload.py")
   example = spec.example_info
   if recipe.encoded_stats is not None:
+    if length is None:
+      length = getattr(args, "seq_len", None)
+    example = sequence_info(example, length)
     # Encoded random data: the statistics fit would store; fit is skipped.
     info = dataclasses.replace(
         example, name="random", source="random",
         stats={**example.stats, **recipe.encoded_stats(example)})
     arrays = recipe.random(info, args.batch_size * args.steps,
                            np.random.RandomState(args.seed))
-    return Workload(spec, info, arrays, recipe)
+    return Workload(spec, info, arrays, recipe, entry=entry)
   arrays = recipe.random(example, args.batch_size * args.steps,
                          np.random.RandomState(args.seed))
   # The task's statistics of the training data (e.g. normalisation); the
@@ -313,4 +457,4 @@ def make(name: str, args) -> Workload:
       train=arrays, val=data.take(arrays, np.arange(0)), test=None,
       info=dataclasses.replace(spec.example_info, name="random",
                                source="random")))
-  return Workload(spec, splits.info, arrays, recipe)
+  return Workload(spec, splits.info, arrays, recipe, entry=entry)

@@ -18,7 +18,9 @@ Text tasks (raw strings, tokenised by the task for the model):
 outnumber negative ones), ``ner/synthetic`` (person and place names among
 filler words, BIO tags), ``question_answering/synthetic`` (``key value``
 pairs among filler words; the question names a key, the answer is its
-value).
+value). Generative tasks: ``machine_translation/synthetic`` (the copy
+task), ``text_summarization/synthetic`` (the summary lists the colour words
+of the document), ``text_generation/synthetic`` (a small formal language).
 """
 from __future__ import annotations
 
@@ -250,3 +252,91 @@ for _task, _make, _length, _what in (
                        load=lambda data_dir=None, _make=_make: _make(),
                        description=f"synthetic: {_what}",
                        defaults={"max_length": _length}))
+
+
+# -- generation ------------------------------------------------------------------
+WORDS = ("red", "blue", "green", "cat", "dog", "bird", "runs", "sleeps",
+         "big", "small", "tree", "house", "river", "stone", "light", "dark")
+NOUNS = ("cat", "dog", "bird", "fox", "owl")
+VERBS = {"sees": "the", "chases": "the", "likes": "a"}
+ADJECTIVES = ("big", "small", "old", "young")
+
+
+def machine_translation(n_train: int = 512, n_test: int = 64) -> RawDataset:
+  """The copy task: the target is the source (4-10 words), which a
+  sequence-to-sequence model learns to decode back."""
+  rng = np.random.default_rng(SYNTHETIC_SEED)
+
+  def make(n):
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(4, 11))))
+             for _ in range(n)]
+    return {"source": _object_array(texts), "target": _object_array(texts)}
+
+  info = DatasetInfo(name="synthetic", task="machine_translation",
+                     source="synthetic")
+  return RawDataset(train=make(n_train), test=make(n_test), info=info)
+
+
+def text_summarization(n_train: int = 512, n_test: int = 64) -> RawDataset:
+  """Documents of filler words with 2-4 colour words; the summary is the
+  colour words in order."""
+  rng = np.random.default_rng(SYNTHETIC_SEED)
+  colours = ("red", "blue", "green", "black", "white", "gold")
+
+  def make(n):
+    documents, summaries = [], []
+    for _ in range(n):
+      words = [str(w) for w in rng.choice(FILLER, size=int(
+          rng.integers(10, 24)))]
+      keys = [str(c) for c in rng.choice(colours, size=int(
+          rng.integers(2, 5)))]
+      places = sorted(rng.choice(len(words), size=len(keys), replace=False))
+      for offset, (place, key) in enumerate(zip(places, keys)):
+        words.insert(int(place) + offset, key)
+      documents.append(" ".join(words))
+      summaries.append(" ".join(keys))
+    return {"document": _object_array(documents),
+            "summary": _object_array(summaries)}
+
+  info = DatasetInfo(name="synthetic", task="text_summarization",
+                     source="synthetic")
+  return RawDataset(train=make(n_train), test=make(n_test), info=info)
+
+
+def text_generation(n_train: int = 256, n_test: int = 64) -> RawDataset:
+  """Paragraphs of a small formal language: ``the [adjective] noun verb
+  det noun .`` where the verb fixes the determiner of its object."""
+  rng = np.random.default_rng(SYNTHETIC_SEED)
+
+  def sentence():
+    words = ["the"]
+    if rng.random() < 0.5:
+      words.append(str(rng.choice(ADJECTIVES)))
+    verb = str(rng.choice(list(VERBS)))
+    words += [str(rng.choice(NOUNS)), verb, VERBS[verb],
+              str(rng.choice(NOUNS)), "."]
+    return " ".join(words)
+
+  def make(n):
+    return {"text": _object_array([
+        " ".join(sentence() for _ in range(int(rng.integers(3, 8))))
+        for _ in range(n)])}
+
+  info = DatasetInfo(name="synthetic", task="text_generation",
+                     source="synthetic")
+  return RawDataset(train=make(n_train), test=make(n_test), info=info)
+
+
+for _task, _make, _defaults, _what in (
+    ("machine_translation", machine_translation,
+     {"max_length": 24, "target_length": 24},
+     "the copy task (the target is the source)"),
+    ("text_summarization", text_summarization,
+     {"max_length": 40, "target_length": 12},
+     "filler words with colour words; the summary lists the colours"),
+    ("text_generation", text_generation, {"max_length": 32},
+     "paragraphs of a small formal language")):
+  register(DatasetSpec(name="synthetic", task=_task,
+                       load=lambda data_dir=None, _make=_make: _make(),
+                       description=f"synthetic: {_what}",
+                       defaults=_defaults))

@@ -25,6 +25,9 @@ Vocabularies:
   among equally frequent ones can vary between calls, so the vocabulary a
   campaign uses is the one cached beside its runs); :func:`pretrained_vocabulary` reads a pretrained model's own
   (``tokenizer.json``, else ``vocab.txt``), with ``[CLS] … [SEP]`` added.
+* :func:`bpe_vocabulary`: byte-level BPE (Sennrich et al. 2016; GPT-2's
+  byte-level variant, lossless) trained on the training split, for the
+  generative tasks; ``[BOS]`` and ``[EOS]`` are ids 2 and 3.
 * :class:`CharVocabulary`: characters of words, for character CNNs.
 """
 from __future__ import annotations
@@ -42,6 +45,8 @@ from optbench_jax.errors import OptBenchError
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 PAD_ID = 0
 SPECIALS = (PAD, UNK, CLS, SEP, MASK)
+BOS, EOS = "[BOS]", "[EOS]"
+GENERATION_SPECIALS = (PAD, UNK, BOS, EOS)
 Text = Union[str, Sequence[str]]   # raw text, or a list of words
 
 
@@ -228,6 +233,27 @@ def wordpiece_vocabulary(corpus: Iterable[str], max_size: int,
       {t: i for i, t in enumerate(list(SPECIALS) + learned)}, unk_token=UNK)
   tok.post_processor = _bert_post_processor(tk, tok)
   return Vocabulary(tok, "wordpiece")
+
+
+def bpe_vocabulary(corpus: Iterable[str], max_size: int,
+                   lowercase: bool = True) -> Vocabulary:
+  """A byte-level BPE vocabulary (GPT-2's scheme: lossless, so decoded text
+  is exactly the text encoded) trained on ``corpus`` (raw texts); special
+  tokens ``[PAD] [UNK] [BOS] [EOS]`` are ids 0-3. Ids after the specials in
+  a fixed order (by token)."""
+  tk = _tokenizers()
+  tok = tk.Tokenizer(tk.models.BPE(unk_token=UNK))
+  if lowercase:
+    tok.normalizer = tk.normalizers.Lowercase()
+  tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=True)
+  tok.decoder = tk.decoders.ByteLevel()
+  trainer = tk.trainers.BpeTrainer(
+      vocab_size=max_size, special_tokens=list(GENERATION_SPECIALS),
+      initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False)
+  tok.train_from_iterator(
+      (t if isinstance(t, str) else " ".join(t) for t in corpus), trainer)
+  return Vocabulary(tok, "bpe")
 
 
 def pretrained_vocabulary(directory: str) -> Vocabulary:

@@ -264,11 +264,12 @@ class _RNN(nn.Module):
     def step(carry, inputs):
       gx_t, dh_t, valid_t = inputs
       h = carry[0]
-      gh = jnp.einsum("dbh,dhg->dbg", h, w_hh.astype(h.dtype)) + b_hh
+      gh = jnp.einsum("dbh,dhg->dbg", h, w_hh.astype(h.dtype)) + b_hh.astype(
+          h.dtype)
       if dh_t is not None:
-        gh = gh + dh_t
-      new = type(self).cell(carry, gx_t, gh)
-      new = tuple(jnp.where(valid_t[:, None], n, o)
+        gh = gh + dh_t.astype(h.dtype)
+      new = type(self).cell(carry, gx_t.astype(h.dtype), gh)
+      new = tuple(jnp.where(valid_t[:, None], n.astype(o.dtype), o)
                   for n, o in zip(new, carry))
       return new, new[0]
 

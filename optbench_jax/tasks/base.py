@@ -50,9 +50,10 @@ class Task(abc.ABC):
     default_label_smoothing: label smoothing of the training loss.
     gathered_stats: names of ``eval_stats`` entries that are per-example
       arrays to concatenate across batches instead of summing.
-    default_max_length, default_vocab_size: text tasks' defaults of
-      ``--max-length`` and ``--vocab-size`` (None: the task has no text,
-      and the flags are refused).
+    default_max_length, default_vocab_size, default_target_length,
+      default_beam_size, default_length_penalty: the task's defaults of
+      these settings (None: the setting does not apply, and a value given
+      is refused).
   """
   name: str = ""
   primary_metric: str = ""
@@ -63,6 +64,9 @@ class Task(abc.ABC):
   gathered_stats: tuple = ()
   default_max_length: Optional[int] = None
   default_vocab_size: Optional[int] = None
+  default_target_length: Optional[int] = None
+  default_beam_size: Optional[int] = None
+  default_length_penalty: Optional[float] = None
 
   @abc.abstractmethod
   def model_inputs(self, batch: Batch) -> tuple:
@@ -103,10 +107,12 @@ class Task(abc.ABC):
     Padding (``batch["mask"] == 0``) contributes nothing to either.
     """
 
-  def eval_outputs(self, apply: ApplyFn, variables: Any, batch: Batch) -> Any:
+  def eval_outputs(self, apply: ApplyFn, variables: Any, batch: Batch,
+                   info: DatasetInfo) -> Any:
     """Model outputs used for evaluation; generation tasks decode here
     (any model method, e.g. ``apply(variables, x, method=type(model).decode,
     mutable=["cache"])``)."""
+    del info
     return apply(variables, *self.model_inputs(batch), train=False)
 
   @abc.abstractmethod
@@ -123,7 +129,11 @@ class Task(abc.ABC):
                ) -> dict[str, float]:
     """Metrics from the accumulated statistics (on the host).
 
-    Must include ``"loss"`` and ``self.primary_metric``.
+    Must include ``"loss"`` and ``self.primary_metric``; may include
+    ``"samples"``, a short list of JSON-able records (e.g. source /
+    reference / hypothesis triples) that the engine writes to the run
+    directory (``samples/epoch_NNN.json``, ``samples/test.json``) instead of
+    the history.
     """
 
 TASKS: Registry[Task] = Registry("task")

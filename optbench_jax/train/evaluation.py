@@ -32,7 +32,8 @@ class Evaluation:
   def _eval_streamed_batch(self, state: TrainState, batch):
     variables = {"params": self.eval_params(state), **state.model_state}
     batch = self.task.preprocess(self._shard(batch), self.info)
-    outputs = self.task.eval_outputs(self.apply, variables, batch)
+    outputs = self.task.eval_outputs(self.apply, variables, batch,
+                                     self.info)
     return self.task.eval_stats(outputs, batch, self.info)
 
   def _eval_batch(self, state: TrainState, data, idx, mask):

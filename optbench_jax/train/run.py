@@ -45,6 +45,7 @@ from optbench_jax.train.settings import RunConfig
 from optbench_jax.train.state import run_slice, unalias
 
 FINISHED = ("completed", "diverged")
+SAMPLES = "samples"   # finalize's key for sample outputs (not a metric)
 
 
 def run_dir_for(output_dir: str, rc: RunConfig, *, lr_dir: bool = False,
@@ -363,6 +364,8 @@ def _record(m: _Member, epoch: int, train_metrics: dict,
   train_loss = float(train_metrics["loss_sum"]) / max(
       float(train_metrics["count"]), 1.0)
   metrics = dict(metrics or {"loss": None})
+  _write_samples(m.run_dir, f"epoch_{epoch + 1:03d}", metrics.pop(
+      SAMPLES, None))
   val_loss = metrics.pop("loss")
   diverged = _diverged(m, bool(train_metrics["finite"]), train_loss, val_loss)
   record = {"epoch": epoch + 1, "train_loss": train_loss,
@@ -374,6 +377,17 @@ def _record(m: _Member, epoch: int, train_metrics: dict,
   if diverged:
     m.status, m.live = "diverged", False
   return record
+
+
+def _write_samples(run_dir: Optional[str], name: str, samples) -> None:
+  """A task's sample outputs of one evaluation (``finalize``'s
+  ``"samples"``: e.g. source / reference / hypothesis triples), as
+  ``samples/<name>.json`` in the run directory."""
+  if run_dir is None or not samples:
+    return
+  os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
+  outputs.write_json(os.path.join(run_dir, "samples", f"{name}.json"),
+                     samples)
 
 
 def _evaluates(rc: RunConfig, epoch: int) -> bool:
@@ -441,7 +455,9 @@ def _finish(setup: _Setup, program: Program, members, state) -> None:
     test = program.evaluate(state, setup.data(program, splits.test))
     for j, m in enumerate(members):
       if m.run_dir is not None and m.status == "completed":
-        m.meta["test_metrics"] = test[j]
+        metrics = dict(test[j])
+        _write_samples(m.run_dir, "test", metrics.pop(SAMPLES, None))
+        m.meta["test_metrics"] = metrics
   for m in real:
     if m.checkpoints is not None:
       m.checkpoints.close()

@@ -152,6 +152,11 @@ def _inits():
 
 
 DATA_PLACEMENTS = ("auto", "device", "host")
+# Settings that only some tasks have: ``None`` resolves to the dataset's
+# default, else the task's ``default_<name>``; a task whose default is None
+# refuses a value.
+TASK_SETTINGS = ("max_length", "vocab_size", "target_length", "beam_size",
+                 "length_penalty")
 # Seeds are unsigned 32-bit integers (as PyTorch's and NumPy's generators).
 MAX_SEED = 2**32 - 1
 LR_POLICIES = ("per-optimizer", "fixed")
@@ -220,6 +225,16 @@ class Protocol:
       None, "text tasks: cap on the vocabulary built from the training "
       "split, special tokens included (default: the task's)",
       parse=optional_int, check=at_least(3))
+  target_length: Optional[int] = setting(
+      None, "sequence-to-sequence tasks: target tokens kept (and decoded) "
+      "per example (default: the dataset's or the task's)",
+      parse=optional_int, check=at_least(1))
+  beam_size: Optional[int] = setting(
+      None, "generation tasks: beam size of decoding, 1 = greedy (default: "
+      "the task's)", parse=optional_int, check=at_least(1))
+  length_penalty: Optional[float] = setting(
+      None, "generation tasks: GNMT length-penalty exponent of beam search "
+      "(default: the task's)", check=non_negative)
   pretrained: Optional[str] = setting(
       None, "models with pretrained weights: a local directory or a Hugging "
       "Face hub name found in the local cache, or 'none' for random "
@@ -327,9 +342,9 @@ def differences(stored: Mapping[str, Any], config) -> list[str]:
 
 def resolve(config, task=None) -> Any:
   """``config`` with the defaults of its task, dataset and model in place of
-  ``None``: scheduler, clipping, label smoothing (the task's), text lengths
-  (the dataset's, else the task's), vocabulary cap (the task's) and the
-  pretrained weights (the model's)."""
+  ``None``: scheduler, clipping, label smoothing (the task's), the
+  :data:`TASK_SETTINGS` (the dataset's, else the task's) and the pretrained
+  weights (the model's)."""
   from optbench_jax import data, models, tasks
   task = task or tasks.get(config.task)
   dataset = data.get(config.task, config.dataset)
@@ -344,11 +359,11 @@ def resolve(config, task=None) -> Any:
       label_smoothing=(task.default_label_smoothing
                        if config.label_smoothing is None
                        else config.label_smoothing),
-      max_length=(config.max_length if config.max_length is not None else
-                  dataset.defaults.get("max_length", task.default_max_length)),
-      vocab_size=(task.default_vocab_size if config.vocab_size is None
-                  else config.vocab_size),
-      pretrained=pretrained)
+      pretrained=pretrained,
+      **{name: (getattr(config, name) if getattr(config, name) is not None
+                else dataset.defaults.get(name,
+                                          getattr(task, f"default_{name}")))
+         for name in TASK_SETTINGS})
 
 
 def _fail(field: dataclasses.Field, message: str) -> OptBenchError:
@@ -379,11 +394,11 @@ def check(config) -> None:
     if message:
       raise _fail(field, message)
   task = tasks.get(config.task)
-  for name in ("max_length", "vocab_size"):
+  for name in TASK_SETTINGS:
     if getattr(config, name) is not None and getattr(
         task, f"default_{name}") is None:
-      raise OptBenchError(f"--{name.replace('_', '-')} applies to text "
-                          f"tasks; task {config.task} has no text")
+      raise OptBenchError(f"--{name.replace('_', '-')} does not apply to "
+                          f"task {config.task}")
   spec = models.get(config.task, config.model)
   if (config.pretrained not in (None, "none") and spec.pretrained is None):
     raise OptBenchError(f"--pretrained: model {config.model} has no "

@@ -64,7 +64,7 @@ class DecodingTask(Task):
         outputs, batch["y"])
     return jnp.sum(per_example * batch["mask"]), jnp.sum(batch["mask"])
 
-  def eval_outputs(self, apply, variables, batch):
+  def eval_outputs(self, apply, variables, batch, info):
     tokens, mutated = apply(variables, batch["x"],
                             method=Accumulator.decode, mutable=["cache"])
     assert set(mutated) == {"cache"}

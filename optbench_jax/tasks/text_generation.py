@@ -1,0 +1,106 @@
+"""Language modelling (the source's "text generation"): next-token
+prediction on blocks of a token stream.
+
+``fit`` trains the model's subword vocabulary (byte-level BPE) on the
+training split, joins each split's texts into one stream (``[EOS]`` after
+each text) and cuts it into non-overlapping blocks of ``max_length + 1``
+tokens (the last one right-padded): ``batch["tokens"]`` ``(N, L + 1)``. The
+model reads ``tokens[:, :-1]`` (``model(tokens, mask)``, causal) and
+predicts ``tokens[:, 1:]``.
+
+Loss: next-token cross-entropy summed over real target tokens, divided by
+their number (a per-token mean, padding masked out). Metrics, on the
+validation split: perplexity = exp(mean token NLL) (primary, lower is
+better; honest, unlike the source benchmark's proxy), bits per token =
+mean NLL / ln 2, and token accuracy (the argmax next token). Defaults:
+plateau schedule, blocks of 64 tokens, a 30,000-entry vocabulary (our
+choice for BPE; the source's word vocabularies were uncapped).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optbench_jax.data import text
+from optbench_jax.tasks import _generation_metrics, _text
+from optbench_jax.tasks.base import Task, register, with_stats
+
+
+def blocks(ids: list[int], length: int) -> np.ndarray:
+  """Non-overlapping ``(N, length + 1)`` blocks of a token stream; block i
+  predicts tokens ``i·length + 1 … (i+1)·length`` (right-padded with 0)."""
+  n = max(1, math.ceil((len(ids) - 1) / length))
+  out = np.zeros((n, length + 1), np.int32)
+  for i in range(n):
+    piece = ids[i * length:i * length + length + 1]
+    out[i, :len(piece)] = piece
+  return out
+
+
+class LanguageModelling(Task):
+  name = "text_generation"
+  primary_metric = "perplexity"
+  higher_is_better = False
+  default_scheduler = "plateau"
+  default_grad_clip = None
+  default_label_smoothing = 0.0
+  default_max_length = 64
+  default_vocab_size = 30_000
+
+  def model_inputs(self, batch):
+    tokens = batch["tokens"][:, :-1]
+    return tokens, _text.token_mask(tokens)
+
+  def fit(self, splits, config=None, cache_dir=None):
+    config = _text.require_config(config, self.name)
+    vocabulary, _ = _text.fit_vocabulary(
+        config, [str(t) for t in splits.train["text"]], cache_dir)
+    eos = vocabulary.id(text.EOS)
+    counts = []
+
+    def encode(arrays):
+      texts = [str(t) for t in arrays["text"] if str(t).strip()]
+      encoded = vocabulary.tokenizer.encode_batch(texts)
+      stream = [i for e in encoded for i in (*e.ids, eos)]
+      counts.append(len(stream))
+      return {"tokens": blocks(stream, config.max_length)}
+
+    out = _text.encode_splits(splits, encode)
+    return with_stats(out, vocab_size=vocabulary.size,
+                      max_length=config.max_length, vocabulary=vocabulary,
+                      stream_tokens=dict(zip(("train", "val", "test"),
+                                             counts)))
+
+  def _nll(self, outputs, batch, label_smoothing):
+    targets = batch["tokens"][:, 1:]
+    real = _text.token_mask(targets) * batch["mask"][:, None]
+    logits = outputs.astype(jnp.float32)
+    per_token = optax.softmax_cross_entropy(logits, optax.smooth_labels(
+        jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing))
+    return per_token, real, logits, targets
+
+  def loss(self, outputs, batch, label_smoothing):
+    per_token, real, _, _ = self._nll(outputs, batch, label_smoothing)
+    return jnp.sum(per_token * real), jnp.sum(real)
+
+  def eval_stats(self, outputs, batch, info):
+    per_token, real, logits, targets = self._nll(outputs, batch, 0.0)
+    correct = (jnp.argmax(logits, -1) == targets) * real
+    return {"loss_sum": jnp.sum(per_token * real), "count": jnp.sum(real),
+            "correct": jnp.sum(correct)}
+
+  def finalize(self, stats, info):
+    count = float(stats["count"])
+    if not count:
+      return {"loss": math.nan, "perplexity": math.nan,
+              "bits_per_token": math.nan, "token_accuracy": math.nan}
+    return {"loss": float(stats["loss_sum"]) / count,
+            **_generation_metrics.perplexity(float(stats["loss_sum"]), count),
+            "token_accuracy": float(stats["correct"]) / count}
+
+
+register(LanguageModelling())
