@@ -7,7 +7,9 @@ one process, on the same device, from the same initial weights, with SGD
 ways listed in ``benchmarks/speed/variants.py``: the engine's jitted step,
 its scanned epoch, the scanned epoch vmapped over ``--vmap-runs`` runs and in
 bfloat16, and the model's PyTorch twin (``torch_twin``), eager and with
-``torch.compile``. It prints steps/s, examples/s, model FLOPs utilisation
+``torch.compile``. It prints steps/s, examples/s, real target tokens/s
+(token models; ``--seq-len`` or ``name@length`` sets their length), model
+FLOPs utilisation
 (``speed/device.py``) and a projection of the thesis campaign's training
 time (``speed/projection.py``), and writes everything as JSON (``--json``).
 See ``benchmarks/README.md``.

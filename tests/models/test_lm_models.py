@@ -299,12 +299,7 @@ def test_torch_init_is_the_twins():
   assert float(np.std(params["embedding"]["embedding"])) > 0.1
 
 
-@pytest.mark.parametrize("name", [
-    "gpt_small",
-    pytest.param("gru_lm", marks=pytest.mark.xfail(
-        raises=TypeError, strict=True,
-        reason="recurrent.GRU(dtype=bfloat16): b_hh stays float32, so the "
-        "scan's carry turns float32"))])
+@pytest.mark.parametrize("name", ["gpt_small", "gru_lm"])
 def test_bfloat16_compute(name):
   p = pair(name)
   ours = jit(lambda v: p.model.clone(dtype=jnp.bfloat16).apply(
