@@ -13,7 +13,7 @@ their number (a per-token mean, padding masked out). Metrics, on the
 validation split: perplexity = exp(mean token NLL) (primary, lower is
 better; honest, unlike the source benchmark's proxy), bits per token =
 mean NLL / ln 2, and token accuracy (the argmax next token). Defaults:
-plateau schedule, blocks of 64 tokens, a 30,000-entry vocabulary (our
+plateau schedule, clipping at 1.0, blocks of 64 tokens, a 30,000-entry vocabulary (our
 choice for BPE; the source's word vocabularies were uncapped).
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ class LanguageModelling(Task):
   primary_metric = "perplexity"
   higher_is_better = False
   default_scheduler = "plateau"
-  default_grad_clip = None
+  default_grad_clip = 1.0
   default_label_smoothing = 0.0
   default_max_length = 64
   default_vocab_size = 30_000

@@ -23,7 +23,8 @@ from optbench_jax import data
 from optbench_jax.data import generation, packaged
 from optbench_jax.errors import MissingDataError
 from tests.data.test_cached_loaders import isolated  # noqa: F401 (autouse)
-from tests.data.test_text_data import save_to_disk, write_hf_cache
+from tests.data.test_text_data import (assert_missing_cache_message,
+                                      save_to_disk, write_hf_cache)
 
 MT, LM, SUM = "machine_translation", "text_generation", "text_summarization"
 
@@ -292,9 +293,4 @@ def test_summarization_from_hf_cache(tmp_path, name, hub_id, config,
     (SUM, "cnn_dailymail", "abisee/cnn_dailymail"),
     (SUM, "aeslc", "Yale-LILY/aeslc")])
 def test_missing_cache_names_the_hub_id(tmp_path, task, name, hub_id):
-  with pytest.raises(MissingDataError) as e:
-    data.load(task, name, str(tmp_path))
-  message = str(e.value)
-  assert "\n" not in message
-  assert f"dataset {name!r} is not in any local cache" in message
-  assert f"load_dataset({hub_id!r}" in message
+  assert_missing_cache_message(tmp_path, task, name, hub_id)

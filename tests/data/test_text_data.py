@@ -433,6 +433,12 @@ def test_tweet_qa_from_hf_cache(tmp_path, hub_id):
     (QA, "squad_v1", "rajpurkar/squad"),
     (QA, "tweet_qa", "ucsbnlp/tweet_qa")])
 def test_missing_cache_names_the_hub_id(tmp_path, task, name, hub_id):
+  assert_missing_cache_message(tmp_path, task, name, hub_id)
+
+
+def assert_missing_cache_message(tmp_path, task, name, hub_id):
+  """Loading ``name`` from an empty ``--data-dir`` fails in one line that
+  names the dataset, the hub id and the save_to_disk folder."""
   with pytest.raises(MissingDataError) as e:
     data.load(task, name, str(tmp_path))
   message = str(e.value)

@@ -54,6 +54,7 @@ from optbench_jax.reference import torch_models  # noqa: E402
 from optbench_jax.train import precision  # noqa: E402
 
 from tests.models.test_init import uniform_violations  # noqa: E402
+from tests.models.test_torch_equivalence import rel_error, tree_errors  # noqa: E402
 
 NAMES = ["lstm_sentiment", "lstm_crf_ner", "bilstm_crf_charcnn_ner",
          "bilstm_attention_qa", "transformer_qa", "distilbert_sentiment"]
@@ -71,22 +72,6 @@ NEG_FILL = np.float32(-1e9)
 # Leaves whose exact gradient is zero (softmax is invariant to the key
 # bias): compared in absolute terms, against the largest gradient of all.
 ZERO_GRADIENT = re.compile(r"\['key'\]\['bias'\]")
-
-
-def rel_error(ours, ref) -> float:
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  assert ours.shape == ref.shape, (ours.shape, ref.shape)
-  scale = np.abs(ref).max()
-  diff = np.abs(ours - ref).max()
-  return float(diff / scale) if scale > 0 else float(diff)
-
-
-def tree_errors(ours, ref) -> dict:
-  flat = lambda t: {jax.tree_util.keystr(p): v
-                    for p, v in jax.tree_util.tree_leaves_with_path(t)}
-  ours, ref = flat(ours), flat(ref)
-  assert ours.keys() == ref.keys(), sorted(set(ours) ^ set(ref))
-  return {k: rel_error(ours[k], ref[k]) for k in ref}
 
 
 # -- small infos ----------------------------------------------------------------
