@@ -6,7 +6,9 @@ training sources and targets) and encodes every split: ``batch["source"]``
 ``(N, max_length)``, ``batch["target"]`` ``(N, target_length + 1)`` =
 ``[BOS] y [EOS]`` right-padded (truncated texts keep their ``[EOS]``), and
 ``batch["uid"]``, the example's key into the host-side table of source and
-reference texts (``tasks/_text.References``).
+reference texts (``tasks/_text.References``), normalised as the vocabulary
+normalises (lower-cased, the source's "lc"), so hypotheses and references
+are compared alike.
 
 Training: teacher forcing, the model reads ``target[:, :-1]`` and predicts
 ``target[:, 1:]``; cross-entropy with label smoothing (0.1, the source's),
@@ -74,6 +76,7 @@ class Seq2SeqTask(Task):
   default_label_smoothing = 0.1
   default_beam_size = 4
   default_length_penalty = 0.6
+  default_eval_batch_size = 64   # logits are batch × length × vocabulary
   gathered_stats = ("uid", "decoded")
   source_column = "source"
   target_column = "target"
@@ -92,11 +95,15 @@ class Seq2SeqTask(Task):
     targets = [str(t) for t in splits.train[self.target_column]]
     vocabulary, _ = _text.fit_vocabulary(config, sources + targets, cache_dir)
     references = _text.References()
+    normalizer = vocabulary.tokenizer.normalizer   # e.g. lower-casing
+    normalize = (normalizer.normalize_str if normalizer is not None
+                 else lambda t: t)
 
     def encode(arrays, keep):
       src = [str(t) for t in arrays[self.source_column]]
       tgt = [str(t) for t in arrays[self.target_column]]
-      records = list(zip(src, tgt)) if keep else [None] * len(src)
+      records = ([(normalize(a), normalize(b)) for a, b in zip(src, tgt)]
+                 if keep else [None] * len(src))
       return {"source": vocabulary.encode(src, config.max_length).ids,
               "target": encode_targets(vocabulary, tgt,
                                        config.target_length),

@@ -50,6 +50,8 @@ class Task(abc.ABC):
     default_label_smoothing: label smoothing of the training loss.
     gathered_stats: names of ``eval_stats`` entries that are per-example
       arrays to concatenate across batches instead of summing.
+    default_eval_batch_size: the evaluation batch size unless
+      ``--eval-batch-size`` is given (smaller where outputs are large).
     default_max_length, default_vocab_size, default_target_length,
       default_beam_size, default_length_penalty: the task's defaults of
       these settings (None: the setting does not apply, and a value given
@@ -62,6 +64,7 @@ class Task(abc.ABC):
   default_grad_clip: Optional[float] = None
   default_label_smoothing: float = 0.0
   gathered_stats: tuple = ()
+  default_eval_batch_size: int = 512
   default_max_length: Optional[int] = None
   default_vocab_size: Optional[int] = None
   default_target_length: Optional[int] = None

@@ -50,6 +50,7 @@ class LanguageModelling(Task):
   default_label_smoothing = 0.0
   default_max_length = 64
   default_vocab_size = 30_000
+  default_eval_batch_size = 64   # logits are batch × length × vocabulary
 
   def model_inputs(self, batch):
     tokens = batch["tokens"][:, :-1]

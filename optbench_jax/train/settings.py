@@ -170,9 +170,10 @@ class Protocol:
   model: str = setting(help="a model of the task")
   epochs: int = setting(20, "epochs per run", check=at_least(1))
   batch_size: int = setting(128, "training batch size", check=at_least(1))
-  eval_batch_size: int = setting(512, "evaluation batch size (capped at the "
-                                 "split's size)", check=at_least(1),
-                                 numeric=False)
+  eval_batch_size: Optional[int] = setting(
+      None, "evaluation batch size, capped at the split's size (default: "
+      "the task's: 512, 64 for tasks with vocabulary-sized outputs)",
+      parse=optional_int, check=at_least(1), numeric=False)
   max_samples: Optional[int] = setting(
       None, "cap on the training split", parse=optional_int,
       check=at_least(1))
@@ -355,6 +356,7 @@ def resolve(config, task=None) -> Any:
     pretrained = model.pretrained.default
   return dataclasses.replace(
       config, scheduler=config.scheduler or task.default_scheduler,
+      eval_batch_size=config.eval_batch_size or task.default_eval_batch_size,
       grad_clip=clip or None,
       label_smoothing=(task.default_label_smoothing
                        if config.label_smoothing is None
