@@ -66,7 +66,8 @@ import numpy as np
 
 from optbench_jax.errors import OptBenchError
 from optbench_jax.models import convert
-from optbench_jax.models.layers import Dense, check_init, scheme_initializer
+from optbench_jax.models.layers import (Dense, at_least_float32, check_init,
+                                        scheme_initializer)
 
 Array = jax.Array
 # The most negative finite float32: exp(BIG_NEG - max) is exactly 0.
@@ -190,8 +191,7 @@ class MultiHeadAttention(nn.Module):
     if decode:
       k, v, mask = self._cache(k, v, mask)
     q = q * jnp.asarray((d // h) ** -0.5, q.dtype)
-    logits = jnp.einsum("...qhc,...khc->...hqk", q, k)
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    logits = at_least_float32(jnp.einsum("...qhc,...khc->...hqk", q, k))
     if mask is not None:
       logits = jnp.where(mask, logits, BIG_NEG)
     weights = jax.nn.softmax(logits, axis=-1)

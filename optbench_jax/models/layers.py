@@ -46,6 +46,12 @@ INITS = ("torch", "flax")
 Initializer = Any
 
 
+def at_least_float32(x):
+  """``x`` in float32, or in its own dtype if wider (float64 stays float64):
+  logits and attention scores of a bfloat16 model, never lowered."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 # -- initialisation schemes --------------------------------------------------
 def check_init(init_scheme: str) -> str:
   if init_scheme not in INITS:

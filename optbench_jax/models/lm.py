@@ -310,6 +310,7 @@ def gru_lm_twin(info: DatasetInfo, **fields):
   """
   import torch
   from torch import nn as tnn
+  from optbench_jax.reference.torch_models import run_packed
   m = gru_lm(info, **fields)
   if m.tie_weights and m.embed != m.hidden:
     raise OptBenchError(f"tie_weights needs embed == hidden, got {m.embed} "
@@ -333,16 +334,10 @@ def gru_lm_twin(info: DatasetInfo, **fields):
         tnn.init.zeros_(self.decoder.bias)
 
     def forward(self, tokens, mask=None):
-      length = tokens.shape[1]
       if mask is None:
         mask = torch.ones_like(tokens, dtype=torch.bool)
-      packed = tnn.utils.rnn.pack_padded_sequence(
-          self.dropout(self.embedding(tokens)),
-          mask.sum(1).clamp(min=1).cpu(), batch_first=True,
-          enforce_sorted=False)
-      h, _ = self.gru(packed)
-      h, _ = tnn.utils.rnn.pad_packed_sequence(h, batch_first=True,
-                                               total_length=length)
+      h, _ = run_packed(self.gru, self.dropout(self.embedding(tokens)),
+                        mask)
       h = self.dropout(h)
       if m.tie_weights:
         return tnn.functional.linear(h, self.embedding.weight,

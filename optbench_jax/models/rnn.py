@@ -35,9 +35,10 @@ import numpy as np
 
 from optbench_jax.data import text
 from optbench_jax.data.base import DatasetInfo
+from optbench_jax.errors import OptBenchError
 from optbench_jax.models import convert, crf
 from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import Conv, Dense, Embed
+from optbench_jax.models.layers import Conv, Dense, Embed, at_least_float32
 from optbench_jax.models.recurrent import LSTM, torch_rnn_rules
 
 NEG = -1e9   # logits of positions that cannot be chosen (padding)
@@ -48,11 +49,6 @@ CONV1D = {"weight": convert.Leaf("params", "kernel", _transpose, _transpose),
 # The twin's ``crf_transitions``/``crf_start``/``crf_end`` <-> ``CRF``'s.
 CRF_PARAMETERS = {f"crf_{n}": convert.Leaf("params", n)
                   for n in ("transitions", "start", "end")}
-
-
-def at_least_float32(x):
-  """``x`` in float32, or in float64 if it is (never lower than float32)."""
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def word_vocabulary(corpus, max_size: int, pretrained: Optional[str]):
@@ -92,8 +88,8 @@ def _lstm_sentiment(info, init_scheme):
 
 
 def _lstm_sentiment_twin(info):
-  import torch
   from torch import nn as tnn
+  from optbench_jax.reference.torch_models import run_packed
 
   class Twin(tnn.Module):
     def __init__(self):
@@ -104,17 +100,10 @@ def _lstm_sentiment_twin(info):
       self.fc = tnn.Linear(128, info.num_classes)
 
     def forward(self, tokens, mask):
-      packed = _pack(torch, self.embedding(tokens), mask)
-      _, (h, _) = self.lstm(packed)
+      _, (h, _) = run_packed(self.lstm, self.embedding(tokens), mask)
       return self.fc(self.dropout(h[-1]))
 
   return Twin()
-
-
-def _pack(torch, x, mask):
-  lengths = mask.sum(1).clamp(min=1).cpu()
-  return torch.nn.utils.rnn.pack_padded_sequence(
-      x, lengths, batch_first=True, enforce_sorted=False)
 
 
 def _lstm_sentiment_rules(info):
@@ -198,7 +187,7 @@ class BiLSTMCRF(nn.Module):
 def _constraints(tag_names):
   try:
     return crf.allowed_transitions(tuple(tag_names), "BIO")
-  except Exception:  # pylint: disable=broad-except  (not BIO: unconstrained)
+  except OptBenchError:   # tags outside the BIO scheme: unconstrained
     return None
 
 
@@ -214,6 +203,7 @@ def _tagger_twin(chars: bool):
   def twin(info):
     import torch
     from torch import nn as tnn
+    from optbench_jax.reference.torch_models import run_packed
 
     class Twin(tnn.Module):
       """Emissions of the tagger (the CRF is checked on its own)."""
@@ -246,9 +236,7 @@ def _tagger_twin(chars: bool):
           c = c.masked_fill(~real, -1e9).max(dim=2).values
           c = torch.where(real.any(dim=2), c, torch.zeros_like(c))
           x = torch.cat([x, c.reshape(b, t, 50)], dim=-1)
-        out, _ = self.lstm(_pack(torch, x, mask))
-        out, _ = torch.nn.utils.rnn.pad_packed_sequence(
-            out, batch_first=True, total_length=tokens.shape[1])
+        out, _ = run_packed(self.lstm, x, mask)
         return self.emissions(out)
 
     return Twin()
@@ -334,6 +322,7 @@ class BiLSTMAttentionQA(nn.Module):
 def _bilstm_qa_twin(info):
   import torch
   from torch import nn as tnn
+  from optbench_jax.reference.torch_models import run_packed
 
   class Twin(tnn.Module):
     def __init__(self):
@@ -349,10 +338,7 @@ def _bilstm_qa_twin(info):
       self.end = tnn.Linear(256, 1)
 
     def encode(self, lstm, tokens, mask):
-      out, _ = lstm(_pack(torch, self.embedding(tokens), mask))
-      out, _ = torch.nn.utils.rnn.pad_packed_sequence(
-          out, batch_first=True, total_length=tokens.shape[1])
-      return out
+      return run_packed(lstm, self.embedding(tokens), mask)[0]
 
     def forward(self, context, context_mask, question, question_mask):
       hc = self.encode(self.context_lstm, context, context_mask)

@@ -97,16 +97,12 @@ from optbench_jax.data.base import DatasetInfo
 from optbench_jax.models import attention, convert
 from optbench_jax.models.base import ModelSpec, register
 from optbench_jax.models.layers import (KFAC_INPUTS, PERTURBATIONS, Dense,
+                                        at_least_float32,
                                         Embed, check_init)
 from optbench_jax.models.recurrent import LSTM, torch_rnn_rules
 
 __all__ = ["TransformerSeq2Seq", "BartSmall", "TinyTransformerSeq2Seq",
            "LSTMSeq2Seq"]
-
-
-def _logits(x: jax.Array) -> jax.Array:
-  """At least float32 (float64 stays float64)."""
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 # -- transformers ----------------------------------------------------------------
@@ -214,8 +210,8 @@ class _TransformerSeq2Seq(nn.Module):
 
   def _project(self, x):
     if self.tie_embeddings:
-      return _logits(self.tgt_embedding.attend(x))
-    return _logits(self.output(x))
+      return at_least_float32(self.tgt_embedding.attend(x))
+    return at_least_float32(self.output(x))
 
   def __call__(self, src, src_mask, tgt_in, tgt_mask, *, train: bool):
     memory = self.encode(src, src_mask, train=train)
@@ -373,7 +369,7 @@ class _LuongStep(nn.Module):
     state = (carry["h"][None], carry["c"][None])
     _, (h, c) = self.lstm(x[:, None], initial_state=state, train=False)
     h, c = h[0], c[0]
-    scores = _logits(jnp.einsum("bh,bsh->bs", h, memory["keys"]))
+    scores = at_least_float32(jnp.einsum("bh,bsh->bs", h, memory["keys"]))
     scores = jnp.where(src_mask, scores, attention.BIG_NEG)
     weights = jnp.where(src_mask, jax.nn.softmax(scores, axis=-1), 0.0)
     context = jnp.einsum("bs,bsd->bd", weights.astype(h.dtype),
@@ -442,7 +438,7 @@ class LSTMSeq2Seq(nn.Module):
     return carry
 
   def _output(self, attended, train: bool):
-    return _logits(self.output(self.drop(attended, deterministic=not train)))
+    return at_least_float32(self.output(self.drop(attended, deterministic=not train)))
 
   def __call__(self, src, src_mask, tgt_in, tgt_mask, *, train: bool):
     del tgt_mask   # a unidirectional decoder: padding never reaches real steps
@@ -506,6 +502,7 @@ class LSTMSeq2Seq(nn.Module):
 def _torch_lstm_twin(model: LSTMSeq2Seq):
   import torch
   from torch import nn as tnn
+  from optbench_jax.reference.torch_models import run_packed
   e, h = model.embed, model.hidden
 
   class Twin(tnn.Module):
@@ -528,11 +525,7 @@ def _torch_lstm_twin(model: LSTMSeq2Seq):
     def forward(self, src, src_mask, tgt_in, tgt_mask):
       del tgt_mask
       x = self.dropout(self.src_embedding(src))
-      packed = tnn.utils.rnn.pack_padded_sequence(
-          x, src_mask.sum(1).cpu(), batch_first=True, enforce_sorted=False)
-      out, (hn, cn) = self.encoder(packed)
-      out, _ = tnn.utils.rnn.pad_packed_sequence(
-          out, batch_first=True, total_length=src.shape[1])
+      out, (hn, cn) = run_packed(self.encoder, x, src_mask)
       state = (torch.tanh(self.bridge_h(torch.cat([hn[0], hn[1]], -1)))[None],
                torch.tanh(self.bridge_c(torch.cat([cn[0], cn[1]], -1)))[None])
       keys = self.attention_proj(out)

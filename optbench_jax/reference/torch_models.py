@@ -40,3 +40,17 @@ def grads_numpy(model: nn.Module) -> dict:
   """``{name: param.grad}`` as numpy arrays, for every trainable parameter."""
   return {k: p.grad.detach().cpu().numpy().copy()
           for k, p in model.named_parameters() if p.grad is not None}
+
+
+def run_packed(rnn: nn.Module, x: torch.Tensor, mask: torch.Tensor):
+  """``rnn`` (``nn.LSTM``/``nn.GRU``, ``batch_first``) over right-padded
+  ``x`` ``(B, T, D)`` as packed sequences, each row as long as its
+  ``mask``'s sum (at least 1): ``(outputs (B, T, ·), zero at padding; the
+  final state)``, the semantics of the recurrent layers' masks."""
+  packed = nn.utils.rnn.pack_padded_sequence(
+      x, mask.sum(1).clamp(min=1).cpu(), batch_first=True,
+      enforce_sorted=False)
+  out, state = rnn(packed)
+  out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True,
+                                            total_length=x.shape[1])
+  return out, state

@@ -38,7 +38,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from optbench_jax.data import text
 from optbench_jax.models import decoding
@@ -120,17 +119,9 @@ class Seq2SeqTask(Task):
         eos_id=vocabulary.id(text.EOS), beam_size=config.beam_size,
         length_penalty=config.length_penalty)
 
-  def _token_loss(self, logits, batch, label_smoothing):
-    labels = batch["target"][:, 1:]
-    real = _text.token_mask(labels) * batch["mask"][:, None]
-    logits = logits.astype(jnp.float32)
-    per_token = optax.softmax_cross_entropy(logits, optax.smooth_labels(
-        jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing))
-    return per_token, real, labels
-
   def loss(self, outputs, batch, label_smoothing):
-    per_token, real, _ = self._token_loss(outputs, batch, label_smoothing)
-    return jnp.sum(per_token * real), jnp.sum(real)
+    return _text.token_statistics(outputs, batch["target"][:, 1:],
+                                  batch["mask"], label_smoothing)[:2]
 
   def eval_outputs(self, apply, variables, batch, info):
     logits = apply(variables, *self.model_inputs(batch), train=False)
@@ -163,11 +154,10 @@ class Seq2SeqTask(Task):
     return {"logits": logits, "decoded": decoded}
 
   def eval_stats(self, outputs, batch, info):
-    per_token, real, labels = self._token_loss(outputs["logits"], batch, 0.0)
-    correct = (jnp.argmax(outputs["logits"], -1) == labels) * real
-    return {"loss_sum": jnp.sum(per_token * real), "count": jnp.sum(real),
-            "correct": jnp.sum(correct), "uid": batch["uid"],
-            "decoded": outputs["decoded"]}
+    loss_sum, count, correct = _text.token_statistics(
+        outputs["logits"], batch["target"][:, 1:], batch["mask"], 0.0)
+    return {"loss_sum": loss_sum, "count": count, "correct": correct,
+            "uid": batch["uid"], "decoded": outputs["decoded"]}
 
   def finalize(self, stats, info):
     vocabulary, references = (info.stats["vocabulary"],

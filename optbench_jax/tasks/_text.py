@@ -22,7 +22,10 @@ import json
 import os
 from typing import Any, Iterable, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from optbench_jax import models
 from optbench_jax.data import text
@@ -133,3 +136,15 @@ def encode_splits(splits: Splits, encode) -> Splits:
 def token_mask(ids):
   """1 for real tokens, 0 for padding (id 0 in every vocabulary)."""
   return ids != text.PAD_ID
+
+
+def token_statistics(logits, labels, example_mask, label_smoothing: float):
+  """Per-token cross-entropy (label smoothing ε, PyTorch's convention) over
+  the real (non-padding) ``labels`` of the real examples: ``(summed loss,
+  number of tokens, number whose argmax is right)``."""
+  real = token_mask(labels) * example_mask[:, None]
+  logits = logits.astype(jnp.float32)
+  per_token = optax.softmax_cross_entropy(logits, optax.smooth_labels(
+      jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing))
+  correct = (jnp.argmax(logits, -1) == labels) * real
+  return jnp.sum(per_token * real), jnp.sum(real), jnp.sum(correct)

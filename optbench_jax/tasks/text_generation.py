@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from optbench_jax.data import text
 from optbench_jax.tasks import _generation_metrics, _text
@@ -76,23 +73,14 @@ class LanguageModelling(Task):
                       stream_tokens=dict(zip(("train", "val", "test"),
                                              counts)))
 
-  def _nll(self, outputs, batch, label_smoothing):
-    targets = batch["tokens"][:, 1:]
-    real = _text.token_mask(targets) * batch["mask"][:, None]
-    logits = outputs.astype(jnp.float32)
-    per_token = optax.softmax_cross_entropy(logits, optax.smooth_labels(
-        jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing))
-    return per_token, real, logits, targets
-
   def loss(self, outputs, batch, label_smoothing):
-    per_token, real, _, _ = self._nll(outputs, batch, label_smoothing)
-    return jnp.sum(per_token * real), jnp.sum(real)
+    return _text.token_statistics(outputs, batch["tokens"][:, 1:],
+                                  batch["mask"], label_smoothing)[:2]
 
   def eval_stats(self, outputs, batch, info):
-    per_token, real, logits, targets = self._nll(outputs, batch, 0.0)
-    correct = (jnp.argmax(logits, -1) == targets) * real
-    return {"loss_sum": jnp.sum(per_token * real), "count": jnp.sum(real),
-            "correct": jnp.sum(correct)}
+    loss_sum, count, correct = _text.token_statistics(
+        outputs, batch["tokens"][:, 1:], batch["mask"], 0.0)
+    return {"loss_sum": loss_sum, "count": count, "correct": correct}
 
   def finalize(self, stats, info):
     count = float(stats["count"])
