@@ -12,6 +12,9 @@ directory looked in and how to fill one.
   ``mnist``).
 * ``cifar10``: 50,000 + 10,000 32×32 colour images, 10 classes
   (``uoft-cs/cifar10``; TFDS ``cifar10``).
+* ``cifar100``: 50,000 + 10,000 32×32 colour images, the 100 fine classes
+  (``uoft-cs/cifar100`` column ``fine_label``; TFDS ``cifar100`` feature
+  ``label``; the 20 coarse classes are not read).
 
 Other tasks register their cached datasets with one call each:
 :func:`register_cached` takes the sources and a ``build`` function that turns
@@ -162,3 +165,12 @@ register_image_classification(
     augment=augment_lib.crop_flip_images,
     description="CIFAR-10, 50,000 + 10,000 32x32 colour images, from a local "
     "HF or TFDS cache")
+register_image_classification(
+    "cifar100",
+    [HFSource(("uoft-cs/cifar100", "cifar100"), "cifar100", _SPLITS,
+              {"image": "img", "label": "fine_label"}),
+     TFDSSource("cifar100", _SPLITS, {"image": "image", "label": "label"})],
+    num_classes=100, input_shape=(32, 32, 3),
+    augment=augment_lib.crop_flip_images,
+    description="CIFAR-100, 50,000 + 10,000 32x32 colour images, 100 fine "
+    "classes, from a local HF or TFDS cache")

@@ -9,9 +9,9 @@ library's own writer, then reads it back through the registry:
   ``ArrowWriter`` and ``dataset_info.json``; the loader then finds it through
   ``load_dataset``'s offline path (the ``cache`` packaged module). Also a
   ``DatasetDict.save_to_disk`` folder.
-* TFDS: a subclass of TFDS's own ``MNIST``/``Cifar10`` builders with tiny
-  in-memory splits writes an ``array_record`` dataset (no TensorFlow needed);
-  skipped when ``tensorflow-datasets`` is not installed.
+* TFDS: a subclass of TFDS's own ``MNIST``/``Cifar10``/``Cifar100`` builders
+  with tiny in-memory splits writes an ``array_record`` dataset (no
+  TensorFlow needed); skipped when ``tensorflow-datasets`` is not installed.
 
 Every test runs with sockets disabled, so any network access fails the test.
 """
@@ -58,11 +58,19 @@ def isolated(tmp_path, monkeypatch):
   assert not attempts, f"network access attempted: {attempts}"
 
 
-def tiny(shape, seed):
+def tiny(shape, seed, num_classes=10):
+  """Random images and labels; with more than 10 classes the last class is
+  always present, and a ``coarse_label`` (CIFAR-100's 20 superclasses) too."""
   rng = np.random.default_rng(seed)
-  return {split: {"image": rng.integers(0, 256, (n, *shape), dtype=np.uint8),
-                  "label": rng.integers(0, 10, n).astype(np.int32)}
-          for split, n in [("train", N_TRAIN), ("test", N_TEST)]}
+  arrays = {}
+  for split, n in [("train", N_TRAIN), ("test", N_TEST)]:
+    label = rng.integers(0, num_classes, n).astype(np.int32)
+    arrays[split] = {"image": rng.integers(0, 256, (n, *shape),
+                                           dtype=np.uint8), "label": label}
+    if num_classes > 10:
+      label[0] = num_classes - 1
+      arrays[split]["coarse_label"] = rng.integers(0, 20, n).astype(np.int32)
+  return arrays
 
 
 def assert_same(got, want, shape):
@@ -82,13 +90,15 @@ def sort_by_image(split):
 
 
 def write_hf_cache(cache_dir, hub_id, config, image_column, arrays,
-                   shape):
-  """Writes ``arrays`` as a Hub download of ``hub_id`` leaves them cached."""
+                   shape, label_columns=(("label", "label", 10),)):
+  """Writes ``arrays`` as a Hub download of ``hub_id`` leaves them cached;
+  ``label_columns``: (Hub column, key in ``arrays``, classes) per label."""
   datasets = pytest.importorskip("datasets")
   sys.modules.setdefault(BUILDER_MODULE, types.ModuleType(BUILDER_MODULE))
   features = datasets.Features({
       image_column: datasets.Image(),
-      "label": datasets.ClassLabel(names=[f"c{i}" for i in range(10)])})
+      **{column: datasets.ClassLabel(names=[f"c{i}" for i in range(n)])
+         for column, _, n in label_columns}})
 
   class TinyHubDataset(datasets.GeneratorBasedBuilder):
     """The Arrow cache writer every Hub dataset goes through."""
@@ -105,8 +115,10 @@ def write_hf_cache(cache_dir, hub_id, config, image_column, arrays,
       images = arrays[split]["image"]
       if shape[-1] == 1:
         images = images[..., 0]  # grey PNGs, as the Hub's MNIST has
-      for i, label in enumerate(arrays[split]["label"]):
-        yield i, {image_column: images[i], "label": int(label)}
+      for i in range(len(images)):
+        yield i, {image_column: images[i],
+                  **{column: int(arrays[split][key][i])
+                     for column, key, _ in label_columns}}
 
   builder = TinyHubDataset(
       cache_dir=str(cache_dir), dataset_name=hub_id.split("/")[-1],
@@ -159,6 +171,30 @@ def test_hf_cache_cifar10_from_default_location(tmp_path, monkeypatch):
   assert names == {"label": [f"c{i}" for i in range(10)]}
 
 
+@pytest.mark.parametrize("hub_id", ["uoft-cs/cifar100", "cifar100"])
+def test_hf_cache_cifar100_reads_the_fine_labels(tmp_path, hub_id):
+  """The Hub's CIFAR-100 columns: ``img``, ``fine_label`` (100 classes, the
+  labels read) and ``coarse_label`` (20, ignored)."""
+  arrays = tiny((32, 32, 3), seed=7, num_classes=100)
+  entry = write_hf_cache(
+      tmp_path, hub_id, "cifar100", "img", arrays, (32, 32, 3),
+      label_columns=(("fine_label", "label", 100),
+                     ("coarse_label", "coarse_label", 20)))
+  assert entry == str(tmp_path / hf_lib.cache_entry_name(hub_id)
+                      / "cifar100" / "0.0.0" / COMMIT)
+
+  raw = data.load("image_classification", "cifar100", str(tmp_path))
+  assert_same(raw.train, arrays["train"], (32, 32, 3))
+  assert_same(raw.test, arrays["test"], (32, 32, 3))
+  assert raw.train["label"].max() == 99
+  assert set(raw.train) == {"image", "label"}
+  info = raw.info
+  assert (info.name, info.num_classes, info.input_shape) == (
+      "cifar100", 100, (32, 32, 3))
+  assert info.source == entry
+  assert info.augment is augment.crop_flip_images
+
+
 def test_hf_save_to_disk(tmp_path):
   datasets = pytest.importorskip("datasets")
   arrays = tiny((28, 28, 1), seed=2)
@@ -206,7 +242,8 @@ def test_offline_mode_refuses_the_hub_at_once(tmp_path):
 
 @pytest.mark.parametrize("name,hub_id,entry", [
     ("mnist", "ylecun/mnist", "ylecun___mnist"),
-    ("cifar10", "uoft-cs/cifar10", "uoft-cs___cifar10")])
+    ("cifar10", "uoft-cs/cifar10", "uoft-cs___cifar10"),
+    ("cifar100", "uoft-cs/cifar100", "uoft-cs___cifar100")])
 def test_missing_with_data_dir_fails_fast_naming_every_place(
     tmp_path, name, hub_id, entry):
   start = time.monotonic()
@@ -245,7 +282,8 @@ def write_tfds(data_dir, name, arrays):
   pytest.importorskip("array_record")
   from PIL import Image
   parent = {"mnist": tfds.image_classification.MNIST,
-            "cifar10": tfds.image_classification.Cifar10}[name]
+            "cifar10": tfds.image_classification.Cifar10,
+            "cifar100": tfds.image_classification.Cifar100}[name]
 
   class Tiny(parent, skip_registration=True):
     """The real builder, fed tiny splits instead of downloads."""
@@ -263,8 +301,10 @@ def write_tfds(data_dir, name, arrays):
         example = {"image": Image.fromarray(
             image[..., 0] if image.shape[-1] == 1 else image),
                    "label": int(label)}
-        if name == "cifar10":
+        if name.startswith("cifar"):
           example["id"] = f"{split}_{i:05d}"
+        if name == "cifar100":
+          example["coarse_label"] = int(arrays[split]["coarse_label"][i])
         yield i, example
 
   Tiny.name = name
@@ -274,10 +314,11 @@ def write_tfds(data_dir, name, arrays):
   return builder.data_dir
 
 
-@pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)),
-                                        ("cifar10", (32, 32, 3))])
-def test_tfds_round_trip(tmp_path, name, shape):
-  arrays = tiny(shape, seed=4)
+@pytest.mark.parametrize("name,shape,num_classes", [
+    ("mnist", (28, 28, 1), 10), ("cifar10", (32, 32, 3), 10),
+    ("cifar100", (32, 32, 3), 100)])
+def test_tfds_round_trip(tmp_path, name, shape, num_classes):
+  arrays = tiny(shape, seed=4, num_classes=num_classes)
   path = write_tfds(tmp_path, name, arrays)
   raw = data.load("image_classification", name, str(tmp_path))
   # TFDS shuffles examples when writing; compare in a fixed order.
@@ -285,6 +326,9 @@ def test_tfds_round_trip(tmp_path, name, shape):
   assert_same(sort_by_image(raw.test), sort_by_image(arrays["test"]), shape)
   assert raw.info.source == str(path)
   assert raw.info.input_shape == shape
+  assert raw.info.num_classes == num_classes
+  # CIFAR-100: the fine labels (feature ``label``), not ``coarse_label``.
+  assert set(raw.train) == {"image", "label"}
 
 
 def test_tfds_from_default_data_dir(tmp_path):

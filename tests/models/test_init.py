@@ -102,6 +102,30 @@ def layer_expectations(rules, twin_state):
   return expected
 
 
+def assert_init_schemes(ours, twin, expected) -> None:
+  """``ours[init]`` (PyTorch-named state dicts of ``--init torch`` and
+  ``flax``) against the twin's: ``"torch"`` gives each tensor the twin's
+  distribution (``layer_expectations``), ``"flax"`` LeCun-normal kernels
+  (std 1/√fan_in, within ±4.3/√n) and zero biases; exact tensors (batch
+  norm 1 / 0) equal on both."""
+  failures = {}
+  for key, (kind, value) in expected.items():
+    if kind == "exact":
+      for init in ours:
+        np.testing.assert_array_equal(ours[init][key], value, err_msg=key)
+      continue
+    assert not uniform_violations(twin[key], value), key
+    errors = uniform_violations(ours["torch"][key], value, twin=twin[key])
+    if errors:
+      failures[key] = errors
+    flax = ours["flax"][key].reshape(-1)
+    if key.endswith("bias"):
+      np.testing.assert_array_equal(flax, 0.0, err_msg=key)
+    else:   # LeCun: std 1/√fan_in = value (±4.3/√n)
+      assert abs(flax.std() / value - 1) <= 4.3 / np.sqrt(flax.size), key
+  assert not failures, failures
+
+
 def initial_state_dict(spec, init, seed=0):
   """The Flax model's initial variables, in the twin's names and layouts."""
   info = spec.example_info
