@@ -1,4 +1,4 @@
-"""Command line: ``python -m optbench_jax {run,list}``.
+"""Command line: ``python -m optbench_jax {run,list,analyze,report}``.
 
 Parses arguments into a run specification and hands it to the engine; user
 mistakes print one line (``error: ...``) and exit with status 2.
@@ -55,7 +55,20 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
 _SCALARS = {"int": int, "float": float, "str": str}
 
 
-class _Parser(argparse.ArgumentParser):
+def comma_list(kind, flag: str):
+  """argparse type: a comma-separated list of ``kind`` (``--seeds 0,1,2``),
+  its errors argparse's one-line errors."""
+  parse = settings.number_list(kind, flag)
+
+  def convert(text: str) -> list:
+    try:
+      return parse(text)
+    except ValueError as e:
+      raise argparse.ArgumentTypeError(str(e)) from None
+  return convert
+
+
+class Parser(argparse.ArgumentParser):
   """argparse with one-line errors (``error: ...``, exit status 2), as for
   every other bad input; ``--help`` shows the usage."""
 
@@ -65,11 +78,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(
+  parser = Parser(
       prog="python -m optbench_jax",
       description="A JAX benchmark of deep-learning optimizers.")
   sub = parser.add_subparsers(dest="command", required=True,
-                              parser_class=_Parser)
+                              parser_class=Parser)
 
   run = sub.add_parser("run", help="train one configuration with several "
                        "optimizers under one protocol")
@@ -87,7 +100,70 @@ def build_parser() -> argparse.ArgumentParser:
   process.add_argument("--process-id", type=int, default=None)
 
   sub.add_parser("list", help="tasks, datasets, models and optimizers")
+  _add_analyze(sub)
+  report = sub.add_parser("report", help="a Markdown report (tables also as "
+                          "CSV and LaTeX, figures) of a finished campaign")
+  report.add_argument("--campaign-dir", required=True,
+                      help="a campaign's output directory (or one "
+                      "configuration's), merged shards included")
+  report.add_argument("--output-dir", default=None,
+                      help="where the report goes (default: "
+                      "<campaign-dir>/report)")
   return parser
+
+
+def _add_analyze(sub) -> None:
+  from optbench_jax.analysis.analyze import ANALYSES, Options
+  defaults = Options()
+  analyze = sub.add_parser(
+      "analyze", help="loss landscapes and Hessian spectra of finished runs")
+  analyze.add_argument("--run-dir", required=True,
+                       help="a run directory, or a directory above runs "
+                       "(every run below it, plus cross-run figures)")
+  analyze.add_argument("--what", default=",".join(ANALYSES),
+                       help=f"comma-separated: {', '.join(ANALYSES)} "
+                       f"(default: all)")
+  analyze.add_argument("--seeds", default=None,
+                       type=comma_list(int, "--seeds"),
+                       help="only the runs of these seeds (comma-separated; "
+                       "default: every run)")
+  analyze.add_argument("--compare-run", default=None,
+                       help="landscape1d also from the final parameters to "
+                       "this run's (same task, dataset and model)")
+  analyze.add_argument("--split", default=defaults.split,
+                       choices=("train", "val", "test"),
+                       help="the split whose first --samples examples define "
+                       "the loss (default: %(default)s)")
+  analyze.add_argument("--samples", type=int, default=defaults.samples,
+                       help="examples in the fixed evaluation subset "
+                       "(default: %(default)s)")
+  analyze.add_argument("--bn", default=defaults.bn, choices=("running",
+                                                             "batch"),
+                       help="batch norm: the final running statistics "
+                       "(eval mode) or each batch's own (default: "
+                       "%(default)s)")
+  for flag, field, text in (
+      ("--points-1d", "points_1d", "points on the 1-D path"),
+      ("--points-2d", "points_2d", "grid points per axis of the surface"),
+      ("--top-k", "top_k", "top Hessian eigenvalues"),
+      ("--top-iterations", "top_iterations",
+       "Lanczos iterations of the top eigenvalues"),
+      ("--iterations", "iterations",
+       "Lanczos iterations per spectral-density probe"),
+      ("--probes", "probes", "stochastic Lanczos quadrature probes"),
+      ("--trace-probes", "trace_probes", "Hutchinson probes of the trace"),
+      ("--seed", "seed", "seed of directions and probes")):
+    analyze.add_argument(flag, type=int, default=getattr(defaults, field),
+                         help=f"{text} (default: %(default)s)")
+  analyze.add_argument("--span", type=float, default=defaults.span,
+                       help="the surface covers [-span, span]² in units of "
+                       "the filter-normalised directions (default: "
+                       "%(default)s)")
+  analyze.add_argument("--batch-size", type=int, default=None,
+                       help="evaluation batch size (default: the run's)")
+  analyze.add_argument("--data-dir", default=None,
+                       help="where the run's dataset cache lives, if not "
+                       "the default")
 
 
 _PROCESS_OPTIONS = ("command", "distributed", "coordinator", "num_processes",
@@ -135,6 +211,29 @@ def _print_summary(rows, output_dir) -> None:
           f"{_fmt(r.get('convergence_epoch'), 'd'):>13}"
           f"{_fmt(r.get('total_runtime_s'), '.1f'):>9}")
   print(f"results under {output_dir}")
+
+
+def cmd_analyze(args) -> int:
+  from optbench_jax.analysis import analyze
+  options = analyze.Options(
+      split=args.split, samples=args.samples, bn=args.bn,
+      points_1d=args.points_1d, points_2d=args.points_2d, span=args.span,
+      top_k=args.top_k, top_iterations=args.top_iterations,
+      iterations=args.iterations, probes=args.probes,
+      trace_probes=args.trace_probes, seed=args.seed,
+      batch_size=args.batch_size)
+  written = analyze.analyze(args.run_dir, analyze.parse_what(args.what),
+                            options, compare=args.compare_run,
+                            data_dir=args.data_dir, seeds=args.seeds)
+  for path in written:
+    print(f"results under {path}")
+  return 0
+
+
+def cmd_report(args) -> int:
+  from optbench_jax.analysis import report
+  print(f"report: {report.write_report(args.campaign_dir, args.output_dir)}")
+  return 0
 
 
 def cmd_list(args) -> int:
@@ -185,12 +284,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   previous = {s: signal.signal(s, interrupts.request_stop)
               for s in (signal.SIGTERM, signal.SIGINT)}
   try:
-    return {"run": cmd_run, "list": cmd_list}[args.command](args)
+    return {"run": cmd_run, "list": cmd_list, "analyze": cmd_analyze,
+            "report": cmd_report}[args.command](args)
   except OptBenchError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
-    print("interrupted; continue with --resume", file=sys.stderr)
+    print("interrupted" + ("; continue with --resume"
+                           if args.command == "run" else ""), file=sys.stderr)
     return 130
   finally:
     for number, handler in previous.items():

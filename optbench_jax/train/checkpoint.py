@@ -1,8 +1,10 @@
 """Orbax checkpoints of the train state, one per epoch end, for ``--resume``.
 
 ``<run_dir>/checkpoints/<epoch>`` holds the whole :class:`TrainState` (params,
-batch statistics, optimizer and plateau state); the last two are kept (the history file is written after the checkpoint, so
-a kill between the two falls back to the previous one), and the
+batch statistics, optimizer and plateau state); the last two are kept by
+default, every epoch with ``--keep-checkpoints 0`` (the history file is
+written after the checkpoint, so a kill between the two falls back to the
+previous one), and the
 initial parameters are kept apart (``checkpoints/initial``) for analyses that
 interpolate between initial and final parameters.
 """
@@ -19,10 +21,12 @@ from optbench_jax.train import interrupts
 
 class Checkpoints:
   def __init__(self, run_dir: str, keep: int = 2):
+    """``keep``: the latest epochs kept (0: all)."""
     self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
     self.manager = ocp.CheckpointManager(
         os.path.join(self.directory, "epochs"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep or None,
+                                             create=True,
                                              enable_async_checkpointing=False))
 
   def save(self, epoch: int, state: Any) -> None:

@@ -211,7 +211,7 @@ def over_seeds(rows: Sequence[dict]) -> list[dict]:
   run produced the value (a diverged run has no best/final values; it is
   counted in ``n_diverged``).
   """
-  from scipy import stats  # pylint: disable=import-outside-toplevel
+  from optbench_jax.analysis import statistics  # pylint: disable=import-outside-toplevel
   groups: dict = {}
   for row in rows:
     groups.setdefault((row["optimizer"], row["learning_rate"]), []).append(row)
@@ -227,15 +227,12 @@ def over_seeds(rows: Sequence[dict]) -> list[dict]:
       values = [float(m[metric]) for m in members
                 if m.get(metric) not in (None, "")
                 and math.isfinite(float(m[metric]))]
-      n = len(values)
-      if not n:
+      if not values:
         continue
-      mean = sum(values) / n
-      summary[f"{metric}_mean"] = mean
-      if n > 1:
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-        summary[f"{metric}_std"] = std
-        summary[f"{metric}_ci95"] = float(
-            stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+      interval = statistics.mean_ci(values, confidence=0.95, method="t")
+      summary[f"{metric}_mean"] = interval.mean
+      if interval.n > 1:
+        summary[f"{metric}_std"] = interval.std
+        summary[f"{metric}_ci95"] = interval.half_width
     out.append(summary)
   return out

@@ -78,7 +78,7 @@ def fresh_start(members, state) -> None:
       if distributed.is_primary():
         shutil.rmtree(os.path.join(m.run_dir, "checkpoints"))
       distributed.barrier("stale-checkpoints-removed")
-      m.checkpoints = Checkpoints(m.run_dir)
+      m.checkpoints = Checkpoints(m.run_dir, m.rc.keep_checkpoints)
     m.checkpoints.save_initial(run_slice(state.params, j))
 
 

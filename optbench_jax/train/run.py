@@ -126,7 +126,7 @@ class _Member:
   live: bool = True
 
 
-class _Setup:
+class RunSetup:
   """What every chunk of a group shares: task, optimizer, hyper, data."""
 
   def __init__(self, rc: RunConfig, splits: Splits):
@@ -232,7 +232,7 @@ def train_runs(rcs: Sequence[RunConfig], splits: Splits,
       pending.append(i)
   if not pending:
     return results
-  setup = _Setup(rcs[0], splits)
+  setup = RunSetup(rcs[0], splits)
   budget = memory_budget or int(memory.PROGRAM_MEMORY_SHARE *
                                 setup.free_memory)
   size = min(len(pending), max_together or len(pending))
@@ -272,10 +272,10 @@ def _heal_finished(run_dir: str, rc: RunConfig, splits: Splits,
   outputs.remove_partial_writes(run_dir)
   if rc.checkpoint and not os.path.exists(
       os.path.join(run_dir, "checkpoints", "initial")):
-    setup = _Setup(rc, splits)
+    setup = RunSetup(rc, splits)
     state = setup.program(1).initial_state([rc.seed], [rc.learning_rate],
                                            setup.example)
-    checkpoints = Checkpoints(run_dir)
+    checkpoints = Checkpoints(run_dir, rc.keep_checkpoints)
     checkpoints.save_initial(run_slice(state.params, 0))
     checkpoints.close()
   primary = tasks.get(rc.task).primary_metric
@@ -299,7 +299,7 @@ def run_one(rc: RunConfig, splits: Splits, run_dir: str, *,
                     on_epoch=callback)[0]
 
 
-def _base_metadata(setup: _Setup, rc: RunConfig) -> dict:
+def _base_metadata(setup: RunSetup, rc: RunConfig) -> dict:
   splits, task, spec = setup.splits, setup.task, setup.spec
   info = splits.info
   return {**dataclasses.asdict(rc), "primary_metric": task.primary_metric,
@@ -325,7 +325,7 @@ def _base_metadata(setup: _Setup, rc: RunConfig) -> dict:
           "git_commit": metadata_lib.git_commit(), "status": "running"}
 
 
-def _open_runs(setup: _Setup, members, compiled: Compiled, runs: int,
+def _open_runs(setup: RunSetup, members, compiled: Compiled, runs: int,
                resume: bool) -> None:
   """Creates the run directories, their metadata and checkpoint managers."""
   real = [m for m in members if m.run_dir is not None]
@@ -341,7 +341,7 @@ def _open_runs(setup: _Setup, members, compiled: Compiled, runs: int,
   distributed.barrier("checkpoints-cleared")
   for m in real:
     if m.rc.checkpoint:
-      m.checkpoints = Checkpoints(m.run_dir)
+      m.checkpoints = Checkpoints(m.run_dir, m.rc.keep_checkpoints)
 
 
 def _diverged(m: _Member, train_finite: bool, train_loss: float,
@@ -395,7 +395,7 @@ def _evaluates(rc: RunConfig, epoch: int) -> bool:
   return (epoch + 1) % rc.eval_every == 0 or epoch + 1 == rc.epochs
 
 
-def _train_chunk(setup: _Setup, program: Program, compiled: Compiled,
+def _train_chunk(setup: RunSetup, program: Program, compiled: Compiled,
                  train_data, members: list[_Member], *, resume: bool,
                  on_epoch) -> None:
   rc = setup.rc
@@ -447,7 +447,7 @@ def _save_epoch(members, state, epoch: int, on_epoch) -> None:
       on_epoch(j, m.history[-1])
 
 
-def _finish(setup: _Setup, program: Program, members, state) -> None:
+def _finish(setup: RunSetup, program: Program, members, state) -> None:
   """Test metrics, final metadata and plots of the chunk's runs."""
   real = [m for m in members if m.run_dir is not None]
   splits = setup.splits

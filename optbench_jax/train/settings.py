@@ -246,6 +246,10 @@ class Protocol:
       "loss (default: only NaN/inf losses diverge)", check=positive_finite)
   checkpoint: bool = setting(True, "Orbax checkpoints every epoch",
                              flag=None, numeric=False)
+  keep_checkpoints: int = setting(
+      2, "epoch checkpoints kept per run, 0 = all (the optimizer's path on "
+      "a loss surface: analyze --what landscape2d)", check=non_negative,
+      numeric=False)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -190,11 +190,11 @@ def test_pretrained_encoder_is_the_starting_point(tmp_path):
   import jax
   import optax
   from optbench_jax.models import distilbert
-  from optbench_jax.train.run import _Setup
+  from optbench_jax.train.run import RunSetup
   directory = str(tiny_distilbert(tmp_path / "bert"))
   splits, config = _fitted("sentiment_analysis", "distilbert_sentiment",
                            pretrained=directory, batch_size=16)
-  setup = _Setup(config, splits)
+  setup = RunSetup(config, splits)
   state = setup.program(2).initial_state([0, 1], [1e-3, 1e-3], setup.example)
   _, encoder = distilbert.load_pretrained(directory)
   for run in (0, 1):

@@ -133,7 +133,7 @@ _DATA_PARALLEL = textwrap.dedent("""
     campaign.enable_compile_cache(campaign.default_compile_cache())
     from optbench_jax import tasks
     from optbench_jax.train import settings
-    from optbench_jax.train.run import _Setup, _Member
+    from optbench_jax.train.run import RunSetup, _Member
     assert jax.local_device_count() == 4, jax.devices()
     out, model = sys.argv[1], sys.argv[2]
     raw = data.load("image_classification", "synthetic", None)
@@ -150,7 +150,7 @@ _DATA_PARALLEL = textwrap.dedent("""
     host = dataclasses.replace(rc4, data_placement="host")
     streamed = train_runs([host, dataclasses.replace(host, seed=1)], splits,
                           [out + "/s0", out + "/s1"])
-    setup = _Setup(settings.resolve(rc4, tasks.get(rc4.task)), splits)
+    setup = RunSetup(settings.resolve(rc4, tasks.get(rc4.task)), splits)
     program = setup.program(1)
     compiled = setup.compile(program, [_Member(rc4, None)],
                              setup.data(program, splits.train))

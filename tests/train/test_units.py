@@ -48,3 +48,21 @@ def test_cosine_schedule_warms_up_and_decays_to_zero():
   assert 0.0 < float(shape(55)) < 1.0
   constant = schedules.shape("none", total_steps=100)
   assert float(constant(0)) == float(constant(99)) == 1.0
+
+
+def test_over_seeds_is_mean_std_and_t_half_width():
+  """seeds.csv by hand: values 1, 2, 4 → mean 7/3, s = √(7/3), 95 %
+  half-width t₀.₉₇₅,₂·s/√3 with t₀.₉₇₅,₂ = 4.302652729749464 (df = 2 has a
+  closed form); a diverged run (no values) counts in n_diverged only."""
+  rows = [{"task": "t", "dataset": "d", "model": "m", "primary_metric": "acc",
+           "optimizer": "adam", "learning_rate": 1e-3, "status": "completed",
+           "best_primary": v} for v in (1.0, 2.0, 4.0)]
+  rows.append({**rows[0], "status": "diverged", "best_primary": None})
+  (summary,) = outputs.over_seeds(rows)
+  std = math.sqrt(7 / 3)
+  assert summary["n_seeds"] == 4 and summary["n_diverged"] == 1
+  assert summary["best_primary_mean"] == pytest.approx(7 / 3, rel=1e-12)
+  assert summary["best_primary_std"] == pytest.approx(std, rel=1e-12)
+  assert summary["best_primary_ci95"] == pytest.approx(
+      4.302652729749464 * std / math.sqrt(3), rel=1e-12)
+  assert "best_val_loss_mean" not in summary

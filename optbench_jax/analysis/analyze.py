@@ -1,0 +1,276 @@
+"""``python -m optbench_jax analyze``: landscapes and Hessian spectra of
+finished runs.
+
+Given a run directory, or any directory above runs (a configuration of a
+campaign: one run per optimizer, seed and learning rate), each run is
+rebuilt from its checkpoint and metadata (:mod:`.restore`) and analysed at
+its final evaluation parameters on a fixed subset of a split:
+
+* ``landscape1d``: the loss along the straight line from the initial to
+  the final parameters (and, with ``compare``, from this run's final
+  parameters to another run's);
+* ``landscape2d``: the loss surface around the final parameters along two
+  random filter-normalised directions, with the run's path (initial
+  parameters and every kept epoch checkpoint) projected onto the plane;
+* ``hessian``: the top eigenvalues, the trace and the spectral density of
+  the loss's Hessian.
+
+Each run's results go to ``<run>/analysis/`` (JSON with the numbers and
+every setting used, PNG figures); for a directory of several runs the
+cross-run figures (every optimizer's 1-D path, every optimizer's density)
+go to ``<dir>/analysis/``. Every random draw (directions, probes) comes from
+``seed``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from optbench_jax.analysis import hessian, landscape, restore
+from optbench_jax.errors import OptBenchError
+from optbench_jax.train import outputs
+
+ANALYSES = ("landscape1d", "landscape2d", "hessian")
+OUTPUT = "analysis"
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What ``analyze`` computes and on which data (one place for the CLI's
+  defaults)."""
+  split: str = "train"
+  samples: int = 1024
+  bn: str = "running"
+  points_1d: int = landscape.INTERPOLATION_POINTS
+  points_2d: int = 21
+  span: float = landscape.SURFACE_SPAN
+  top_k: int = 5
+  top_iterations: int = hessian.TOP_ITERATIONS
+  iterations: int = hessian.SLQ_ITERATIONS
+  probes: int = hessian.SLQ_PROBES
+  trace_probes: int = hessian.TRACE_PROBES
+  seed: int = 0
+  batch_size: Optional[int] = None
+
+
+def parse_what(text: str) -> list[str]:
+  names = [w.strip() for w in text.split(",") if w.strip()]
+  unknown = [w for w in names if w not in ANALYSES]
+  if unknown or not names:
+    raise OptBenchError(f"unknown analysis {', '.join(unknown) or '(none)'}; "
+                        f"valid: {', '.join(ANALYSES)} (comma-separated)")
+  return list(dict.fromkeys(names))
+
+
+def find_runs(directory: str, seeds: Optional[Sequence[int]] = None
+              ) -> list[str]:
+  """``directory`` itself if it is a run, else every run below it; only
+  runs of ``seeds`` when given."""
+  if not os.path.isdir(directory):
+    raise OptBenchError(f"no such directory: {directory}")
+  found = []
+  for root, dirs, _ in os.walk(directory):
+    dirs[:] = sorted(d for d in dirs if d not in ("checkpoints", OUTPUT))
+    if restore.is_run_dir(root):
+      found.append(root)
+      dirs[:] = []
+  if not found:
+    raise OptBenchError(f"{directory} holds no run (no run_metadata.json "
+                        f"below it)")
+  if seeds is not None:
+    found = [d for d in found if outputs.read_json(os.path.join(
+        d, restore.METADATA)).get("seed") in set(seeds)]
+    if not found:
+      raise OptBenchError(f"{directory} holds no run of seed(s) "
+                          f"{', '.join(map(str, seeds))}")
+  return found
+
+
+def _finite_list(values) -> list:
+  return [float(v) if math.isfinite(float(v)) else None
+          for v in np.asarray(values, np.float64).ravel()]
+
+
+def _grid(values) -> list:
+  return [_finite_list(row) for row in np.asarray(values, np.float64)]
+
+
+def _keys(seed: int):
+  """Independent keys of the analyses (never one key for two draws)."""
+  k2d, k_top, k_trace, k_density = jax.random.split(jax.random.key(seed), 4)
+  return {"landscape2d": k2d, "top": k_top, "trace": k_trace,
+          "density": k_density}
+
+
+def _settings(run: restore.Run, options: Options) -> dict:
+  return {"run_dir": run.run_dir, "optimizer": run.config.optimizer,
+          "learning_rate": run.config.learning_rate, "seed": run.config.seed,
+          **dataclasses.asdict(options)}
+
+
+def analyze_run(run: restore.Run, what: Sequence[str], options: Options,
+                compare: Optional[restore.Run] = None,
+                out_dir: Optional[str] = None) -> dict:
+  """Runs the analyses ``what`` on one run; returns their results (also
+  written to ``out_dir``, default ``<run>/analysis``)."""
+  out_dir = out_dir or os.path.join(run.run_dir, OUTPUT)
+  state = run.state()
+  final = run.eval_params(state)
+  loss_fn = jax.jit(run.loss_function(
+      state.model_state, split=options.split, samples=options.samples,
+      batch_size=options.batch_size, bn=options.bn))
+  keys = _keys(options.seed)
+  title = f"{run.config.model} on {run.config.dataset}: {run.label}"
+  results = {}
+
+  if "landscape1d" in what:
+    t0 = time.perf_counter()
+    curves = {"initial → final": landscape.interpolate(
+        loss_fn, run.initial_params(), final, points=options.points_1d)}
+    if compare is not None:
+      curves[f"final → {compare.config.optimizer} final"] = (
+          landscape.interpolate(loss_fn, final, compare.final_params(),
+                                points=options.points_1d))
+    result = {"settings": _settings(run, options), "curves": {
+        label: {"alphas": _finite_list(a), "losses": _finite_list(l)}
+        for label, (a, l) in curves.items()},
+              "seconds": time.perf_counter() - t0}
+    outputs.write_json(os.path.join(out_dir, "landscape1d.json"), result)
+    landscape.plot_interpolation(
+        curves, os.path.join(out_dir, "landscape1d.png"), title=title)
+    results["landscape1d"] = result
+
+  if "landscape2d" in what:
+    t0 = time.perf_counter()
+    d1, d2 = landscape.random_directions(keys["landscape2d"], final, n=2)
+    epochs, path = run.trajectory()
+    projection = landscape.project_trajectory(path, final, d1, d2)
+    moved = np.asarray(projection.residual)[[
+        any(np.any(a != b) for a, b in zip(jax.tree.leaves(p),
+                                           jax.tree.leaves(final)))
+        for p in path]]
+    results["landscape2d"] = _surface(
+        "landscape2d", out_dir, run, options, t0, loss_fn, final, (d1, d2),
+        projection.coords, epochs,
+        f"{title}\nrandom filter-normalised plane (the path lies "
+        f"{100 * (moved.mean() if moved.size else 0):.0f} % off it)",
+        span=options.span, off_plane=_finite_list(projection.residual))
+    if len(path) >= 3:
+      t0 = time.perf_counter()
+      pca = landscape.pca_directions(path, final)
+      coords = landscape.project_trajectory(path, final, pca.d1,
+                                            pca.d2).coords
+      results["landscape2d_pca"] = _surface(
+          "landscape2d_pca", out_dir, run, options, t0, loss_fn, final,
+          (pca.d1, pca.d2), coords, epochs,
+          f"{title}\nplane of the path's principal directions "
+          f"({100 * pca.explained.sum():.0f} % of its squared length)",
+          axes=[_covering(column, options.points_2d)
+                for column in np.asarray(coords).T],
+          explained=_finite_list(pca.explained))
+
+  if "hessian" in what:
+    t0 = time.perf_counter()
+    top = hessian.top_eigenvalues(loss_fn, final, options.top_k, keys["top"],
+                                  iterations=options.top_iterations)
+    tr, stderr = hessian.trace(loss_fn, final, keys["trace"],
+                               probes=options.trace_probes,
+                               return_stderr=True)
+    grid, density = hessian.spectral_density(
+        loss_fn, final, keys["density"], iterations=options.iterations,
+        probes=options.probes)
+    result = {"settings": _settings(run, options),
+              "top_eigenvalues": _finite_list(top),
+              "trace": float(tr), "trace_stderr": float(stderr),
+              "density": {"grid": _finite_list(grid),
+                          "density": _finite_list(density)},
+              "seconds": time.perf_counter() - t0}
+    outputs.write_json(os.path.join(out_dir, "hessian.json"), result)
+    hessian.plot_densities({run.label: (grid, density)},
+                           os.path.join(out_dir, "hessian_density.png"),
+                           title=title)
+    results["hessian"] = result
+  return results
+
+
+def _covering(values, points: int):
+  """A grid over ``values`` and 0 with a 20 % margin, containing 0."""
+  lo, hi = min(values.min(), 0.0), max(values.max(), 0.0)
+  margin = 0.2 * max(hi - lo, 1e-12)
+  return landscape.grid((lo - margin, hi + margin), points, (0.0,), "range")
+
+
+def _surface(name: str, out_dir: str, run: restore.Run, options: Options,
+             t0: float, loss_fn, center, directions, coords, epochs, title,
+             *, span=None, axes=None, **extra) -> dict:
+  """One plane's surface: computed on ``axes`` (or ``span``), written as
+  ``<name>.json`` and ``<name>.png`` with the path drawn on it."""
+  xs, ys = axes if axes is not None else (None, None)
+  xs, ys, losses = landscape.surface(
+      loss_fn, center, *directions, xs=xs, ys=ys,
+      span=span if span is not None else options.span,
+      points=options.points_2d)
+  coords = np.asarray(coords)
+  result = {"settings": _settings(run, options), "xs": _finite_list(xs),
+            "ys": _finite_list(ys), "losses": _grid(losses),
+            "trajectory": {"epochs": epochs, "xy": _grid(coords)}, **extra,
+            "seconds": time.perf_counter() - t0}
+  outputs.write_json(os.path.join(out_dir, f"{name}.json"), result)
+  landscape.plot_surface(xs, ys, losses, os.path.join(out_dir, f"{name}.png"),
+                         trajectory=coords, title=title)
+  return result
+
+
+def analyze(directory: str, what: Sequence[str], options: Options, *,
+            compare: Optional[str] = None, data_dir: Optional[str] = None,
+            seeds: Optional[Sequence[int]] = None, log=print) -> list[str]:
+  """The ``analyze`` command: every run under ``directory`` (of ``seeds``,
+  when given); returns the directories written."""
+  run_dirs = find_runs(directory, seeds)
+  other = (restore.load_run(compare, data_dir=data_dir)
+           if compare is not None else None)
+  written, per_run = [], {}
+  for run_dir in run_dirs:
+    run = restore.load_run(run_dir, data_dir=data_dir)
+    if other is not None and (other.config.task, other.config.dataset,
+                              other.config.model) != (
+        run.config.task, run.config.dataset, run.config.model):
+      raise OptBenchError("--compare-run must be a run of the same task, "
+                          "dataset and model")
+    log(f"analysing {run_dir} ({', '.join(what)})")
+    per_run[run.label] = analyze_run(run, what, options, compare=other)
+    written.append(os.path.join(run.run_dir, OUTPUT))
+  if len(run_dirs) > 1:
+    written.append(_cross_run_figures(directory, per_run))
+  return written
+
+
+def _curve(result: dict, label: str):
+  values = result["curves"][label]
+  return (np.asarray(values["alphas"], float),
+          np.asarray([np.nan if v is None else v for v in values["losses"]]))
+
+
+def _cross_run_figures(directory: str, per_run: dict) -> str:
+  out_dir = os.path.join(directory, OUTPUT)
+  paths = [r for r in per_run.values() if "landscape1d" in r]
+  if paths:
+    landscape.plot_interpolation(
+        {label: _curve(r["landscape1d"], "initial → final")
+         for label, r in per_run.items() if "landscape1d" in r},
+        os.path.join(out_dir, "landscape1d_all_runs.png"),
+        title="initial → final parameters")
+  densities = {label: (np.asarray(r["hessian"]["density"]["grid"], float),
+                       np.asarray(r["hessian"]["density"]["density"], float))
+               for label, r in per_run.items() if "hessian" in r}
+  if densities:
+    hessian.plot_densities(densities,
+                           os.path.join(out_dir, "hessian_density_all_runs.png"),
+                           title="Hessian eigenvalue density")
+  return out_dir
