@@ -8,6 +8,15 @@ interval over seeds per optimizer and learning rate) and the two
 cross-optimizer plots under ``<output_dir>/<task>/<dataset>/<model>/``.
 A diverged run is recorded as such and the campaign goes on.
 
+A campaign can be trained in parts: ``run_campaign(cfg, optimizers=[...])``
+trains some of its optimizers (one work unit of ``train/dispatch.py``: a
+``--shard`` of an experiment script, a Ray task), and the campaign files
+are always rewritten from every finished run of the configuration found on
+disk (``finished_runs``), under a file lock on the campaign directory
+(``campaign_lock``). Parts trained by different processes into one output
+directory (a shared file system) thus leave the files a single process
+training everything leaves.
+
 Seeds (``seeds``) and learning-rate grids (``lr_grid``) of one optimizer are
 trained together in one compiled program (see ``run.train_runs``). The
 train/validation split is drawn once, from ``split_seed`` (independent of
@@ -16,6 +25,8 @@ vary initialisation, data order, augmentation and dropout.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from typing import Optional, Sequence
 
@@ -118,20 +129,110 @@ def campaign_dir(cfg: CampaignConfig) -> str:
   return os.path.join(cfg.output_dir, cfg.task, cfg.dataset, cfg.model)
 
 
-def run_campaign(cfg: CampaignConfig) -> list[dict]:
-  """Runs every optimizer; returns the summary rows (also written to disk)."""
-  optimizers = validate(cfg)
+LOCK_FILE = ".campaign.lock"
+
+
+@contextlib.contextmanager
+def campaign_lock(cfg: CampaignConfig):
+  """An exclusive lock on the campaign directory (``fcntl.flock`` on
+  :data:`LOCK_FILE`), held while the directory's shared files are cleaned,
+  fitted or rewritten, so that processes training other optimizers of the
+  same configuration at the same time (``--shard``, Ray) never delete each
+  other's partial writes, and the last one to rewrite the aggregates reads
+  every run finished before it. Nothing collective happens inside."""
+  out_dir = campaign_dir(cfg)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, LOCK_FILE), "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield out_dir
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_splits(cfg: CampaignConfig):
+  """The campaign's data: loaded, split with ``split_seed``, capped at
+  ``max_samples`` and fitted by the task (vocabularies cached in the
+  campaign directory), once for all of its optimizers."""
+  task = tasks.get(cfg.task)
+  prepared = data.prepare(
+      data.load(cfg.task, cfg.dataset, cfg.data_dir), seed=cfg.split_seed,
+      max_samples=cfg.max_samples, val_fraction=cfg.val_fraction)
+  with campaign_lock(cfg) as out_dir:
+    outputs.remove_partial_writes(out_dir)
+    return task.fit(prepared, settings.resolve(cfg, task), cache_dir=out_dir)
+
+
+def finished_runs(cfg: CampaignConfig) -> list[tuple[str, list, dict]]:
+  """``(label, history, metadata)`` of every finished run of the campaign
+  on disk, in the campaign's order (optimizers, then learning rates, then
+  seeds): runs trained by this process or by any other (another shard, a
+  Ray worker, an earlier invocation). A run whose stored settings differ
+  from the campaign's in anything that changes its numbers is not the
+  campaign's and is left out."""
+  found = []
+  for optimizer in resolve_optimizers(cfg.optimizers):
+    for rc, run_dir, label in run_configs(cfg, optimizer):
+      finished = run_lib.read_finished(run_dir)
+      if finished is not None and not settings.differences(finished[1], rc):
+        found.append((label, *finished))
+  return found
+
+
+def write_aggregates(cfg: CampaignConfig, *, plots_too: bool = True
+                     ) -> list[dict]:
+  """Rewrites ``summary.csv`` (and ``seeds.csv`` with several seeds) and,
+  with ``plots_too``, ``epochs.csv`` and the cross-optimizer plots, from
+  :func:`finished_runs`; returns the summary rows."""
+  task = tasks.get(cfg.task)
+  if not os.path.isdir(campaign_dir(cfg)):
+    return []  # nothing trained yet (e.g. its data could not be loaded)
+  with campaign_lock(cfg) as out_dir:
+    runs = finished_runs(cfg)
+    rows = [outputs.summarize(history, meta, task.higher_is_better)
+            for _, history, meta in runs]
+    outputs.write_csv(os.path.join(out_dir, "summary.csv"), rows,
+                      outputs.SUMMARY_COLUMNS)
+    if len(cfg.seed_list) > 1:
+      outputs.write_csv(os.path.join(out_dir, "seeds.csv"),
+                        outputs.over_seeds(rows), outputs.SEED_COLUMNS)
+    if plots_too:
+      long_rows = [r for _, history, meta in runs
+                   for r in outputs.long_format(history, meta)]
+      epoch_columns = list(dict.fromkeys(k for r in long_rows for k in r))
+      outputs.write_csv(os.path.join(out_dir, "epochs.csv"), long_rows,
+                        epoch_columns)
+      plots.campaign_plots({label: history for label, history, _ in runs},
+                           task.primary_metric,
+                           f"{cfg.model} on {cfg.dataset}", out_dir)
+  return rows
+
+
+def run_campaign(cfg: CampaignConfig,
+                 optimizers: Optional[Sequence[str]] = None, *,
+                 splits=None) -> list[dict]:
+  """Trains the campaign's optimizers, or the subset ``optimizers`` of them
+  (one shard's share); returns the summary rows of the runs trained here.
+
+  The campaign files (``summary.csv``, ``seeds.csv``, ``epochs.csv``, the
+  plots) are rewritten from every finished run of the configuration on
+  disk (:func:`write_aggregates`), so after the last subset finishes they
+  are those of the whole campaign, whichever process trained each part.
+  ``splits``: the data from :func:`load_splits`, to share it between calls.
+  """
+  everything = validate(cfg)
+  selected = everything if optimizers is None else list(optimizers)
+  outside = [o for o in selected if o not in everything]
+  if outside:
+    raise OptBenchError(f"{', '.join(outside)} is not among the campaign's "
+                        f"optimizers ({', '.join(everything)})")
   enable_compile_cache(cfg.compile_cache or default_compile_cache())
   task = tasks.get(cfg.task)
-  out_dir = campaign_dir(cfg)
-  splits = task.fit(data.prepare(
-      data.load(cfg.task, cfg.dataset, cfg.data_dir), seed=cfg.split_seed,
-      max_samples=cfg.max_samples, val_fraction=cfg.val_fraction),
-      settings.resolve(cfg, task), cache_dir=out_dir)
-  outputs.remove_partial_writes(out_dir)
-  rows, long_rows, histories = [], [], {}
+  if splits is None:
+    splits = load_splits(cfg)
+  rows = []
   quiet = cfg.quiet or not distributed.is_primary()
-  bar = tqdm(optimizers, desc="runs", disable=quiet, dynamic_ncols=True)
+  bar = tqdm(selected, desc="runs", disable=quiet, dynamic_ncols=True)
   for optimizer in bar:
     bar.set_description(f"run {optimizer}")
     runs = run_configs(cfg, optimizer)
@@ -149,19 +250,9 @@ def run_campaign(cfg: CampaignConfig) -> list[dict]:
         resume=cfg.resume, on_epoch=on_epoch,
         max_together=cfg.runs_per_program)
     epochs.close()
-    for (rc, _, label), (history, meta) in zip(runs, results):
-      histories[label] = history
-      rows.append(outputs.summarize(history, meta, task.higher_is_better))
-      long_rows.extend(outputs.long_format(history, meta))
-    outputs.write_csv(os.path.join(out_dir, "summary.csv"), rows,
-                      outputs.SUMMARY_COLUMNS)
-    if len(cfg.seed_list) > 1:
-      outputs.write_csv(os.path.join(out_dir, "seeds.csv"),
-                        outputs.over_seeds(rows), outputs.SEED_COLUMNS)
+    rows.extend(outputs.summarize(history, meta, task.higher_is_better)
+                for history, meta in results)
+    write_aggregates(cfg, plots_too=False)
   bar.close()
-  epoch_columns = list(dict.fromkeys(k for r in long_rows for k in r))
-  outputs.write_csv(os.path.join(out_dir, "epochs.csv"), long_rows,
-                    epoch_columns)
-  plots.campaign_plots(histories, task.primary_metric,
-                       f"{cfg.model} on {cfg.dataset}", out_dir)
+  write_aggregates(cfg)
   return rows
