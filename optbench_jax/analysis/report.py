@@ -241,7 +241,7 @@ _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%",
 _LATEX_SYMBOLS = {"±": r"$\pm$", "–": "--", "−": "$-$", "≤": r"$\le$",
                   "×": r"$\times$", "∞": r"$\infty$", "ρ": r"$\rho$",
                   "τ": r"$\tau$", "↑": r"$\uparrow$",
-                  "↓": r"$\downarrow$"}
+                  "↓": r"$\downarrow$", "λ": r"$\lambda$"}
 
 
 def latex_escape(text) -> str:
@@ -377,6 +377,60 @@ def table_of_test_metrics(config: Configuration, opts: Options
                ["optimizer", "runs"] + keys, cells,
                ["label", "n"] + [f"{k}_{s}" for k in keys
                                  for s in ("mean", "low", "high")], csv_rows)
+
+
+def _analysis_result(run: Run, name: str) -> Optional[dict]:
+  try:
+    return outputs.read_json_if_intact(
+        os.path.join(run.run_dir, "analysis", f"{name}.json"))
+  except outputs.DamagedFile:
+    return None
+
+
+def analysis_table(config: Configuration) -> Optional[Table]:
+  """Per analysed run (``python -m optbench_jax analyze``): the Hessian's
+  largest eigenvalue and trace (± its standard error), the loss at the
+  final parameters on the analysis subset, and the barrier on the straight
+  path from the initial parameters, ``max_{0≤α≤1} L(α) − max(L(0), L(1))``
+  (0 when the path is monotone: Goodfellow et al. 2015)."""
+  cells, csv_rows = [], []
+  for label, runs in config.groups.items():
+    for run in runs:
+      spectrum = _analysis_result(run, "hessian") or {}
+      path = (_analysis_result(run, "landscape1d") or {}).get(
+          "curves", {}).get("initial → final")
+      if not spectrum and not path:
+        continue
+      raw = {"label": label, "seed": run.seed,
+             "lambda_max": (spectrum.get("top_eigenvalues") or [None])[0],
+             "trace": spectrum.get("trace"),
+             "trace_stderr": spectrum.get("trace_stderr")}
+      if path:
+        inside = [l for a, l in zip(path["alphas"], path["losses"])
+                  if 0.0 <= a <= 1.0 and l is not None]
+        ends = [l for a, l in zip(path["alphas"], path["losses"])
+                if a in (0.0, 1.0) and l is not None]
+        raw["final_loss"] = next((l for a, l in zip(path["alphas"],
+                                                    path["losses"])
+                                  if a == 1.0), None)
+        if inside and len(ends) == 2:
+          raw["barrier"] = max(inside) - max(ends)
+      trace = format_number(raw["trace"])
+      if raw["trace_stderr"] is not None:
+        trace += f" ± {format_number(raw['trace_stderr'])}"
+      cells.append([label, str(run.seed), format_number(raw["lambda_max"]),
+                    trace, format_number(raw.get("final_loss")),
+                    format_number(raw.get("barrier"))])
+      csv_rows.append(raw)
+  if not cells:
+    return None
+  return Table(f"{config.name}/analysis",
+               f"{config.name}: Hessian and 1-D path at the final parameters "
+               f"(analysis subset)",
+               ["optimizer", "seed", "λ_max", "trace", "final loss",
+                "barrier on the path from the initial parameters"], cells,
+               ["label", "seed", "lambda_max", "trace", "trace_stderr",
+                "final_loss", "barrier"], csv_rows)
 
 
 def _seed_values(runs: Sequence[Run], key: str) -> dict:
@@ -913,8 +967,12 @@ def _configuration_section(doc: _Document, config: Configuration,
       doc.image(path, f"{label}: {os.path.basename(path)}")
   doc.add("### Pairwise comparisons", "")
   doc.table(pairwise_table(config, opts))
-  if figures["analysis"]:
+  analysed = analysis_table(config)
+  if analysed is not None or figures["analysis"]:
     doc.add("### Landscape and Hessian analyses", "")
+  if analysed is not None:
+    doc.table(analysed)
+  if figures["analysis"]:
     for run_name, path in figures["analysis"]:
       doc.image(path, f"{run_name}: {os.path.basename(path)}")
 

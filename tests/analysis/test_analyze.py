@@ -7,6 +7,7 @@ last ``val_loss`` (same data, split, preprocessing, model and parameters;
 tolerance 1e-5 relative, float32 sums in another order), and the initial
 parameters equal a freshly initialised state of the same seed (bitwise).
 """
+import csv
 import json
 
 import jax
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from optbench_jax import cli
-from optbench_jax.analysis import analyze, restore
+from optbench_jax.analysis import analyze, report, restore
 from optbench_jax.train import campaign, settings
 from optbench_jax.train.state import run_slice
 
@@ -91,6 +92,19 @@ def test_analyze_command_writes_every_result(campaign_dir):
     assert len(top) == 2 and top[0] >= top[1]
   for name in ("landscape1d_all_runs.png", "hessian_density_all_runs.png"):
     assert (campaign_dir / "analysis" / name).stat().st_size > 0
+  # the report tabulates the analyses: λ_max and trace as analyze wrote them
+  report.write_report(str(campaign_dir), str(campaign_dir / "report"))
+  with open(campaign_dir / "report" / "tables" / "image_classification" /
+            "digits" / "cnn_scratch" / "analysis.csv") as f:
+    rows = {r["label"]: r for r in csv.DictReader(f)}
+  for optimizer in ("adam", "sgd_momentum"):
+    spectrum = json.loads((campaign_dir / optimizer / "analysis" /
+                           "hessian.json").read_text())
+    assert float(rows[optimizer]["lambda_max"]) == pytest.approx(
+        spectrum["top_eigenvalues"][0], rel=1e-12)
+    assert float(rows[optimizer]["trace"]) == pytest.approx(
+        spectrum["trace"], rel=1e-12)
+    assert float(rows[optimizer]["barrier"]) >= 0
 
 
 @pytest.mark.parametrize("args, expected", [
