@@ -13,6 +13,17 @@ os.environ.setdefault("OPTBENCH_COMPILE_CACHE",
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+# torchvision (test extra) is built for CUDA torch: on the CPU build its
+# extension cannot load and its import fails, also when ``transformers``
+# imports it. Its model code needs none of the extension's operators;
+# define their schemas once, before any test imports it.
+try:
+  from optbench_jax.reference import torchvision_models  # imports torch
+except ImportError:
+  pass
+else:
+  torchvision_models.define_missing_operators()
+
 
 @pytest.fixture
 def x64():

@@ -621,38 +621,26 @@ def mean_history(runs: Sequence[Run], keys: Sequence[str]) -> list[dict]:
 
 def band_plots(config: Configuration, opts: Options, out_dir: str
                ) -> list[str]:
-  """Cross-optimizer primary metric and validation loss: the mean over
-  seeds per optimizer with the shaded confidence band (file names as
-  :func:`optbench_jax.train.plots.campaign_plots`)."""
-  paths = []
-  for key, ylabel, name in (
-      (config.primary, config.primary,
-       f"{config.primary}_all_optimizers.png"),
-      ("val_loss", "validation loss", "val_loss_all_optimizers.png")):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, runs in config.groups.items():
-      curve = _curve_runs(runs)
+  """Cross-optimizer primary metric and validation loss
+  (:func:`optbench_jax.train.plots.campaign_plots`): the mean over seeds per
+  optimizer with the shaded confidence band."""
+  histories, bands = {}, {}
+  for label, runs in config.groups.items():
+    curve = _curve_runs(runs)
+    if not _per_epoch(curve, config.primary):
+      continue
+    name = f"{label} (n={len(curve)})"
+    histories[name] = mean_history(curve, (config.primary, "val_loss"))
+    for key in (config.primary, "val_loss"):
       per_epoch = _per_epoch(curve, key)
-      if not per_epoch:
-        continue
-      epochs = list(per_epoch)
       intervals = [opts.interval(v) for v in per_epoch.values()]
-      line, = ax.plot(epochs, [ci.mean for ci in intervals], marker=".",
-                      label=f"{label} (n={len(curve)})")
-      low = [ci.low if ci.low is not None else ci.mean for ci in intervals]
-      high = [ci.high if ci.high is not None else ci.mean
-              for ci in intervals]
-      ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2,
-                      linewidth=0)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{config.model} on {config.dataset}: mean over seeds, "
-                 f"{opts.percent} CI band", fontsize="medium")
-    ax.legend(fontsize="small", ncol=2 if len(config.groups) > 8 else 1)
-    fig.tight_layout()
-    paths.append(_save(fig, os.path.join(out_dir, name)))
-  return paths
+      bands.setdefault(name, {})[key] = (
+          list(per_epoch),
+          [ci.low if ci.low is not None else ci.mean for ci in intervals],
+          [ci.high if ci.high is not None else ci.mean for ci in intervals])
+  return plots.campaign_plots(
+      histories, config.primary, f"{config.model} on {config.dataset}: mean "
+      f"over seeds, {opts.percent} CI band", out_dir, bands=bands)
 
 
 def _slug(label: str) -> str:

@@ -52,16 +52,26 @@ def _extension_path(spec) -> str:
   return found[0]
 
 
+def define_missing_operators() -> None:
+  """Defines the operators torchvision's import needs when its extension
+  cannot load (a no-op otherwise, or without torchvision). Also needed
+  before anything else imports torchvision, e.g. ``transformers``, which
+  does when it is installed."""
+  if importlib.util.find_spec("torchvision") is None or _LIBRARY:
+    return
+  if hasattr(torch.ops.torchvision, "nms") or _extension_loads():
+    return
+  library = torch.library.Library("torchvision", "DEF")
+  for schema in _SCHEMAS.values():
+    library.define(schema)
+  _LIBRARY.append(library)
+
+
 def import_torchvision():
   """``torchvision``, or ImportError when it is not installed."""
   if importlib.util.find_spec("torchvision") is None:
     raise ImportError("torchvision is not installed (pip install "
                       "'optbench_jax[test]')")
-  if not _LIBRARY and not hasattr(torch.ops.torchvision, "nms"):
-    if not _extension_loads():
-      library = torch.library.Library("torchvision", "DEF")
-      for schema in _SCHEMAS.values():
-        library.define(schema)
-      _LIBRARY.append(library)
+  define_missing_operators()
   import torchvision  # pylint: disable=import-outside-toplevel
   return torchvision

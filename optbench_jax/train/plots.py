@@ -7,13 +7,14 @@ validation loss of every optimizer.
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import jax
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from optbench_jax.train import outputs  # noqa: E402
 
@@ -49,6 +50,7 @@ def run_plots(history: Sequence[dict], primary: str, title: str,
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot(epochs, _series(history, primary), "o-", color="tab:blue")
   ax.set_xlabel("epoch")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_ylabel(primary, color="tab:blue")
   twin = ax.twinx()
   twin.plot(epochs, _series(history, "val_loss"), "s--", color="tab:red")
@@ -61,6 +63,7 @@ def run_plots(history: Sequence[dict], primary: str, title: str,
   ax.plot(epochs, _series(history, "train_loss"), "o-", label="train")
   ax.plot(epochs, _series(history, "val_loss"), "s--", label="validation")
   ax.set_xlabel("epoch")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_ylabel("loss")
   ax.set_title(title)
   ax.legend()
@@ -70,7 +73,15 @@ def run_plots(history: Sequence[dict], primary: str, title: str,
 
 
 def campaign_plots(histories: Mapping[str, Sequence[dict]], primary: str,
-                   title: str, out_dir: str) -> list[str]:
+                   title: str, out_dir: str, *,
+                   bands: Optional[Mapping[str, Mapping[str, tuple]]] = None
+                   ) -> list[str]:
+  """The primary metric and the validation loss of every optimizer.
+
+  ``bands``: ``{label: {key: (epochs, low, high)}}``, a shaded band around
+  a curve (the report's confidence interval over seeds, ``histories``
+  then holding the mean over seeds).
+  """
   if jax.process_index() != 0:  # --distributed: process 0 writes
     return []
   paths = []
@@ -79,9 +90,14 @@ def campaign_plots(histories: Mapping[str, Sequence[dict]], primary: str,
                             "val_loss_all_optimizers.png")):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for optimizer, history in histories.items():
-      ax.plot(_epochs(history), _series(history, key), marker=".",
-              label=optimizer)
+      line, = ax.plot(_epochs(history), _series(history, key), marker=".",
+                      label=optimizer)
+      band = (bands or {}).get(optimizer, {}).get(key)
+      if band is not None:
+        ax.fill_between(*band, color=line.get_color(), alpha=0.2,
+                        linewidth=0)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_ylabel(label)
     ax.set_title(title)
     ax.legend(fontsize="small", ncol=2 if len(histories) > 8 else 1)
