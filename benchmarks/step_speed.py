@@ -84,6 +84,10 @@ def parse_args(argv=None):
                       help="the device's peak FLOP/s for MFU (e.g. 1e12), "
                            "instead of the built-in GPU table; without it "
                            "MFU is n/a on a CPU")
+  parser.add_argument("--variants", default=None,
+                      help="comma-separated timed columns to run, of "
+                           + ", ".join(v.name for v in variants.VARIANTS)
+                           + " (default: all that no other flag turns off)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json", default=None, help="also write results here")
   args = parser.parse_args(argv)
@@ -93,6 +97,13 @@ def parse_args(argv=None):
     if why:
       parser.error(f"{why}; valid: {', '.join(known)}, text models "
                    f"optionally as name@length")
+  if args.variants is not None:
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    names = [v.name for v in variants.VARIANTS]
+    unknown = [v for v in args.variants if v not in names]
+    if unknown or not args.variants:
+      parser.error(f"--variants: unknown {', '.join(unknown) or 'empty'}; "
+                   f"valid: {', '.join(names)}")
   if args.seq_len is not None and args.seq_len < 2:
     parser.error("--seq-len must be >= 2")
   try:

@@ -238,6 +238,7 @@ def write_json(path, device, results, projection, args, argv) -> None:
       "vmap_runs": args.vmap_runs, "bf16": not args.no_bf16,
       "torch_compile": args.torch_compile, "seed": args.seed,
       "seq_len": getattr(args, "seq_len", None),
+      "variants": getattr(args, "variants", None),
       "peak_flops": getattr(args, "peak_flops", None),
       "optimizer": f"SGD(lr={jax_timing.LEARNING_RATE}, "
                    f"momentum={jax_timing.MOMENTUM})",

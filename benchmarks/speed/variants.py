@@ -71,6 +71,9 @@ class Variant:
     return getattr(args, self.runs) if self.runs else 1
 
   def is_off(self, args) -> bool:
+    chosen = getattr(args, "variants", None)
+    if chosen is not None and self.name not in chosen:
+      return True
     if self.runs and not self.run_count(args):
       return True
     return bool(self.off) and getattr(args, self.off[0]) == self.off[1]

@@ -317,6 +317,9 @@ class BatchNorm(nn.Module):
   ``BatchNorm`` uses the biased one); evaluation uses the running statistics.
   ``momentum`` is Flax's (0.9 ⇔ PyTorch's 0.1). Variables are named as Flax's
   (``scale``, ``bias``; ``batch_stats``: ``mean``, ``var``).
+
+  The output is ``y = (x − μ)·(γ/√(σ² + ε)) + β`` (Ioffe & Szegedy 2015,
+  Algorithm 1, with the per-channel factor ``γ/√(σ² + ε)`` formed first).
   """
   use_running_average: bool = False
   momentum: float = 0.9
@@ -347,8 +350,11 @@ class BatchNorm(nn.Module):
         running_mean.value = m * running_mean.value + (1 - m) * mean
         running_var.value = m * running_var.value + (1 - m) * var * (
             n / max(n - 1, 1))
-    y = (xc - mean) * jax.lax.rsqrt(var + self.epsilon)
-    return (y * scale + bias).astype(self.dtype)
+    # One multiplier per channel, (x − μ)·(γ/√(σ² + ε)) + β: the same
+    # function as ((x − μ)/√(σ² + ε))·γ + β up to float32 rounding, with one
+    # full-size multiplication fewer (forward and backward).
+    multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
+    return ((xc - mean) * multiplier + bias).astype(self.dtype)
 
 
 class ConvTranspose(_SchemeParams, nn.ConvTranspose):
