@@ -62,10 +62,10 @@ def test_restored_initial_parameters_are_the_seeds(campaign_dir):
 
 
 def test_analyze_command_writes_every_result(campaign_dir):
-  args = ["analyze", "--run-dir", str(campaign_dir), "--samples", "64",
-          "--points-1d", "5", "--points-2d", "4", "--top-k", "2",
-          "--top-iterations", "6", "--iterations", "8", "--probes", "1",
-          "--trace-probes", "4"]
+  args = ["analyze", "--run-dir", str(campaign_dir), "--samples", "32",
+          "--points-1d", "5", "--points-2d", "3", "--top-k", "2",
+          "--top-iterations", "4", "--iterations", "4", "--probes", "1",
+          "--trace-probes", "2"]
   assert cli.main(args) == 0
   for optimizer in ("adam", "sgd_momentum"):
     out = campaign_dir / optimizer / "analysis"
@@ -78,7 +78,7 @@ def test_analyze_command_writes_every_result(campaign_dir):
     curve = one_d["curves"]["initial → final"]
     run = restore.load_run(str(campaign_dir / optimizer))
     loss_fn = jax.jit(run.loss_function(run.state().model_state,
-                                        samples=64))
+                                        samples=32))
     assert curve["losses"][curve["alphas"].index(0.0)] == pytest.approx(
         float(loss_fn(run.initial_params())), rel=1e-6)
     assert curve["losses"][curve["alphas"].index(1.0)] == pytest.approx(
