@@ -104,7 +104,16 @@ def test_analyze_command_writes_every_result(campaign_dir):
         spectrum["top_eigenvalues"][0], rel=1e-12)
     assert float(rows[optimizer]["trace"]) == pytest.approx(
         spectrum["trace"], rel=1e-12)
-    assert float(rows[optimizer]["barrier"]) >= 0
+    path = json.loads((campaign_dir / optimizer / "analysis" /
+                       "landscape1d.json").read_text())["curves"][
+                           "initial → final"]
+    inside = [l for a, l in zip(path["alphas"], path["losses"])
+              if 0.0 <= a <= 1.0]
+    ends = [inside[0], inside[-1]]   # α = 0 and α = 1
+    assert float(rows[optimizer]["barrier"]) == pytest.approx(
+        max(inside) - max(ends), rel=1e-12, abs=1e-12)
+    assert float(rows[optimizer]["final_loss"]) == pytest.approx(
+        path["losses"][path["alphas"].index(1.0)], rel=1e-12)
 
 
 @pytest.mark.parametrize("args, expected", [
