@@ -70,6 +70,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from optbench_jax.errors import OptBenchError
+from optbench_jax.models.convolution import forward_mode_autodiff
+from optbench_jax.transforms.extras import hvp as transforms_hvp
 
 LossFn = Callable[[Any], jax.Array]
 
@@ -89,12 +91,12 @@ def hvp(loss_fn: LossFn, params: Any, v: Any) -> Any:
   """``H v`` with ``H = ∇²loss_fn(params)``, by forward-over-reverse.
 
   ``jax.jvp(jax.grad(loss_fn), (params,), (v,))``: the directional
-  derivative of the gradient along ``v``. ``v`` has the structure and
-  dtypes of ``params``; so has the result. Traceable: call it inside
-  ``jax.jit`` (the other functions here compile their whole loop around
-  it).
+  derivative of the gradient along ``v`` (:func:`transforms.hvp`, the one
+  the optimizers use). ``v`` has the structure and dtypes of ``params``; so
+  has the result. Traceable: call it inside ``jax.jit`` (the other
+  functions here compile their whole loop around it).
   """
-  return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
+  return transforms_hvp(loss_fn, params, v)
 
 
 def top_eigenvalues(loss_fn: LossFn, params: Any, k: int, key: jax.Array, *,
@@ -411,7 +413,10 @@ def _hoist(loss_fn: LossFn, params):
   jitted caller takes them as arguments instead of compiling them in as
   constants (which XLA would try to constant-fold through the first
   layers)."""
-  converted, consts = jax.closure_convert(loss_fn, params)
+  # Traced here, once: its convolutions must be the forward-differentiable
+  # ones (the Hessian-vector products differentiate it in forward mode).
+  with forward_mode_autodiff():
+    converted, consts = jax.closure_convert(loss_fn, params)
   return (lambda c: lambda p: converted(p, *c)), consts
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from optbench_jax.data.base import DatasetInfo
 from optbench_jax.models import convert
 from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import Conv, Dense
+from optbench_jax.models.layers import Conv, Dense, max_pool
 
 WIDTHS = (32, 64)
 HIDDEN = 128
@@ -33,7 +33,7 @@ class CNNScratch(nn.Module):
     for i, width in enumerate(self.widths):
       x = Conv(width, (3, 3), padding=1, dtype=self.dtype,
                init_scheme=self.init_scheme, name=f"conv{i + 1}")(x)
-      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+      x = max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(Dense(self.hidden, dtype=self.dtype,
                       init_scheme=self.init_scheme, name="fc1")(x))

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from optbench_jax.models import convert
-from optbench_jax.models.layers import BatchNorm, Conv
+from optbench_jax.models.layers import BatchNorm, Conv, max_pool
 
 STAGE_SIZES = (3, 4, 6, 3)
 WIDTH = 64
@@ -97,7 +97,7 @@ class ResNet50Features(nn.Module):
     x = Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False,
              dtype=self.dtype, init_scheme=self.init_scheme, name="conv1")(x)
     x = nn.relu(_norm(train, self.dtype, "bn1")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, block, planes, stride, dilation, projected in blocks(
         self.stage_sizes, self.width, self.replace_stride_with_dilation):
       x = Bottleneck(planes, stride, dilation, projected, self.dtype,

@@ -23,7 +23,7 @@ from optbench_jax.data.base import DatasetInfo
 from optbench_jax.errors import OptBenchError
 from optbench_jax.models import convert
 from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import Conv, ConvTranspose
+from optbench_jax.models.layers import Conv, ConvTranspose, max_pool
 
 WIDTH = 64
 DEPTH = 4   # down blocks (and up blocks)
@@ -78,7 +78,7 @@ class UNet(nn.Module):
     for level, features in enumerate(down, start=1):
       x = block(features, name=f"down{level}")(x)
       skips.append(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2), strides=(2, 2))
     x = block(bottom, name="bottleneck")(x)
     for level in range(DEPTH, 0, -1):
       x = block(down[level - 1], up=True, name=f"up{level}")(

@@ -42,7 +42,7 @@ from optbench_jax.data.base import DatasetInfo
 from optbench_jax.errors import OptBenchError
 from optbench_jax.models import convert
 from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import BatchNorm, Conv, Dense
+from optbench_jax.models.layers import BatchNorm, Conv, Dense, max_pool
 
 POOL = "M"
 # torchvision's cfgs["A"]: convolution widths, "M" a 2×2 max-pool.
@@ -136,7 +136,7 @@ class VGG(nn.Module):
       elif kind == "relu":
         x = nn.relu(x)
       else:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, (2, 2), strides=(2, 2))
     x = adaptive_average_pool(x, (self.pool_size, self.pool_size))
     x = x.reshape(x.shape[0], -1)
     dense = functools.partial(Dense, dtype=self.dtype,

@@ -9,6 +9,8 @@ from typing import Optional
 
 import jax
 
+from optbench_jax import xla_cpu
+
 PACKAGES = ("optbench_jax", "jax", "jaxlib", "flax", "optax", "chex",
             "orbax-checkpoint", "numpy")
 
@@ -24,10 +26,14 @@ def package_versions() -> dict[str, Optional[str]]:
 
 
 def device_description() -> dict:
+  """The devices, and the XLA flags they ran with (``xla_cpu``'s defaults
+  included: they change which convolution kernels run)."""
   devices = jax.devices()
   return {"platform": devices[0].platform, "kind": devices[0].device_kind,
           "count": len(devices), "host": platform.node(),
-          "python": platform.python_version()}
+          "python": platform.python_version(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "xla_cpu_defaults": xla_cpu.applied()}
 
 
 def git_commit() -> Optional[str]:

@@ -11,12 +11,20 @@ from typing import Any, Callable, Iterable, Optional
 
 import jax
 
+from optbench_jax.models.convolution import forward_mode_autodiff
+
 LossFn = Callable[[Any], tuple[jax.Array, Any]]  # params -> (loss, aux)
 
 
 def hvp(loss: Callable[[Any], jax.Array], params: Any, v: Any) -> Any:
-  """Hessian-vector product ``H v`` by forward-over-reverse differentiation."""
-  return jax.jvp(jax.grad(loss), (params,), (v,))[1]
+  """Hessian-vector product ``H v`` by forward-over-reverse differentiation.
+
+  Traced inside :func:`models.convolution.forward_mode_autodiff`, so that
+  the CPU convolutions (whose reverse mode is hand-written) support the
+  forward pass over the gradient.
+  """
+  with forward_mode_autodiff():
+    return jax.jvp(jax.grad(loss), (params,), (v,))[1]
 
 
 def build_extras(needs: Iterable[str], loss_fn: LossFn, *,

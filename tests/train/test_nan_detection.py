@@ -4,7 +4,8 @@ Measured on this project's 2-core CPU (jaxlib 0.10.2), with XLA:CPU's
 default YNNPACK reduction fusions: ``jnp.max`` and ``jnp.min`` of 32,768,
 65,536 and 2²⁰ float32 ones holding one NaN return 1.0, a row-wise max of a
 64×512 array drops the NaN row, ``nn.max_pool`` over a (32, 32, 32, 16)
-array drops it, and ``relu(x).sum()`` over 32K elements counts the NaN as 0
+array drops it (the models' ``layers.max_pool`` keeps it on the CPU:
+tests/models/test_convolution.py), and ``relu(x).sum()`` over 32K elements counts the NaN as 0
 (1,000 elements were right; with ``--xla_cpu_experimental_ynn_fusion_type=
 -reduce`` all of them propagate the NaN, but ResNet-18's scanned epoch at
 batch 32 ran 2.8× slower, 2.01 → 0.71 steps/s, so XLA's default stays).
