@@ -94,17 +94,24 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   return _conv2d(x, kernel, strides, padding, dilation, precision)
 
 
-def im2col(x, kernel_size, strides, padding, dilation=(1, 1)):
-  """NHWC patches ``(N, H_out, W_out, kh·kw·C)`` ordered like an HWIO kernel."""
+def window_slices(x, kernel_size, strides, dilation=(1, 1)) -> list:
+  """The ``kh·kw`` strided slices ``x[:, a·d_h + i·s_h, b·d_w + j·s_w]`` of an
+  (already padded) NHWC ``x``, one ``(N, H_out, W_out, C)`` array per window
+  position ``(a, b)`` in row-major order (im2col's and max pooling's)."""
   kh, kw = kernel_size
   sh, sw = strides
   dh, dw = dilation
-  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
   h_out = (x.shape[1] - (kh - 1) * dh - 1) // sh + 1
   w_out = (x.shape[2] - (kw - 1) * dw - 1) // sw + 1
-  slices = [x[:, i * dh:i * dh + (h_out - 1) * sh + 1:sh,
-              j * dw:j * dw + (w_out - 1) * sw + 1:sw]
-            for i in range(kh) for j in range(kw)]
+  return [x[:, a * dh:a * dh + (h_out - 1) * sh + 1:sh,
+            b * dw:b * dw + (w_out - 1) * sw + 1:sw]
+          for a in range(kh) for b in range(kw)]
+
+
+def im2col(x, kernel_size, strides, padding, dilation=(1, 1)):
+  """NHWC patches ``(N, H_out, W_out, kh·kw·C)`` ordered like an HWIO kernel."""
+  x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  slices = window_slices(x, kernel_size, strides, dilation)
   return slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
 
 

@@ -293,11 +293,7 @@ def max_pool(x, window: tuple, strides: Optional[tuple] = None,
   padding = _explicit_padding(padding, 2)
   if any(lo or hi for lo, hi in padding):
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
-  (kh, kw), (sh, sw) = window, strides
-  h_out = (x.shape[1] - kh) // sh + 1
-  w_out = (x.shape[2] - kw) // sw + 1
-  parts = [x[:, a:a + (h_out - 1) * sh + 1:sh, b:b + (w_out - 1) * sw + 1:sw]
-           for a in range(kh) for b in range(kw)]
+  parts = convolution.window_slices(x, window, strides)
   top = parts[0]
   for part in parts[1:]:
     top = jnp.maximum(top, part)
