@@ -19,7 +19,14 @@ Nothing is changed when
 * a JAX backend has already started (too late to take effect);
 * an accelerator plugin (CUDA, ROCm, TPU) is installed, unless
   ``JAX_PLATFORMS=cpu``: its own copy of XLA parses ``XLA_FLAGS`` too and
-  may not know a CPU-only experimental flag.
+  may not know a CPU-only experimental flag;
+* the process asks for several CPU devices
+  (``--xla_force_host_platform_device_count`` or ``JAX_NUM_CPU_DEVICES``
+  above 1): XLA:CPU's collectives then wait on the intra-op thread pool that
+  Eigen's convolutions also block, and a 4-device data-parallel ResNet-18
+  step deadlocked in its all-reduce (rendezvous timeout, 2-core CPU). With
+  YNNPACK's convolutions it runs. :func:`check_devices` warns when several
+  CPU devices appear after the flag was applied.
 
 :func:`applied` says what happened, for the run metadata.
 """
@@ -31,6 +38,8 @@ import mmap
 import os
 import pathlib
 import pkgutil
+import re
+import warnings
 from typing import Optional
 
 FLAG = "xla_cpu_experimental_ynn_fusion_type"
@@ -81,8 +90,12 @@ def apply_defaults() -> str:
     return _outcome
   flags = os.environ.get("XLA_FLAGS", "")
   platforms = os.environ.get("JAX_PLATFORMS", "")
+  devices = _requested_cpu_devices(flags)
   if FLAG in flags:
     _outcome = "kept the user's XLA_FLAGS setting of " + FLAG
+  elif devices > 1:
+    _outcome = (f"not applied: {devices} CPU devices (Eigen convolutions "
+                "can deadlock XLA:CPU's collectives)")
   elif _backend_started():
     _outcome = "not applied: a JAX backend had started before the import"
   elif platforms.strip().lower() != "cpu" and _accelerator_plugins():
@@ -94,6 +107,26 @@ def apply_defaults() -> str:
     os.environ["XLA_FLAGS"] = f"{flags} --{FLAG}={VALUE}".strip()
     _outcome = f"applied --{FLAG}={VALUE}"
   return _outcome
+
+
+def _requested_cpu_devices(flags: str) -> int:
+  counts = re.findall(r"--xla_force_host_platform_device_count=(\d+)", flags)
+  counts.append(os.environ.get("JAX_NUM_CPU_DEVICES", ""))
+  return max([int(c) for c in counts if str(c).strip().isdigit()] + [1])
+
+
+def check_devices(devices) -> None:
+  """Warns if ``devices`` are several CPU devices and the flag is applied
+  (made after the import, e.g. by ``jax.config.update("jax_num_cpu_devices",
+  n)``): their collectives may deadlock (module docstring)."""
+  if (len(devices) > 1 and devices[0].platform == "cpu"
+      and (_outcome or "").startswith("applied")):
+    warnings.warn(
+        f"{len(devices)} CPU devices with --{FLAG}={VALUE}, which optbench_jax "
+        "applied on import: XLA:CPU's collectives can deadlock with Eigen "
+        "convolutions. Set XLA_FLAGS=--xla_force_host_platform_device_count="
+        f"{len(devices)} before starting Python (the flag is then left off).",
+        stacklevel=2)
 
 
 def applied() -> Optional[str]:

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from optbench_jax import xla_cpu
 from optbench_jax.errors import OptBenchError
 
 # The mesh axis the batch is split over (data parallelism).
@@ -109,4 +110,5 @@ def make_mesh(devices: Optional[int]) -> Optional[Mesh]:
                         f"{len(available)} {available[0].platform} device(s)")
   if count == 1:
     return None
+  xla_cpu.check_devices(available[:count])
   return Mesh(np.array(available[:count]), (DATA_AXIS,))

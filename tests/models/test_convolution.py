@@ -14,6 +14,8 @@ import os
 import re
 import subprocess
 import sys
+import types
+import warnings
 
 import chex
 import flax.linen as nn
@@ -225,7 +227,7 @@ def test_import_sets_eigen_convolutions_and_keeps_user_flags():
   flag = f"--{xla_cpu.FLAG}={xla_cpu.VALUE}"
   outcome, flags = _flags_after_import({"JAX_PLATFORMS": "cpu"})
   assert outcome.startswith("applied") and flags == flag
-  user = "--xla_force_host_platform_device_count=2"
+  user = "--xla_force_host_platform_device_count=1"
   outcome, flags = _flags_after_import({"JAX_PLATFORMS": "cpu",
                                         "XLA_FLAGS": user})
   assert flags == f"{user} {flag}"
@@ -233,6 +235,26 @@ def test_import_sets_eigen_convolutions_and_keeps_user_flags():
   outcome, flags = _flags_after_import({"JAX_PLATFORMS": "cpu",
                                         "XLA_FLAGS": mine})
   assert outcome.startswith("kept") and flags == mine
+
+
+def test_several_cpu_devices_keep_ynnpack_convolutions(monkeypatch):
+  """With several CPU devices Eigen convolutions can deadlock XLA:CPU's
+  collectives (xla_cpu docstring): the flag is left off, and a warning is
+  given when such devices appear after it was applied."""
+  outcome, flags = _flags_after_import({
+      "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert outcome.startswith("not applied: 4 CPU devices")
+  assert xla_cpu.FLAG not in flags
+  cpu = types.SimpleNamespace(platform="cpu")
+  monkeypatch.setattr(xla_cpu, "_outcome", "applied --" + xla_cpu.FLAG)
+  with pytest.warns(UserWarning, match="2 CPU devices"):
+    xla_cpu.check_devices([cpu, cpu])
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    xla_cpu.check_devices([cpu])
+    monkeypatch.setattr(xla_cpu, "_outcome", "kept the user's setting")
+    xla_cpu.check_devices([cpu, cpu])
 
 
 def test_flag_lookup_in_jaxlib():
