@@ -10,6 +10,9 @@ with ``x̄`` the zero-padded input. Its two gradients, for ``g = ∂L/∂y``:
   both window axes and ``ᵀ`` swapping ``I`` and ``O``;
 * kernel: ``∂L/∂W[a, b, c, o] = Σ_{n, i, j} x̄[n, i·s + a, j·s + b, c] · g[n, i, j, o]``.
 
+A dilated (atrous) kernel reads ``x̄[n, i·s + a·d, j·s + b·d, c]`` instead;
+every form below takes the dilation ``d`` (DeepLab's convolutions).
+
 JAX differentiates a convolution into convolutions whose *batch and feature
 dimensions are swapped* (``lhs = "CHWN"`` for the kernel gradient). XLA:CPU
 rewrites those into its runtime's layout only in some computations: inside
