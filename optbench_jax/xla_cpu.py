@@ -39,6 +39,7 @@ import os
 import pathlib
 import pkgutil
 import re
+import sys
 import warnings
 from typing import Optional
 
@@ -78,7 +79,6 @@ def _accelerator_plugins() -> list[str]:
 
 
 def _backend_started() -> bool:
-  import sys
   bridge = sys.modules.get("jax._src.xla_bridge")
   return bridge is not None and bridge.backends_are_initialized()
 

@@ -625,14 +625,15 @@ def band_plots(config: Configuration, opts: Options, out_dir: str
   (:func:`optbench_jax.train.plots.campaign_plots`): the mean over seeds per
   optimizer with the shaded confidence band."""
   histories, bands = {}, {}
+  keys = (config.primary, "val_loss")
   for label, runs in config.groups.items():
     curve = _curve_runs(runs)
-    if not _per_epoch(curve, config.primary):
+    per_key = {key: _per_epoch(curve, key) for key in keys}
+    if not per_key[config.primary]:
       continue
     name = f"{label} (n={len(curve)})"
-    histories[name] = mean_history(curve, (config.primary, "val_loss"))
-    for key in (config.primary, "val_loss"):
-      per_epoch = _per_epoch(curve, key)
+    histories[name] = mean_history(curve, keys)
+    for key, per_epoch in per_key.items():
       intervals = [opts.interval(v) for v in per_epoch.values()]
       bands.setdefault(name, {})[key] = (
           list(per_epoch),

@@ -56,9 +56,10 @@ def _reference(x, kernel, strides, padding, dilation=(1, 1)):
                                   dimension_numbers=convolution.NHWC)
 
 
-def _operands(name, seed=0):
-  """``x, kernel, strides, padding, weights`` where ``padding`` is the pair
-  ``(padding, dilation)`` that :func:`_losses` takes."""
+def _problem(name, seed=0):
+  """``x, kernel, ours, reference`` for a geometry: the losses
+  ``Σ sin(conv(x, kernel))·weights`` with ``conv2d`` and with XLA's
+  convolution (fixed random weights)."""
   x_shape, k_shape, strides, padding, *dilation = GEOMETRIES[name]
   dilation = tuple(dilation[0]) if dilation else (1, 1)
   rng = np.random.default_rng(seed)
@@ -66,11 +67,6 @@ def _operands(name, seed=0):
   kernel = jnp.asarray(rng.standard_normal(k_shape))
   weights = jnp.asarray(rng.standard_normal(
       _reference(x, kernel, strides, padding, dilation).shape))
-  return x, kernel, strides, (padding, dilation), weights
-
-
-def _losses(strides, padding_and_dilation, weights):
-  padding, dilation = padding_and_dilation
 
   def ours(x, kernel):
     return jnp.sum(jnp.sin(convolution.conv2d(x, kernel, strides, padding,
@@ -80,14 +76,13 @@ def _losses(strides, padding_and_dilation, weights):
     return jnp.sum(jnp.sin(_reference(x, kernel, strides, padding, dilation))
                    * weights)
 
-  return ours, reference
+  return x, kernel, ours, reference
 
 
 @pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
 @pytest.mark.parametrize("name", sorted(GEOMETRIES))
 def test_values_and_gradients_equal_jax(x64, name, jit):
-  x, kernel, strides, padding, weights = _operands(name)
-  ours, reference = _losses(strides, padding, weights)
+  x, kernel, ours, reference = _problem(name)
   value_and_grad = jax.value_and_grad(ours, (0, 1))
   value, grads = (jax.jit(value_and_grad) if jit else value_and_grad)(
       x, kernel)
@@ -103,8 +98,7 @@ def test_forward_mode_inside_the_switch_equals_jax(x64, name):
   """``jax.jvp(jax.grad(·))`` (Hessian-vector products) works inside
   ``forward_mode_autodiff()`` and equals the reference; outside it JAX
   refuses, since the fast form is a ``custom_vjp``."""
-  x, kernel, strides, padding, weights = _operands(name)
-  ours, reference = _losses(strides, padding, weights)
+  x, kernel, ours, reference = _problem(name)
   tangents = (jnp.cos(x), jnp.cos(kernel))
 
   def hvp(loss):
@@ -121,8 +115,7 @@ def test_forward_mode_inside_the_switch_equals_jax(x64, name):
 def test_a_function_jitted_outside_the_switch_is_retraced_inside(x64):
   """The switch is part of JAX's jit key: a loss jitted and called before
   (as ``analysis.restore``'s) still gets forward-mode convolutions."""
-  x, kernel, strides, padding, weights = _operands("3x3")
-  ours, reference = _losses(strides, padding, weights)
+  x, kernel, ours, reference = _problem("3x3")
   jitted = jax.jit(ours)
   jitted(x, kernel)
   with convolution.forward_mode_autodiff():
@@ -137,10 +130,9 @@ def test_a_function_jitted_outside_the_switch_is_retraced_inside(x64):
 def test_vmap_equals_jax(x64, name, axes):
   """Runs vmapped with their own kernels (a loop), inputs only (folded into
   the batch), kernels only (a loop): per-run gradients as JAX's."""
-  x, kernel, strides, padding, weights = _operands(name)
+  x, kernel, ours, reference = _problem(name)
   xs = jnp.stack([x, 2 * x, -x]) if axes[0] == 0 else x
   kernels = jnp.stack([kernel, -kernel, kernel ** 2]) if axes[1] == 0 else kernel
-  ours, reference = _losses(strides, padding, weights)
   got = jax.jit(jax.vmap(jax.value_and_grad(ours, (0, 1)), axes))(xs, kernels)
   expected = jax.vmap(jax.value_and_grad(reference, (0, 1)), axes)(xs,
                                                                      kernels)
@@ -152,9 +144,7 @@ def test_scanned_gradient_uses_standard_layout_convolutions_only():
   forward and backward pass is NHWC × HWIO → NHWC (JAX's own kernel
   gradient swaps the batch and feature dimensions, which XLA:CPU runs as a
   naive loop there)."""
-  x, kernel, strides, padding, weights = _operands("3x3")
-  x, kernel, weights = (a.astype(jnp.float32) for a in (x, kernel, weights))
-  ours, reference = _losses(strides, padding, weights)
+  x, kernel, ours, reference = _problem("3x3")
 
   def scanned(loss):
     def body(carry, _):
