@@ -5,7 +5,7 @@ XLA reads ``XLA_FLAGS`` once, when JAX starts its first backend; importing
 
 * ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``: XLA's
   own (Eigen) convolutions instead of YNNPACK's. With the standard-layout
-  gradients of :mod:`optbench_jax.models.convolution`, ResNet-18 trains
+  gradients of :mod:`optbench_jax.kernels.convolution`, ResNet-18 trains
   1.3–1.4× faster with it on a 2-core CPU (jaxlib 0.10.2; README,
   *Performance*). YNNPACK's other fusions keep their defaults (its
   reductions are fast; ``tests/train/test_nan_detection.py`` checks that

@@ -2,15 +2,44 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 
 from optbench_jax.data.base import DatasetInfo
 from optbench_jax.errors import OptBenchError
-from optbench_jax.models.convert import Rule
-from optbench_jax.models.layers import INITS, check_init
+from optbench_jax.nn.convert import Rule
+from optbench_jax.nn.layers import INITS, check_init
 from optbench_jax.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Twin:
+  """A model's PyTorch twin, by the dotted path of the function building it.
+
+  ``Twin("optbench_jax.reference.torch_vision.cnn_scratch")(info, **fields)``
+  imports the module on the call, so that the registry never imports torch
+  (a test and benchmark dependency; the twins live in
+  :mod:`optbench_jax.reference`).
+  """
+  path: str
+
+  def __call__(self, info: DatasetInfo, **fields) -> Any:
+    module, _, name = self.path.rpartition(".")
+    return getattr(importlib.import_module(module), name)(info, **fields)
+
+
+def vocabulary_of(build: Callable[..., Any], **options) -> Callable[..., Any]:
+  """A :attr:`ModelSpec.vocabulary` built from the training texts alone
+  (``--pretrained`` ignored): ``build(corpus, max_size, **options)``, e.g.
+  ``vocabulary_of(data.text.word_vocabulary, lowercase=True)``."""
+
+  def vocabulary(corpus, max_size: int, pretrained: Optional[str]):
+    del pretrained
+    return build(corpus, max_size, **options)
+
+  return vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +49,7 @@ class Pretrained:
   Attributes:
     default: the name used when ``--pretrained`` is not given (a Hugging
       Face hub name, looked up in the local cache only).
-    resolve: ``name_or_path -> local directory``; raises a one-line
+    locate: ``name_or_path -> local directory``; raises a one-line
       :class:`~optbench_jax.errors.OptBenchError` naming where it looked
       and how to fill the cache.
     load: ``directory -> {submodule: params}``, the top-level parameter
@@ -28,7 +57,7 @@ class Pretrained:
       task head, keeps its per-seed random initialisation).
   """
   default: str
-  resolve: Callable[[str], str]
+  locate: Callable[[str], str]
   load: Callable[[str], Mapping[str, Any]]
 
 
@@ -48,9 +77,11 @@ class ModelSpec:
     example_info: the :class:`DatasetInfo` of the model's typical dataset
       (input shape, classes), for tests and benchmarks.
     description: one line for ``list``.
-    torch_twin: ``info -> torch.nn.Module``, the PyTorch module computing the
-      same function once given the same weights (it imports torch itself:
-      torch is a test and benchmark dependency only); None if there is none.
+    torch_twin: ``(info, **fields) -> torch.nn.Module``, the PyTorch module
+      computing the same function once given the same weights: a
+      :class:`Twin`, which imports its :mod:`optbench_jax.reference` module
+      (and torch, a test and benchmark dependency only) when called; None if
+      there is none.
     conversion: ``info -> [convert.Rule]``, the PyTorch ``state_dict`` <->
       Flax variables mapping of the model and its twin.
     vocabulary: text models: ``(training texts, size cap, pretrained
@@ -64,7 +95,7 @@ class ModelSpec:
   factory: Callable[[DatasetInfo, str], nn.Module]
   example_info: DatasetInfo
   description: str = ""
-  torch_twin: Optional[Callable[[DatasetInfo], Any]] = None
+  torch_twin: Optional[Twin] = None
   conversion: Optional[Callable[[DatasetInfo], list[Rule]]] = None
   vocabulary: Optional[Callable[..., Any]] = None
   pretrained: Optional[Pretrained] = None
@@ -94,4 +125,5 @@ def get(task: str, name: str) -> ModelSpec:
   return spec
 
 
-__all__ = ["INITS", "MODELS", "ModelSpec", "Pretrained", "get", "names_for", "register"]
+__all__ = ["INITS", "MODELS", "ModelSpec", "Pretrained", "Twin", "get",
+           "names_for", "register", "vocabulary_of"]

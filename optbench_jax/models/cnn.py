@@ -2,8 +2,9 @@
 
 conv(3×3, 32) → ReLU → max-pool(2) → conv(3×3, 64) → ReLU → max-pool(2) →
 dense(128) → ReLU → dense(classes). No batch norm, no dropout. Its PyTorch
-twin (:func:`torch_twin`, modules ``conv1, conv2, fc1, fc2``) and the weight
-mapping between the two (:func:`conversion`) are registered with it.
+twin (``optbench_jax.reference.torch_vision.cnn_scratch``, modules ``conv1,
+conv2, fc1, fc2``) and the weight mapping between the two
+(:func:`conversion`) are registered with it.
 """
 from typing import Sequence
 
@@ -11,9 +12,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from optbench_jax.data.base import DatasetInfo
-from optbench_jax.models import convert
-from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import Conv, Dense, max_pool
+from optbench_jax.models.base import ModelSpec, Twin, register
+from optbench_jax.nn import convert
+from optbench_jax.nn.layers import Conv, Dense, max_pool
 
 WIDTHS = (32, 64)
 HIDDEN = 128
@@ -41,7 +42,7 @@ class CNNScratch(nn.Module):
                  init_scheme=self.init_scheme, name="fc2")(x)
 
 
-def _flattened_map(input_shape: Sequence[int], widths: Sequence[int]):
+def flattened_map(input_shape: Sequence[int], widths: Sequence[int]):
   """``(channels, height, width)`` of the feature map before the flatten."""
   height, width = int(input_shape[0]), int(input_shape[1])
   for _ in widths:
@@ -54,29 +55,9 @@ def conversion(info: DatasetInfo) -> list[convert.Rule]:
   rules = [convert.Rule(f"conv{i + 1}", (f"conv{i + 1}",), convert.conv())
            for i in range(len(WIDTHS))]
   rules.append(convert.Rule("fc1", ("fc1",), convert.dense_after_flatten(
-      *_flattened_map(info.input_shape, WIDTHS))))
+      *flattened_map(info.input_shape, WIDTHS))))
   rules.append(convert.Rule("fc2", ("fc2",), convert.dense()))
   return rules
-
-
-def torch_twin(info: DatasetInfo):
-  """The PyTorch module (NCHW inputs, PyTorch's default initialisation)."""
-  from collections import OrderedDict
-  from torch import nn as tnn
-
-  channels = int(info.input_shape[-1])
-  modules = OrderedDict()
-  for i, width in enumerate(WIDTHS):
-    modules[f"conv{i + 1}"] = tnn.Conv2d(channels, width, 3, padding=1)
-    modules[f"relu{i + 1}"] = tnn.ReLU()
-    modules[f"pool{i + 1}"] = tnn.MaxPool2d(2)
-    channels = width
-  c, h, w = _flattened_map(info.input_shape, WIDTHS)
-  modules["flatten"] = tnn.Flatten()
-  modules["fc1"] = tnn.Linear(c * h * w, HIDDEN)
-  modules["relu3"] = tnn.ReLU()
-  modules["fc2"] = tnn.Linear(HIDDEN, info.num_classes)
-  return tnn.Sequential(modules)
 
 
 register(ModelSpec(
@@ -86,4 +67,5 @@ register(ModelSpec(
     example_info=DatasetInfo(name="mnist", task="image_classification",
                              num_classes=10, input_shape=(28, 28, 1)),
     description="2x(conv-relu-pool) + dense-relu + dense, no batch norm",
-    torch_twin=torch_twin, conversion=conversion))
+    torch_twin=Twin("optbench_jax.reference.torch_vision.cnn_scratch"),
+    conversion=conversion))

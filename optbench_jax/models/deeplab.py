@@ -21,14 +21,20 @@ and bilinear upsampling of the logits to the input size (PyTorch's
 ``layers.BatchNorm`` (PyTorch's update rule); dropout draws from the
 ``dropout`` stream.
 
-The PyTorch twin (:func:`torch_twin`) is written in plain PyTorch with
-torchvision's module names (``backbone.layer1.0.downsample.0``,
+The PyTorch twin (``optbench_jax.reference.torch_segmentation.
+deeplabv3_resnet50``) is written in plain PyTorch with torchvision's module
+names (``backbone.layer1.0.downsample.0``,
 ``classifier.0.convs.4.1``, ``classifier.4``, ...), so a torchvision
 ``deeplabv3_resnet50(num_classes=K).state_dict()`` loads into it and, with
 :func:`conversion`, into this model; the twin returns the logits tensor
 (torchvision: ``{"out": logits}``). Initialisation follows ``--init`` as for
 every model (torch: PyTorch's default module initialisation; torchvision's
 ResNet draws its convolutions Kaiming-normal, fan-out, instead).
+
+This family is built from another: its backbone *is* the ResNet-50 of
+``resnet50.py`` (the same modules, names and conversion rules,
+:func:`resnet50.rules`, as torchvision builds ``deeplabv3_resnet50`` from its
+``resnet50``), so it imports that module; no other model family imports one.
 """
 import functools
 
@@ -37,9 +43,10 @@ import jax
 import jax.numpy as jnp
 
 from optbench_jax.data.base import DatasetInfo
-from optbench_jax.models import convert, resnet50
-from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import BatchNorm, Conv
+from optbench_jax.models import resnet50
+from optbench_jax.models.base import ModelSpec, Twin, register
+from optbench_jax.nn import convert
+from optbench_jax.nn.layers import BatchNorm, Conv
 
 ASPP_FEATURES = 256
 DROPOUT = 0.5
@@ -174,80 +181,6 @@ def conversion(info: DatasetInfo,
   return rules
 
 
-@functools.cache
-def _torch_classes():
-  """The twin's PyTorch classes (defined on first use: torch is optional)."""
-  import torch
-  import torch.nn.functional as F
-  from torch import nn as tnn
-
-  from optbench_jax.reference.torch_models import batch_norm_2d
-
-  def conv_bn_relu(in_channels, out_channels, kernel_size=1, dilation=1):
-    return [tnn.Conv2d(in_channels, out_channels, kernel_size,
-                       padding=dilation * (kernel_size // 2),
-                       dilation=dilation, bias=False),
-            batch_norm_2d(out_channels), tnn.ReLU()]
-
-  class ASPPPooling(tnn.Sequential):
-
-    def __init__(self, in_channels, out_channels):
-      super().__init__(tnn.AdaptiveAvgPool2d(1),
-                       *conv_bn_relu(in_channels, out_channels))
-
-    def forward(self, x):
-      size = x.shape[-2:]
-      for module in self:
-        x = module(x)
-      return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-  class TorchASPP(tnn.Module):
-
-    def __init__(self, in_channels, rates, out_channels, dropout_rate):
-      super().__init__()
-      branches = [tnn.Sequential(*conv_bn_relu(in_channels, out_channels))]
-      branches += [tnn.Sequential(*conv_bn_relu(in_channels, out_channels, 3,
-                                                rate)) for rate in rates]
-      branches.append(ASPPPooling(in_channels, out_channels))
-      self.convs = tnn.ModuleList(branches)
-      self.project = tnn.Sequential(
-          *conv_bn_relu(len(branches) * out_channels, out_channels),
-          tnn.Dropout(dropout_rate))
-
-    def forward(self, x):
-      return self.project(torch.cat([conv(x) for conv in self.convs], 1))
-
-  class TorchDeepLabV3(tnn.Module):
-    """torchvision's DeepLabV3-ResNet-50 (no aux head); returns the logits."""
-
-    def __init__(self, num_classes, in_channels=3, output_stride=16,
-                 width=resnet50.WIDTH, aspp_features=ASPP_FEATURES,
-                 stage_sizes=resnet50.STAGE_SIZES, dropout_rate=DROPOUT):
-      super().__init__()
-      dilate, rates = OUTPUT_STRIDES[output_stride]
-      features = resnet50.torch_classes()[1]
-      self.backbone = features(in_channels, width, stage_sizes, dilate)
-      channels = width * 2**(len(stage_sizes) - 1) * resnet50.EXPANSION
-      self.classifier = tnn.Sequential(
-          TorchASPP(channels, rates, aspp_features, dropout_rate),
-          *conv_bn_relu(aspp_features, aspp_features, 3),
-          tnn.Conv2d(aspp_features, num_classes, 1))
-
-    def forward(self, x):
-      logits = self.classifier(self.backbone(x))
-      return F.interpolate(logits, size=x.shape[-2:], mode="bilinear",
-                           align_corners=False)
-
-  return TorchDeepLabV3
-
-
-def torch_twin(info: DatasetInfo, **fields):
-  """The PyTorch module (NCHW inputs, PyTorch's default initialisation);
-  ``fields`` as :class:`DeepLabV3`'s (``output_stride``, ``width``, ...)."""
-  return _torch_classes()(info.num_classes, int(info.input_shape[-1]),
-                          **fields)
-
-
 register(ModelSpec(
     name="deeplabv3_resnet50", task="semantic_segmentation",
     factory=lambda info, init: DeepLabV3(num_classes=info.num_classes,
@@ -257,4 +190,6 @@ register(ModelSpec(
                              input_shape=(256, 256, 3)),
     description="DeepLabV3 (Chen 2017), ResNet-50 backbone, output stride "
                 "16, ASPP (6, 12, 18), torchvision's head",
-    torch_twin=torch_twin, conversion=conversion))
+    torch_twin=Twin(
+        "optbench_jax.reference.torch_segmentation.deeplabv3_resnet50"),
+    conversion=conversion))

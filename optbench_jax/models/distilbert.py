@@ -30,7 +30,7 @@ twin's): dense kernels and embeddings ``N(0, initializer_range²)``, the
 padding row 0, biases 0, layer norms 1/0; ``"flax"`` is Flax's defaults.
 
 Pretrained weights are read from a local directory only (``config.json`` and
-``model.safetensors`` or ``pytorch_model.bin``): :func:`resolve_pretrained`
+``model.safetensors`` or ``pytorch_model.bin``): :func:`locate_pretrained`
 finds it (a path, or a hub name in the local Hugging Face cache),
 :func:`load_pretrained` converts it with :func:`encoder_rules`.
 """
@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -51,21 +50,17 @@ import numpy as np
 from optbench_jax.errors import OptBenchError, one_line
 from optbench_jax.data import text
 from optbench_jax.data.base import DatasetInfo
-from optbench_jax.models import convert
-from optbench_jax.models.base import ModelSpec, Pretrained, register
-from optbench_jax.models.attention import (
+from optbench_jax.models import hub
+from optbench_jax.models.base import ModelSpec, Pretrained, Twin, register
+from optbench_jax.models.hub import CONFIG_FILE, MissingPretrainedError
+from optbench_jax.nn import convert
+from optbench_jax.nn.attention import (
     ACTIVATIONS, MultiHeadAttention, padding_mask, sinusoidal_positions)
-from optbench_jax.models.layers import Dense, Embed, check_init
+from optbench_jax.nn.layers import Dense, Embed, check_init
 
 LAYER_NORM_EPS = 1e-12
-HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")   # "name" or "org/name"
-CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin")
-
-
-class MissingPretrainedError(OptBenchError):
-  """A pretrained checkpoint was asked for that is not on this machine."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +333,7 @@ def load_pretrained(path: str | os.PathLike) -> tuple[DistilBertConfig, dict]:
     path: a directory with ``config.json`` and ``model.safetensors`` (or
       ``model.safetensors.index.json`` and its shards, or
       ``pytorch_model.bin``, read with torch if installed), or a hub name
-      found by :func:`resolve_pretrained`. ``DistilBertModel`` checkpoints
+      found by :func:`locate_pretrained`. ``DistilBertModel`` checkpoints
       and the task models' (``distilbert.`` prefix, heads ignored) both work.
 
   Returns:
@@ -350,7 +345,7 @@ def load_pretrained(path: str | os.PathLike) -> tuple[DistilBertConfig, dict]:
     MissingPretrainedError: no such checkpoint here.
     convert.ConversionError: its tensors do not fit the configuration.
   """
-  directory = Path(resolve_pretrained(path))
+  directory = Path(locate_pretrained(path))
   config = config_from_json(directory)
   state = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating)
            else v for k, v in _read_weights(directory).items()}
@@ -371,96 +366,16 @@ def load_pretrained(path: str | os.PathLike) -> tuple[DistilBertConfig, dict]:
   return config, params["params"]
 
 
-# -- finding checkpoints -----------------------------------------------------
-def hub_cache_dirs(cache_dir: Optional[str | os.PathLike] = None) -> list[Path]:
-  """Where the Hugging Face hub cache may be, in the order searched.
-
-  ``cache_dir`` alone if given; otherwise ``$HF_HUB_CACHE``,
-  ``$HF_HOME/hub`` and ``~/.cache/huggingface/hub`` (those set, without
-  repeats).
-  """
-  if cache_dir is not None:
-    return [Path(cache_dir).expanduser()]
-  candidates = [os.environ.get("HF_HUB_CACHE"),
-                os.environ.get("HF_HOME") and
-                os.path.join(os.environ["HF_HOME"], "hub"),
-                "~/.cache/huggingface/hub"]
-  dirs = []
-  for c in candidates:
-    if c and Path(c).expanduser() not in dirs:
-      dirs.append(Path(c).expanduser())
-  return dirs
-
-
-def _repo_names(name: str) -> list[str]:
-  """Cache folder names of a hub name and its legacy/organisation alias.
-
-  ``distilbert-base-uncased`` moved to ``distilbert/distilbert-base-
-  uncased``; a download under either name serves both.
-  """
-  names = [name]
-  if "/" not in name:
-    names.append(f"distilbert/{name}")
-  elif name.startswith("distilbert/"):
-    names.append(name.split("/", 1)[1])
-  return ["models--" + n.replace("/", "--") for n in names]
-
-
-def _snapshot(repo: Path) -> Optional[Path]:
-  """``refs/main``'s snapshot if it has a config, else the newest that has."""
-  snapshots = repo / "snapshots"
-  ref = repo / "refs" / "main"
-  if ref.is_file():
-    main = snapshots / ref.read_text().strip()
-    if (main / CONFIG_FILE).is_file():
-      return main
-  if not snapshots.is_dir():
-    return None
-  found = [s for s in snapshots.iterdir() if (s / CONFIG_FILE).is_file()]
-  return max(found, key=lambda s: s.stat().st_mtime) if found else None
-
-
-def resolve_pretrained(name_or_path: str | os.PathLike,
-                       cache_dir: Optional[str | os.PathLike] = None) -> str:
-  """The local directory of a pretrained checkpoint; never the network.
-
-  Args:
-    name_or_path: a directory holding ``config.json``, or a hub name
-      (``distilbert-base-uncased``, ``distilbert/distilbert-base-uncased``)
-      looked up in the hub cache (:func:`hub_cache_dirs`) as
-      ``models--<org>--<name>/snapshots/<revision>/``, preferring the
-      revision ``refs/main`` names.
-    cache_dir: the hub cache to search instead of the default ones.
-
-  Returns:
-    The directory.
-
-  Raises:
-    MissingPretrainedError: (one line) where it looked and how to fill the
-      cache.
-  """
-  path = Path(name_or_path).expanduser()
-  if (path / CONFIG_FILE).is_file():
-    return str(path)
-  dirs = hub_cache_dirs(cache_dir)
-  name = str(name_or_path)
-  repos = _repo_names(name) if HUB_NAME.fullmatch(name) else []
-  for cache in dirs:
-    for repo in repos:
-      snapshot = _snapshot(cache / repo)
-      if snapshot is not None:
-        return str(snapshot)
-  raise MissingPretrainedError(
-      f"pretrained model {name!r} not found: no config.json in {path} and no "
-      f"snapshot of it in the Hugging Face cache ({', '.join(map(str, dirs))});"
-      f" on a machine with internet run `huggingface-cli download {name}` and "
-      "copy its hub cache here (or set HF_HUB_CACHE to it), or save it with "
-      f"`transformers.AutoModel.from_pretrained({name!r}).save_pretrained(DIR)`"
-      " and pass DIR; or pass `--pretrained none` to train from random init")
+def locate_pretrained(name_or_path: str | os.PathLike,
+                      cache_dir: Optional[str | os.PathLike] = None) -> str:
+  """The local directory of a DistilBERT checkpoint (:func:`hub.locate
+  <optbench_jax.models.hub.locate>`; ``distilbert-base-uncased`` also lives
+  in the cache as ``distilbert/distilbert-base-uncased``)."""
+  return hub.locate(name_or_path, cache_dir, organisation="distilbert")
 
 
 # -- the sentiment model -------------------------------------------------------
-def _config_for(info) -> DistilBertConfig:
+def config_for(info) -> DistilBertConfig:
   """The checkpoint's configuration, or distilbert-base's with the trained
   vocabulary's size (``--pretrained none``)."""
   directory = info.stats.get("pretrained")
@@ -481,27 +396,19 @@ def vocabulary(corpus, max_size: int, pretrained: Optional[str]):
   return text.wordpiece_vocabulary(corpus, max_size)
 
 
-def _twin(info):
-  import transformers
-  config = _config_for(info)
-  return transformers.DistilBertForSequenceClassification(
-      transformers.DistilBertConfig(num_labels=info.num_classes,
-                                    **dataclasses.asdict(config)))
-
-
 register(ModelSpec(
     name="distilbert_sentiment", task="sentiment_analysis",
     factory=lambda info, init_scheme: DistilBertClassifier(
-        _config_for(info), info.num_classes, init_scheme),
+        config_for(info), info.num_classes, init_scheme),
     example_info=DatasetInfo(
         name="example", task="sentiment_analysis", num_classes=2,
         input_shape=(128,), stats={"vocab_size": 30522, "max_length": 128}),
     description="pretrained DistilBERT (--pretrained, default "
     "distilbert-base-uncased from the local HF cache) + classification "
     "head",
-    torch_twin=_twin, conversion=lambda info: classifier_rules(
-        _config_for(info)),
+    torch_twin=Twin("optbench_jax.reference.torch_text.distilbert_sentiment"),
+    conversion=lambda info: classifier_rules(config_for(info)),
     vocabulary=vocabulary,
     pretrained=Pretrained(
-        default="distilbert-base-uncased", resolve=resolve_pretrained,
+        default="distilbert-base-uncased", locate=locate_pretrained,
         load=lambda directory: {"distilbert": load_pretrained(directory)[1]})))

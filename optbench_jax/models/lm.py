@@ -21,7 +21,7 @@ positions are computed but meaningless (the loss masks them).
   embeddings, the attention weights, both residual branches and inside the
   feed-forward); the layer count is not stated by the source: 4.
   :meth:`GPTSmall.decode_step` feeds new tokens through the layers' key/value
-  caches (``models/attention.py``), for generation.
+  caches (``nn/attention.py``), for generation.
 * ``gru_lm`` (:class:`GRULanguageModel`), the recurrent language model of
   PyTorch's ``word_language_model`` example with GRU cells (Cho et al. 2014,
   arXiv:1406.1078)::
@@ -42,16 +42,17 @@ the GRU model's embedding and output matrix ``U(±0.1)`` and output bias 0
 (``word_language_model``'s ``init_weights``), its GRU PyTorch's
 ``U(±1/√H)``. ``"flax"`` is Flax's defaults throughout (output bias 0).
 
-PyTorch twins (:func:`gpt_small_twin`, :func:`gru_lm_twin`) and conversion
-rules (:func:`gpt_small_rules`, :func:`gru_lm_rules`) take the dataset info
-and the model's field overrides, so that a reduced model, its twin and its
-rules come from one set of fields. The twins share the tied matrix by
-computing the output with the embedding's weight, so a state dict holds each
-tensor once (``decoder_bias`` is the GRU model's tied output bias).
+PyTorch twins (``optbench_jax.reference.torch_generation.gpt_small``,
+``gru_lm``) and conversion rules (:func:`gpt_small_rules`,
+:func:`gru_lm_rules`) take the dataset info and the model's field
+overrides, so that a reduced model, its twin and its rules come from one set
+of fields. The twins share the tied matrix by computing the output with the
+embedding's weight, so a state dict holds each tensor once
+(``decoder_bias`` is the GRU model's tied output bias).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -60,15 +61,13 @@ import jax.numpy as jnp
 from optbench_jax.data import text
 from optbench_jax.data.base import DatasetInfo
 from optbench_jax.errors import OptBenchError
-from optbench_jax.models import attention, convert
-from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import Dense, Embed, check_init
-from optbench_jax.models.recurrent import GRU, torch_rnn_rules
-from optbench_jax.models.rnn import at_least_float32
+from optbench_jax.models.base import ModelSpec, Twin, register, vocabulary_of
+from optbench_jax.nn import attention, convert
+from optbench_jax.nn.layers import Dense, Embed, at_least_float32, check_init
+from optbench_jax.nn.recurrent import GRU, torch_rnn_rules
 
 __all__ = ["GPTSmall", "GRULanguageModel", "CausalLayer", "init_cache",
-           "gpt_small_twin", "gpt_small_rules", "gru_lm_twin",
-           "gru_lm_rules", "bpe_vocabulary", "SPECS"]
+           "gpt_small", "gru_lm", "gpt_small_rules", "gru_lm_rules", "SPECS"]
 
 GPT_EMBEDDING_STD = 0.02   # GPT-2's initialiser of both embedding tables
 GRU_INIT_RANGE = 0.1       # word_language_model's init_weights
@@ -228,7 +227,7 @@ class GRULanguageModel(nn.Module):
     return at_least_float32(logits)
 
 
-# -- PyTorch twins and conversion ----------------------------------------------
+# -- factories and conversion --------------------------------------------------
 def _sizes(info: DatasetInfo, fields: dict) -> dict:
   """``vocab_size`` and ``max_length`` from ``info.stats``, then ``fields``."""
   return {"vocab_size": int(info.stats["vocab_size"]),
@@ -247,47 +246,6 @@ def gru_lm(info: DatasetInfo, init_scheme: str = "torch",
   return GRULanguageModel(init_scheme=init_scheme, **_sizes(info, fields))
 
 
-def gpt_small_twin(info: DatasetInfo, **fields):
-  """The PyTorch twin of ``gpt_small(info, **fields)``.
-
-  ``torch.nn.TransformerEncoderLayer(norm_first=True, activation="gelu",
-  batch_first=True)`` layers under a causal ``src_mask`` and the padding
-  ``src_key_padding_mask``, a final ``LayerNorm`` and the tied output
-  ``F.linear(h, embedding.weight)``; embeddings ``N(0, 0.02²)``.
-  """
-  import torch
-  from torch import nn as tnn
-  m = gpt_small(info, **fields)
-
-  class Twin(tnn.Module):
-    def __init__(self):
-      super().__init__()
-      self.embedding = tnn.Embedding(m.vocab_size, m.d_model)
-      self.positions = tnn.Embedding(m.max_length, m.d_model)
-      self.dropout = tnn.Dropout(m.dropout)
-      self.layers = tnn.ModuleList([tnn.TransformerEncoderLayer(
-          m.d_model, m.num_heads, m.dim_feedforward, m.dropout,
-          activation="gelu", batch_first=True, norm_first=True)
-                                    for _ in range(m.num_layers)])
-      self.norm = tnn.LayerNorm(m.d_model)
-      for table in (self.embedding, self.positions):
-        tnn.init.normal_(table.weight, 0.0, GPT_EMBEDDING_STD)
-
-    def forward(self, tokens, mask=None):
-      length = tokens.shape[1]
-      x = self.embedding(tokens) + self.positions(
-          torch.arange(length, device=tokens.device))[None]
-      x = self.dropout(x)
-      causal = torch.triu(torch.ones(length, length, dtype=torch.bool,
-                                     device=tokens.device), 1)
-      for layer in self.layers:
-        x = layer(x, src_mask=causal,
-                  src_key_padding_mask=None if mask is None else ~mask)
-      return tnn.functional.linear(self.norm(x), self.embedding.weight)
-
-  return Twin()
-
-
 def gpt_small_rules(info: DatasetInfo, **fields) -> list[convert.Rule]:
   """Twin state dict <-> ``gpt_small(info, **fields)`` variables."""
   m = gpt_small(info, **fields)
@@ -297,54 +255,6 @@ def gpt_small_rules(info: DatasetInfo, **fields) -> list[convert.Rule]:
     rules += attention.torch_encoder_layer_rules(f"layers.{i}",
                                                  (f"layers_{i}",))
   return rules + [convert.Rule("norm", ("norm",), convert.layer_norm())]
-
-
-def gru_lm_twin(info: DatasetInfo, **fields):
-  """The PyTorch twin of ``gru_lm(info, **fields)``.
-
-  ``word_language_model``'s ``RNNModel("GRU")`` (``batch_first``, packed
-  sequences): ``nn.Embedding`` ``U(±0.1)``, dropout, ``nn.GRU`` with
-  inter-layer dropout, dropout, and ``F.linear(h, embedding.weight,
-  decoder_bias)`` when tied (else ``decoder``, an ``nn.Linear`` with weight
-  ``U(±0.1)`` and bias 0).
-  """
-  import torch
-  from torch import nn as tnn
-  from optbench_jax.reference.torch_models import run_packed
-  m = gru_lm(info, **fields)
-  if m.tie_weights and m.embed != m.hidden:
-    raise OptBenchError(f"tie_weights needs embed == hidden, got {m.embed} "
-                        f"and {m.hidden}")
-
-  class Twin(tnn.Module):
-    def __init__(self):
-      super().__init__()
-      self.embedding = tnn.Embedding(m.vocab_size, m.embed)
-      self.dropout = tnn.Dropout(m.dropout)
-      self.gru = tnn.GRU(m.embed, m.hidden, m.num_layers, batch_first=True,
-                         dropout=m.dropout if m.num_layers > 1 else 0.0)
-      tnn.init.uniform_(self.embedding.weight, -GRU_INIT_RANGE,
-                        GRU_INIT_RANGE)
-      if m.tie_weights:
-        self.decoder_bias = tnn.Parameter(torch.zeros(m.vocab_size))
-      else:
-        self.decoder = tnn.Linear(m.hidden, m.vocab_size)
-        tnn.init.uniform_(self.decoder.weight, -GRU_INIT_RANGE,
-                          GRU_INIT_RANGE)
-        tnn.init.zeros_(self.decoder.bias)
-
-    def forward(self, tokens, mask=None):
-      if mask is None:
-        mask = torch.ones_like(tokens, dtype=torch.bool)
-      h, _ = run_packed(self.gru, self.dropout(self.embedding(tokens)),
-                        mask)
-      h = self.dropout(h)
-      if m.tie_weights:
-        return tnn.functional.linear(h, self.embedding.weight,
-                                     self.decoder_bias)
-      return self.decoder(h)
-
-  return Twin()
 
 
 def gru_lm_rules(info: DatasetInfo, **fields) -> list[convert.Rule]:
@@ -360,12 +270,9 @@ def gru_lm_rules(info: DatasetInfo, **fields) -> list[convert.Rule]:
   return rules
 
 
-# -- registry entries (registered by the caller) -------------------------------
-def bpe_vocabulary(corpus, max_size: int, pretrained: Optional[str]):
-  """A byte-level BPE vocabulary of the training texts, case kept (GPT-2's)."""
-  del pretrained
-  return text.bpe_vocabulary(corpus, max_size, lowercase=False)
-
+# -- registry entries ----------------------------------------------------------
+# A byte-level BPE vocabulary of the training texts, case kept (GPT-2's).
+bpe_vocabulary = vocabulary_of(text.bpe_vocabulary, lowercase=False)
 
 _EXAMPLE = DatasetInfo(name="example", task="text_generation",
                        input_shape=(64,),
@@ -378,7 +285,8 @@ SPECS = (
         f"{GPTSmall.d_model}, {GPTSmall.num_heads} heads, "
         f"{GPTSmall.num_layers} layers, FF {GPTSmall.dim_feedforward}), "
         "learned positions, tied embeddings",
-        torch_twin=gpt_small_twin, conversion=gpt_small_rules,
+        torch_twin=Twin("optbench_jax.reference.torch_generation.gpt_small"),
+        conversion=gpt_small_rules,
         vocabulary=bpe_vocabulary),
     ModelSpec(
         name="gru_lm", task="text_generation", factory=gru_lm,
@@ -387,7 +295,8 @@ SPECS = (
         f"{GRULanguageModel.num_layers}-layer GRU {GRULanguageModel.hidden}, "
         f"dropout {GRULanguageModel.dropout}, tied output (Press & Wolf "
         "2017)",
-        torch_twin=gru_lm_twin, conversion=gru_lm_rules,
+        torch_twin=Twin("optbench_jax.reference.torch_generation.gru_lm"),
+        conversion=gru_lm_rules,
         vocabulary=bpe_vocabulary),
 )
 for _spec in SPECS:

@@ -9,7 +9,8 @@ variance from the unbiased batch variance; ``layers.BatchNorm``), so that
 weights converted from ``torchvision``-style models give the same outputs.
 Modules are named as torchvision's (``conv1, bn1, layer{s}.{b}.conv1, ...,
 fc``; a block is ``layer{s}_{b}`` and its shortcut ``downsample_conv`` /
-``downsample_bn``), see :func:`conversion`; the twin is :func:`torch_twin`.
+``downsample_bn``), see :func:`conversion`; the twin is
+``optbench_jax.reference.torch_vision.resnet18``.
 """
 import functools
 
@@ -17,15 +18,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from optbench_jax.data.base import DatasetInfo
-from optbench_jax.models import convert
-from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import BatchNorm, Conv, Dense
+from optbench_jax.models.base import ModelSpec, Twin, register
+from optbench_jax.nn import convert
+from optbench_jax.nn.layers import BatchNorm, Conv, Dense
 
 STAGE_SIZES = (2, 2, 2, 2)
 WIDTH = 64
 
 
-def _blocks(stage_sizes=STAGE_SIZES, width=WIDTH):
+def blocks(stage_sizes=STAGE_SIZES, width=WIDTH):
   """``(stage, block, features, strides, projected)`` of every BasicBlock."""
   channels = width
   for stage, blocks in enumerate(stage_sizes):
@@ -74,8 +75,8 @@ class ResNet18(nn.Module):
     x = BatchNorm(use_running_average=not train, momentum=0.9,
                   epsilon=1e-5, dtype=self.dtype, name="bn1")(x)
     x = nn.relu(x)
-    for stage, block, features, strides, _ in _blocks(self.stage_sizes,
-                                                      self.width):
+    for stage, block, features, strides, _ in blocks(self.stage_sizes,
+                                                     self.width):
       x = BasicBlock(features, strides, dtype=self.dtype,
                      init_scheme=self.init_scheme,
                      name=f"layer{stage}_{block}")(x, train)
@@ -93,7 +94,7 @@ def conversion(info: DatasetInfo) -> list[convert.Rule]:
   del info   # the same names for every input shape and class count
   rules = [convert.Rule("conv1", ("conv1",), convert.conv(use_bias=False)),
            convert.Rule("bn1", ("bn1",), convert.batch_norm())]
-  for stage, block, _, _, projected in _blocks():
+  for stage, block, _, _, projected in blocks():
     prefix, path = f"layer{stage}.{block}", f"layer{stage}_{block}"
     names = [("conv1", "conv1"), ("bn1", "bn1"), ("conv2", "conv2"),
              ("bn2", "bn2")]
@@ -108,64 +109,6 @@ def conversion(info: DatasetInfo) -> list[convert.Rule]:
   return rules
 
 
-@functools.cache
-def _torch_classes():
-  """The twin's PyTorch classes (defined on first use: torch is optional)."""
-  import torch.nn.functional as F
-  from torch import nn as tnn
-
-  from optbench_jax.reference.torch_models import batch_norm_2d
-
-  class TorchBasicBlock(tnn.Module):
-    """Two 3×3 conv-BN layers and a (projected when needed) shortcut."""
-
-    def __init__(self, in_channels, features, stride, projected):
-      super().__init__()
-      self.conv1 = tnn.Conv2d(in_channels, features, 3, stride, 1, bias=False)
-      self.bn1 = batch_norm_2d(features)
-      self.conv2 = tnn.Conv2d(features, features, 3, 1, 1, bias=False)
-      self.bn2 = batch_norm_2d(features)
-      self.downsample = tnn.Sequential(
-          tnn.Conv2d(in_channels, features, 1, stride, bias=False),
-          batch_norm_2d(features)) if projected else None
-
-    def forward(self, x):
-      y = F.relu(self.bn1(self.conv1(x)))
-      y = self.bn2(self.conv2(y))
-      shortcut = x if self.downsample is None else self.downsample(x)
-      return F.relu(shortcut + y)
-
-  class TorchResNet18(tnn.Module):
-    """ResNet-18 with the CIFAR stem: 3×3 stride-1 conv, BN, ReLU, no pool."""
-
-    def __init__(self, num_classes, in_channels):
-      super().__init__()
-      self.conv1 = tnn.Conv2d(in_channels, WIDTH, 3, 1, 1, bias=False)
-      self.bn1 = batch_norm_2d(WIDTH)
-      stages, channels = {}, WIDTH
-      for stage, _, features, stride, projected in _blocks():
-        stages.setdefault(stage, []).append(
-            TorchBasicBlock(channels, features, stride, projected))
-        channels = features
-      self.stages = [f"layer{s}" for s in stages]
-      for s, blocks in stages.items():
-        setattr(self, f"layer{s}", tnn.Sequential(*blocks))
-      self.fc = tnn.Linear(channels, num_classes)
-
-    def forward(self, x):
-      x = F.relu(self.bn1(self.conv1(x)))
-      for name in self.stages:
-        x = getattr(self, name)(x)
-      return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-  return TorchResNet18
-
-
-def torch_twin(info: DatasetInfo):
-  """The PyTorch module (NCHW inputs, PyTorch's default initialisation)."""
-  return _torch_classes()(info.num_classes, int(info.input_shape[-1]))
-
-
 register(ModelSpec(
     name="resnet18", task="image_classification",
     factory=lambda info, init: ResNet18(num_classes=info.num_classes,
@@ -173,4 +116,5 @@ register(ModelSpec(
     example_info=DatasetInfo(name="cifar10", task="image_classification",
                              num_classes=10, input_shape=(32, 32, 3)),
     description="ResNet-18, CIFAR stem (3x3 stride-1 conv, no max-pool), BN",
-    torch_twin=torch_twin, conversion=conversion))
+    torch_twin=Twin("optbench_jax.reference.torch_vision.resnet18"),
+    conversion=conversion))

@@ -13,16 +13,17 @@ dilation), which sets the output stride (32, 16 or 8).
 Batch norm is ``layers.BatchNorm`` (PyTorch's update rule, momentum 0.1,
 ε = 1e-5). Flax modules are named ``conv1, bn1, layer{s}_{b}`` and, inside
 a block, ``conv1 … bn3, downsample_conv, downsample_bn`` (torchvision:
-``layer{s}.{b}.downsample.0/1``); :func:`rules` maps them. Used by
-``deeplab.py``; registers no model itself.
+``layer{s}.{b}.downsample.0/1``); :func:`rules` maps them. The backbone of
+``deeplab.py``; registers no model itself (its PyTorch twin:
+``optbench_jax.reference.torch_segmentation.ResNet50Features``).
 """
 import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from optbench_jax.models import convert
-from optbench_jax.models.layers import BatchNorm, Conv, max_pool
+from optbench_jax.nn import convert
+from optbench_jax.nn.layers import BatchNorm, Conv, max_pool
 
 STAGE_SIZES = (3, 4, 6, 3)
 WIDTH = 64
@@ -126,64 +127,3 @@ def rules(torch_prefix: str, flax_path: tuple,
                for t, f in names]
   return rules_
 
-
-@functools.cache
-def torch_classes():
-  """``(TorchBottleneck, TorchResNet50Features)``: plain-PyTorch copies of
-  torchvision's ``Bottleneck`` and of ``IntermediateLayerGetter(resnet50)``
-  up to ``layer4`` (same module names, PyTorch's default initialisation)."""
-  import torch.nn.functional as F
-  from torch import nn as tnn
-
-  from optbench_jax.reference.torch_models import batch_norm_2d
-
-  class TorchBottleneck(tnn.Module):
-
-    def __init__(self, in_channels, planes, stride, dilation, projected):
-      super().__init__()
-      out = planes * EXPANSION
-      self.conv1 = tnn.Conv2d(in_channels, planes, 1, bias=False)
-      self.bn1 = batch_norm_2d(planes)
-      self.conv2 = tnn.Conv2d(planes, planes, 3, stride, padding=dilation,
-                              dilation=dilation, bias=False)
-      self.bn2 = batch_norm_2d(planes)
-      self.conv3 = tnn.Conv2d(planes, out, 1, bias=False)
-      self.bn3 = batch_norm_2d(out)
-      self.relu = tnn.ReLU()
-      self.downsample = tnn.Sequential(
-          tnn.Conv2d(in_channels, out, 1, stride, bias=False),
-          batch_norm_2d(out)) if projected else None
-
-    def forward(self, x):
-      y = F.relu(self.bn1(self.conv1(x)))
-      y = F.relu(self.bn2(self.conv2(y)))
-      y = self.bn3(self.conv3(y))
-      shortcut = x if self.downsample is None else self.downsample(x)
-      return F.relu(shortcut + y)
-
-  class TorchResNet50Features(tnn.Module):
-
-    def __init__(self, in_channels=3, width=WIDTH, stage_sizes=STAGE_SIZES,
-                 replace_stride_with_dilation=(False, False, False)):
-      super().__init__()
-      self.conv1 = tnn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
-      self.bn1 = batch_norm_2d(width)
-      self.relu = tnn.ReLU()
-      self.maxpool = tnn.MaxPool2d(3, 2, 1)
-      stages, channels = {}, width
-      for stage, _, planes, stride, dilation, projected in blocks(
-          stage_sizes, width, replace_stride_with_dilation):
-        stages.setdefault(stage, []).append(TorchBottleneck(
-            channels, planes, stride, dilation, projected))
-        channels = planes * EXPANSION
-      self.stages = [f"layer{s}" for s in stages]
-      for s, stage_blocks in stages.items():
-        setattr(self, f"layer{s}", tnn.Sequential(*stage_blocks))
-
-    def forward(self, x):
-      x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-      for name in self.stages:
-        x = getattr(self, name)(x)
-      return x
-
-  return TorchBottleneck, TorchResNet50Features

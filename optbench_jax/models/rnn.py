@@ -5,7 +5,7 @@
   the classes.
 * ``lstm_crf_ner`` (Huang et al. 2015): word embedding 100 → dropout 0.5 →
   BiLSTM 128 per direction → dropout 0.5 → dense emissions → linear-chain
-  CRF (``models/crf.py``; BIO constraints when decoding).
+  CRF (``nn/crf.py``; BIO constraints when decoding).
 * ``bilstm_crf_charcnn_ner`` (Ma & Hovy 2016; Lample et al. 2016): the same,
   with each word's embedding concatenated with a character CNN's: character
   embedding 30 → convolution of width 3, 50 filters → ReLU → max over the
@@ -19,14 +19,14 @@
 
 Dimensions the source does not state (NER, QA dropout) are the cited
 papers' usual values. Inputs are right-padded id arrays with their masks;
-recurrences are ``models/recurrent.py``'s (one ``lax.scan`` per layer).
-PyTorch twins (``torch_twin``) use ``nn.Embedding``, ``nn.LSTM`` over packed
-sequences, ``nn.Conv1d`` and ``nn.Linear``; ``conversion`` maps their state
-dicts onto these models.
+recurrences are ``nn/recurrent.py``'s (one ``lax.scan`` per layer).
+PyTorch twins (``torch_twin``: ``optbench_jax.reference.torch_text``) use
+``nn.Embedding``, ``nn.LSTM`` over packed sequences, ``nn.Conv1d`` and
+``nn.Linear``; ``conversion`` maps their state dicts onto these models.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -36,12 +36,12 @@ import numpy as np
 from optbench_jax.data import text
 from optbench_jax.data.base import DatasetInfo
 from optbench_jax.errors import OptBenchError
-from optbench_jax.models import convert, crf
-from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import Conv, Dense, Embed, at_least_float32
-from optbench_jax.models.recurrent import LSTM, torch_rnn_rules
+from optbench_jax.models.base import ModelSpec, Twin, register, vocabulary_of
+from optbench_jax.nn import convert, crf
+from optbench_jax.nn.layers import (NEG, Conv, Dense, Embed, at_least_float32,
+                                    masked_logits)
+from optbench_jax.nn.recurrent import LSTM, torch_rnn_rules
 
-NEG = -1e9   # logits of positions that cannot be chosen (padding)
 # ``nn.Conv1d`` (out, in, k) <-> a 1-D ``Conv`` (k, in, out).
 _transpose = lambda w: np.transpose(w, (2, 1, 0))
 CONV1D = {"weight": convert.Leaf("params", "kernel", _transpose, _transpose),
@@ -51,10 +51,8 @@ CRF_PARAMETERS = {f"crf_{n}": convert.Leaf("params", n)
                   for n in ("transitions", "start", "end")}
 
 
-def word_vocabulary(corpus, max_size: int, pretrained: Optional[str]):
-  """Lower-cased words of the training split (``data/text.py``)."""
-  del pretrained
-  return text.word_vocabulary(corpus, max_size, lowercase=True)
+# Lower-cased words of the training split (``data/text.py``).
+word_vocabulary = vocabulary_of(text.word_vocabulary, lowercase=True)
 
 
 def _vocab_size(info: DatasetInfo) -> int:
@@ -87,25 +85,6 @@ def _lstm_sentiment(info, init_scheme):
                         init_scheme=init_scheme)
 
 
-def _lstm_sentiment_twin(info):
-  from torch import nn as tnn
-  from optbench_jax.reference.torch_models import run_packed
-
-  class Twin(tnn.Module):
-    def __init__(self):
-      super().__init__()
-      self.embedding = tnn.Embedding(_vocab_size(info), 128)
-      self.lstm = tnn.LSTM(128, 128, batch_first=True)
-      self.dropout = tnn.Dropout(0.5)
-      self.fc = tnn.Linear(128, info.num_classes)
-
-    def forward(self, tokens, mask):
-      _, (h, _) = run_packed(self.lstm, self.embedding(tokens), mask)
-      return self.fc(self.dropout(h[-1]))
-
-  return Twin()
-
-
 def _lstm_sentiment_rules(info):
   del info
   return ([convert.Rule("embedding", ("embedding",), convert.embedding())]
@@ -121,7 +100,8 @@ register(ModelSpec(
                              stats={"vocab_size": 20_000}),
     description="embedding 128, LSTM 128, dropout 0.5, dense (the source "
     "benchmark's)",
-    torch_twin=_lstm_sentiment_twin, conversion=_lstm_sentiment_rules,
+    torch_twin=Twin("optbench_jax.reference.torch_text.lstm_sentiment"),
+    conversion=_lstm_sentiment_rules,
     vocabulary=word_vocabulary))
 
 
@@ -199,50 +179,6 @@ def _tagger(chars: bool):
   return factory
 
 
-def _tagger_twin(chars: bool):
-  def twin(info):
-    import torch
-    from torch import nn as tnn
-    from optbench_jax.reference.torch_models import run_packed
-
-    class Twin(tnn.Module):
-      """Emissions of the tagger (the CRF is checked on its own)."""
-
-      def __init__(self):
-        super().__init__()
-        k = len(info.extra["tag_names"])
-        self.embedding = tnn.Embedding(_vocab_size(info), 100)
-        width = 100
-        if chars:
-          self.char_embedding = tnn.Embedding(
-              int(info.stats["char_vocab_size"]), 30)
-          self.char_conv = tnn.Conv1d(30, 50, 3, padding=1)
-          width += 50
-        self.lstm = tnn.LSTM(width, 128, batch_first=True,
-                             bidirectional=True)
-        self.emissions = tnn.Linear(256, k)
-        self.crf_transitions = tnn.Parameter(torch.empty(k, k).uniform_(
-            -0.1, 0.1))
-        self.crf_start = tnn.Parameter(torch.empty(k).uniform_(-0.1, 0.1))
-        self.crf_end = tnn.Parameter(torch.empty(k).uniform_(-0.1, 0.1))
-
-      def forward(self, tokens, chars_, mask):
-        x = self.embedding(tokens)
-        if chars:
-          b, t, w = chars_.shape
-          c = self.char_embedding(chars_).reshape(b * t, w, 30)
-          c = torch.relu(self.char_conv(c.transpose(1, 2)))  # (bt, 50, w)
-          real = (chars_ != 0).reshape(b * t, 1, w)
-          c = c.masked_fill(~real, -1e9).max(dim=2).values
-          c = torch.where(real.any(dim=2), c, torch.zeros_like(c))
-          x = torch.cat([x, c.reshape(b, t, 50)], dim=-1)
-        out, _ = run_packed(self.lstm, x, mask)
-        return self.emissions(out)
-
-    return Twin()
-  return twin
-
-
 def _tagger_rules(chars: bool):
   def rules(info):
     del info
@@ -267,22 +203,21 @@ register(ModelSpec(
     name="lstm_crf_ner", task="ner", factory=_tagger(False),
     example_info=_NER_EXAMPLE,
     description="word embedding 100, BiLSTM 128, CRF (Huang et al. 2015)",
-    torch_twin=_tagger_twin(False), conversion=_tagger_rules(False),
+    torch_twin=Twin("optbench_jax.reference.torch_text.lstm_crf_ner"),
+    conversion=_tagger_rules(False),
     vocabulary=word_vocabulary))
 register(ModelSpec(
     name="bilstm_crf_charcnn_ner", task="ner", factory=_tagger(True),
     example_info=_NER_EXAMPLE,
     description="word embedding 100 + character CNN 50, BiLSTM 128, CRF "
     "(Ma & Hovy 2016)",
-    torch_twin=_tagger_twin(True), conversion=_tagger_rules(True),
+    torch_twin=Twin(
+        "optbench_jax.reference.torch_text.bilstm_crf_charcnn_ner"),
+    conversion=_tagger_rules(True),
     vocabulary=word_vocabulary))
 
 
 # -- question answering ----------------------------------------------------------
-def masked_logits(logits, mask):
-  return jnp.where(mask, at_least_float32(logits), NEG)
-
-
 class BiLSTMAttentionQA(nn.Module):
   vocab_size: int
   embed: int = 256
@@ -319,42 +254,6 @@ class BiLSTMAttentionQA(nn.Module):
     return masked_logits(start, context_mask), masked_logits(end, context_mask)
 
 
-def _bilstm_qa_twin(info):
-  import torch
-  from torch import nn as tnn
-  from optbench_jax.reference.torch_models import run_packed
-
-  class Twin(tnn.Module):
-    def __init__(self):
-      super().__init__()
-      self.embedding = tnn.Embedding(_vocab_size(info), 256)
-      self.context_lstm = tnn.LSTM(256, 256, batch_first=True,
-                                   bidirectional=True)
-      self.question_lstm = tnn.LSTM(256, 256, batch_first=True,
-                                    bidirectional=True)
-      self.fusion = tnn.Linear(3 * 512, 256)
-      self.dropout = tnn.Dropout(0.1)
-      self.start = tnn.Linear(256, 1)
-      self.end = tnn.Linear(256, 1)
-
-    def encode(self, lstm, tokens, mask):
-      return run_packed(lstm, self.embedding(tokens), mask)[0]
-
-    def forward(self, context, context_mask, question, question_mask):
-      hc = self.encode(self.context_lstm, context, context_mask)
-      hq = self.encode(self.question_lstm, question, question_mask)
-      scores = torch.einsum("bcd,bqd->bcq", hc, hq).masked_fill(
-          ~question_mask[:, None, :], -1e9)
-      attended = torch.einsum("bcq,bqd->bcd", scores.softmax(-1), hq)
-      fused = self.dropout(torch.tanh(self.fusion(
-          torch.cat([hc, attended, hc * attended], dim=-1))))
-      start = self.start(fused)[..., 0].masked_fill(~context_mask, -1e9)
-      end = self.end(fused)[..., 0].masked_fill(~context_mask, -1e9)
-      return start, end
-
-  return Twin()
-
-
 def _bilstm_qa_rules(info):
   del info
   return ([convert.Rule("embedding", ("embedding",), convert.embedding())]
@@ -376,5 +275,6 @@ register(ModelSpec(
     description="shared embedding 256, context and question BiLSTMs 256, "
     "dot-product attention, fusion, start/end pointers (the source "
     "benchmark's)",
-    torch_twin=_bilstm_qa_twin, conversion=_bilstm_qa_rules,
+    torch_twin=Twin("optbench_jax.reference.torch_text.bilstm_attention_qa"),
+    conversion=_bilstm_qa_rules,
     vocabulary=word_vocabulary))

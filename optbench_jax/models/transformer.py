@@ -1,4 +1,4 @@
-"""Transformer text models built from ``models/attention.py``'s blocks.
+"""Transformer text models built from ``nn/attention.py``'s blocks.
 
 * ``transformer_qa`` (the source benchmark's QA Transformer): a shared word
   embedding (``d_model`` 256, scaled by √d) plus learned position
@@ -11,7 +11,8 @@
 
 The source states d_model, heads, separate encoders, learned positions and
 the mean-pooled question; layer count, feed-forward size and dropout are
-not stated (ours as above). Its PyTorch twin is built from
+not stated (ours as above). Its PyTorch twin
+(``optbench_jax.reference.torch_text.transformer_qa``) is built from
 ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention``.
 """
 from __future__ import annotations
@@ -21,11 +22,11 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from optbench_jax.data import text
 from optbench_jax.data.base import DatasetInfo
-from optbench_jax.models import attention, convert
-from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import Dense, Embed
-from optbench_jax.models.rnn import masked_logits, word_vocabulary
+from optbench_jax.models.base import ModelSpec, Twin, register, vocabulary_of
+from optbench_jax.nn import attention, convert
+from optbench_jax.nn.layers import Dense, Embed, masked_logits
 
 D_MODEL, HEADS, LAYERS, FEEDFORWARD, DROPOUT = 256, 4, 2, 1024, 0.1
 
@@ -94,53 +95,6 @@ def _factory(info, init_scheme):
                        init_scheme=init_scheme)
 
 
-def _twin(info):
-  import torch
-  from torch import nn as tnn
-  length = max(int(info.stats["max_length"]), int(info.stats["question_length"]))
-
-  def layer():
-    return tnn.TransformerEncoderLayer(D_MODEL, HEADS, FEEDFORWARD, DROPOUT,
-                                       batch_first=True)
-
-  class Twin(tnn.Module):
-    def __init__(self):
-      super().__init__()
-      self.embedding = tnn.Embedding(int(info.stats["vocab_size"]), D_MODEL)
-      self.positions = tnn.Embedding(length, D_MODEL)
-      self.context = tnn.ModuleList([layer() for _ in range(LAYERS)])
-      self.question = tnn.ModuleList([layer() for _ in range(LAYERS)])
-      self.cross = tnn.MultiheadAttention(D_MODEL, HEADS, DROPOUT,
-                                          batch_first=True)
-      self.cross_norm = tnn.LayerNorm(D_MODEL)
-      self.dropout = tnn.Dropout(DROPOUT)
-      self.fusion = tnn.Linear(3 * D_MODEL, D_MODEL)
-      self.start = tnn.Linear(D_MODEL, 1)
-      self.end = tnn.Linear(D_MODEL, 1)
-
-    def encode(self, layers, tokens, mask):
-      x = self.embedding(tokens) * math.sqrt(D_MODEL)
-      x = self.dropout(x + self.positions(torch.arange(tokens.shape[1]))[None])
-      for m in layers:
-        x = m(x, src_key_padding_mask=~mask)
-      return x
-
-    def forward(self, context, context_mask, question, question_mask):
-      c = self.encode(self.context, context, context_mask)
-      q = self.encode(self.question, question, question_mask)
-      x, _ = self.cross(c, q, q, key_padding_mask=~question_mask,
-                        need_weights=False)
-      x = self.cross_norm(c + self.dropout(x))
-      w = question_mask[..., None].to(q.dtype)
-      pooled = ((q * w).sum(1) / w.sum(1).clamp(min=1))[:, None].expand_as(c)
-      f = self.dropout(torch.relu(self.fusion(torch.cat([c, x, pooled], -1))))
-      start = self.start(f)[..., 0].masked_fill(~context_mask, -1e9)
-      end = self.end(f)[..., 0].masked_fill(~context_mask, -1e9)
-      return start, end
-
-  return Twin()
-
-
 def _rules(info):
   del info
   rules = [convert.Rule("embedding", ("embedding",), convert.embedding()),
@@ -165,4 +119,6 @@ register(ModelSpec(
     description="context and question Transformer encoders (d_model 256, 4 "
     "heads, 2 layers each), cross-attention, pooled question, start/end "
     "pointers",
-    torch_twin=_twin, conversion=_rules, vocabulary=word_vocabulary))
+    torch_twin=Twin("optbench_jax.reference.torch_text.transformer_qa"),
+    conversion=_rules,
+    vocabulary=vocabulary_of(text.word_vocabulary, lowercase=True)))

@@ -9,7 +9,8 @@ With "same" padding (the paper's convolutions are unpadded) the logits
 ``(N, H, W, classes)`` have the input's resolution; ``H`` and ``W`` must be
 divisible by 16.
 
-Modules are named as the PyTorch twin's (:func:`torch_twin`): ``down1`` …
+Modules are named as the PyTorch twin's
+(``optbench_jax.reference.torch_segmentation.unet_vanilla``): ``down1`` …
 ``down4``, ``bottleneck`` (each with ``conv1``, ``conv2``), ``up4`` …
 ``up1`` (``upconv``, ``conv1``, ``conv2``; ``up{l}`` joins ``down{l}``'s
 output) and ``head``; :func:`conversion` maps the two.
@@ -21,15 +22,15 @@ import jax.numpy as jnp
 
 from optbench_jax.data.base import DatasetInfo
 from optbench_jax.errors import OptBenchError
-from optbench_jax.models import convert
-from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import Conv, ConvTranspose, max_pool
+from optbench_jax.models.base import ModelSpec, Twin, register
+from optbench_jax.nn import convert
+from optbench_jax.nn.layers import Conv, ConvTranspose, max_pool
 
 WIDTH = 64
 DEPTH = 4   # down blocks (and up blocks)
 
 
-def _features(width: int = WIDTH) -> list[int]:
+def widths(width: int = WIDTH) -> list[int]:
   """Channels of ``down1`` … ``down4`` and of the bottleneck."""
   return [width * 2**level for level in range(DEPTH + 1)]
 
@@ -73,7 +74,7 @@ class UNet(nn.Module):
     x = x.astype(self.dtype)
     block = functools.partial(Block, dtype=self.dtype,
                               init_scheme=self.init_scheme)
-    *down, bottom = _features(self.width)
+    *down, bottom = widths(self.width)
     skips = []
     for level, features in enumerate(down, start=1):
       x = block(features, name=f"down{level}")(x)
@@ -108,66 +109,6 @@ def conversion(info: DatasetInfo) -> list[convert.Rule]:
   return rules
 
 
-@functools.cache
-def _torch_classes():
-  """The twin's PyTorch classes (defined on first use: torch is optional)."""
-  import torch
-  import torch.nn.functional as F
-  from torch import nn as tnn
-
-  class TorchBlock(tnn.Module):
-    """``[upconv, cat(x, skip)],`` conv1, ReLU, conv2, ReLU."""
-
-    def __init__(self, in_channels, features, up):
-      super().__init__()
-      self.upconv = (tnn.ConvTranspose2d(in_channels, features, 2, 2)
-                     if up else None)
-      conv_in = 2 * features if up else in_channels
-      self.conv1 = tnn.Conv2d(conv_in, features, 3, padding=1)
-      self.conv2 = tnn.Conv2d(features, features, 3, padding=1)
-
-    def forward(self, x, skip=None):
-      if self.upconv is not None:
-        x = torch.cat([self.upconv(x), skip], dim=1)
-      return F.relu(self.conv2(F.relu(self.conv1(x))))
-
-  class TorchUNet(tnn.Module):
-    """The U-Net on NCHW inputs; logits ``(N, classes, H, W)``."""
-
-    def __init__(self, num_classes, in_channels, width=WIDTH):
-      super().__init__()
-      *down, bottom = _features(width)
-      channels = in_channels
-      for level, features in enumerate(down, start=1):
-        setattr(self, f"down{level}", TorchBlock(channels, features, False))
-        channels = features
-      self.bottleneck = TorchBlock(channels, bottom, False)
-      channels = bottom
-      for level in range(DEPTH, 0, -1):
-        setattr(self, f"up{level}",
-                TorchBlock(channels, down[level - 1], True))
-        channels = down[level - 1]
-      self.head = tnn.Conv2d(channels, num_classes, 1)
-
-    def forward(self, x):
-      skips = []
-      for level in range(1, DEPTH + 1):
-        x = getattr(self, f"down{level}")(x)
-        skips.append(x)
-        x = F.max_pool2d(x, 2)
-      x = self.bottleneck(x)
-      for level in range(DEPTH, 0, -1):
-        x = getattr(self, f"up{level}")(x, skips[level - 1])
-      return self.head(x)
-
-  return TorchUNet
-
-
-def torch_twin(info: DatasetInfo, width: int = WIDTH):
-  """The PyTorch module (NCHW inputs, PyTorch's default initialisation)."""
-  return _torch_classes()(info.num_classes, int(info.input_shape[-1]), width)
-
-
 register(ModelSpec(
     name="unet_vanilla", task="semantic_segmentation",
     factory=lambda info, init: UNet(num_classes=info.num_classes,
@@ -177,4 +118,5 @@ register(ModelSpec(
                              input_shape=(256, 256, 3)),
     description="U-Net (Ronneberger 2015), same padding, widths 64-1024, "
                 "no batch norm",
-    torch_twin=torch_twin, conversion=conversion))
+    torch_twin=Twin("optbench_jax.reference.torch_segmentation.unet_vanilla"),
+    conversion=conversion))

@@ -27,7 +27,8 @@ parameter count is then the same as on ImageNet. Inputs must be at least
 Dropout draws from the ``dropout`` stream in training. Batch norm, when on,
 is ``layers.BatchNorm`` (PyTorch's update rule, momentum 0.1, ε = 1e-5).
 Initialisation follows ``--init`` as for every model: ``torch`` is PyTorch's
-default module initialisation (the twin's, :func:`torch_twin`);
+default module initialisation (the twin's,
+``optbench_jax.reference.torch_vision.vgg11``);
 torchvision's ``VGG`` re-initialises instead (Kaiming-normal fan-out
 convolutions, ``N(0, 0.01)`` dense weights, zero biases).
 """
@@ -40,9 +41,9 @@ import numpy as np
 
 from optbench_jax.data.base import DatasetInfo
 from optbench_jax.errors import OptBenchError
-from optbench_jax.models import convert
-from optbench_jax.models.base import ModelSpec, register
-from optbench_jax.models.layers import BatchNorm, Conv, Dense, max_pool
+from optbench_jax.models.base import ModelSpec, Twin, register
+from optbench_jax.nn import convert
+from optbench_jax.nn.layers import BatchNorm, Conv, Dense, max_pool
 
 POOL = "M"
 # torchvision's cfgs["A"]: convolution widths, "M" a 2×2 max-pool.
@@ -53,7 +54,7 @@ POOL_SIZE = 7
 DROPOUT = 0.5
 
 
-def _features(config: Sequence, batch_norm: bool
+def feature_layers(config: Sequence, batch_norm: bool
               ) -> Iterator[tuple[int, str, Optional[int]]]:
   """``(index, kind, width)`` of torchvision's ``features`` sequence:
   ``kind`` is ``"conv"``, ``"bn"``, ``"relu"`` or ``"pool"``."""
@@ -125,7 +126,7 @@ class VGG(nn.Module):
                           f"{smallest} (one pixel left after its max-pools), "
                           f"got {x.shape[1]}x{x.shape[2]}")
     x = x.astype(self.dtype)
-    for index, kind, width in _features(self.config, self.batch_norm):
+    for index, kind, width in feature_layers(self.config, self.batch_norm):
       name = f"features_{index}"
       if kind == "conv":
         x = Conv(width, (3, 3), padding=1, dtype=self.dtype,
@@ -156,7 +157,7 @@ def conversion(info: DatasetInfo, config: Sequence = CONFIG_A,
   ``(c, h, w)`` flatten of the pooled map (``dense_after_flatten``)."""
   del info   # the same names and shapes for every input size
   rules = []
-  for index, kind, _ in _features(config, batch_norm):
+  for index, kind, _ in feature_layers(config, batch_norm):
     if kind in ("conv", "bn"):
       rules.append(convert.Rule(
           f"features.{index}", (f"features_{index}",),
@@ -167,56 +168,6 @@ def conversion(info: DatasetInfo, config: Sequence = CONFIG_A,
   rules += [convert.Rule(f"classifier.{i}", (f"classifier_{i}",),
                          convert.dense()) for i in (3, 6)]
   return rules
-
-
-@functools.cache
-def _torch_class():
-  """The twin's PyTorch class (defined on first use: torch is optional)."""
-  import torch
-  from torch import nn as tnn
-
-  from optbench_jax.reference.torch_models import batch_norm_2d
-
-  class TorchVGG(tnn.Module):
-    """torchvision's ``VGG`` layout and names, any width and input
-    channels, PyTorch's default initialisation."""
-
-    def __init__(self, num_classes, in_channels=3, config=CONFIG_A,
-                 hidden=HIDDEN, pool_size=POOL_SIZE, batch_norm=False,
-                 dropout_rate=DROPOUT):
-      super().__init__()
-      features, channels = [], in_channels
-      for _, kind, width in _features(config, batch_norm):
-        if kind == "conv":
-          features.append(tnn.Conv2d(channels, width, 3, padding=1))
-          channels = width
-        elif kind == "bn":
-          features.append(batch_norm_2d(width))
-        elif kind == "relu":
-          features.append(tnn.ReLU())
-        else:
-          features.append(tnn.MaxPool2d(2, 2))
-      self.features = tnn.Sequential(*features)
-      self.avgpool = tnn.AdaptiveAvgPool2d((pool_size, pool_size))
-      self.classifier = tnn.Sequential(
-          tnn.Linear(channels * pool_size**2, hidden), tnn.ReLU(),
-          tnn.Dropout(dropout_rate), tnn.Linear(hidden, hidden), tnn.ReLU(),
-          tnn.Dropout(dropout_rate), tnn.Linear(hidden, num_classes))
-
-    def forward(self, x):
-      x = torch.flatten(self.avgpool(self.features(x)), 1)
-      return self.classifier(x)
-
-  return TorchVGG
-
-
-def torch_twin(info: DatasetInfo, **fields):
-  """The PyTorch module (NCHW inputs, PyTorch's default initialisation);
-  ``fields`` as :class:`VGG`'s (``config``, ``hidden``, ``batch_norm``,
-  ...). torchvision's ``vgg11(num_classes=K)`` (``vgg11_bn`` with
-  ``batch_norm=True``) state dict loads into it."""
-  return _torch_class()(info.num_classes, int(info.input_shape[-1]),
-                        **fields)
 
 
 register(ModelSpec(
@@ -230,4 +181,5 @@ register(ModelSpec(
                              num_classes=1000, input_shape=(224, 224, 3)),
     description="VGG-11 (Simonyan 2015, config A), torchvision's layout: "
                 "8 convs, adaptive 7x7 pool, 4096-4096 classifier, dropout",
-    torch_twin=torch_twin, conversion=conversion))
+    torch_twin=Twin("optbench_jax.reference.torch_vision.vgg11"),
+    conversion=conversion))

@@ -1,10 +1,10 @@
 """Generic PyTorch helpers for model twins (equivalence tests, benchmarks).
 
-Each model's twin lives beside the model, as its registry entry's
-``torch_twin(info)`` (``optbench_jax.models.get(task, name).torch_twin``);
-this module holds what twins and their users share: PyTorch-style batch norm
-settings and ``state_dict`` <-> numpy helpers for
-:mod:`optbench_jax.models.convert`.
+The models' twins live in this package's ``torch_*`` modules, reached
+through their registry entries' ``torch_twin(info)``
+(``optbench_jax.models.get(task, name).torch_twin``); this module holds
+what twins and their users share: PyTorch-style batch norm settings and
+``state_dict`` <-> numpy helpers for :mod:`optbench_jax.nn.convert`.
 
 This module imports torch; nothing in the ``optbench_jax`` package imports
 it at import time, so torch stays a test and benchmark dependency.
@@ -19,7 +19,7 @@ BN_MOMENTUM = 0.1   # PyTorch's convention; Flax momentum 0.9
 
 
 def batch_norm_2d(channels: int) -> nn.BatchNorm2d:
-  """The twin of ``layers.BatchNorm(momentum=0.9, epsilon=1e-5)``."""
+  """The twin of ``nn.layers.BatchNorm(momentum=0.9, epsilon=1e-5)``."""
   return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 

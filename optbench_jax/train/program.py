@@ -41,7 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optbench_jax.data.base import DatasetInfo
 from optbench_jax.errors import OptBenchError
-from optbench_jax.models.layers import KFAC_INPUTS, PERTURBATIONS, layer_statistics
+from optbench_jax.nn.curvature import KFAC_INPUTS, PERTURBATIONS, layer_statistics
 from optbench_jax.tasks.base import Task
 from optbench_jax.train import distributed, memory, schedules
 from optbench_jax.train import optimizer as optimizer_lib

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import jax
 
-from optbench_jax.models.convolution import forward_mode_autodiff
+from optbench_jax.kernels.convolution import forward_mode_autodiff
 
 LossFn = Callable[[Any], tuple[jax.Array, Any]]  # params -> (loss, aux)
 
@@ -19,7 +19,7 @@ LossFn = Callable[[Any], tuple[jax.Array, Any]]  # params -> (loss, aux)
 def hvp(loss: Callable[[Any], jax.Array], params: Any, v: Any) -> Any:
   """Hessian-vector product ``H v`` by forward-over-reverse differentiation.
 
-  Traced inside :func:`models.convolution.forward_mode_autodiff`, so that
+  Traced inside :func:`kernels.convolution.forward_mode_autodiff`, so that
   the CPU convolutions (whose reverse mode is hand-written) support the
   forward pass over the gradient.
   """

@@ -1,7 +1,7 @@
 """K-FAC: Kronecker-factored approximate curvature (Martens & Grosse 2015).
 
 For every Dense and Conv layer that exposes its statistics (see
-:mod:`optbench_jax.models.layers`), the Fisher block of the layer's weights
+:mod:`optbench_jax.nn.curvature`), the Fisher block of the layer's weights
 ``W`` (the kernel with the bias appended as a last input row, shape
 ``(d_in + 1, d_out)``) is approximated by a Kronecker product ``A ⊗ G``::
 
@@ -34,7 +34,7 @@ over the ``|T|`` locations) and ``G = Σ_{i,l} m_i g_{il} g_{il}ᵀ / (n |T|)``
 (averaged), which is KFC's ``Ω ⊗ Γ``. Dense layers applied to inputs with
 extra axes (a sequence) treat those positions the same way. A convolution's
 geometry is read from its statistics, never inferred from shapes:
-``layers.Conv`` records a :class:`~optbench_jax.models.layers.ConvGeometry`
+``layers.Conv`` records a :class:`~optbench_jax.nn.curvature.ConvGeometry`
 beside its inputs (``inputs[P]["geometry"]``), and either its patches
 (``geometry.patches``, plain 2-D convolutions) or its input, whose patches are
 then taken with ``jax.lax.conv_general_dilated_patches`` with the recorded
@@ -133,7 +133,7 @@ def scale_by_kfac(
   Returns:
     A transformation whose ``update`` needs the ``kfac_stats`` extra
     (``{"inputs", "output_grads", "mask"}``, as built by the engine from
-    :func:`optbench_jax.models.layers.layer_statistics`); without ``"mask"``
+    :func:`optbench_jax.nn.curvature.layer_statistics`); without ``"mask"``
     every row counts.
   """
   if damping <= 0:

@@ -1,7 +1,7 @@
 """K-FAC's view of a model: its layers and their per-example statistics.
 
 :func:`find_layers` finds the Dense and Conv layers in the ``kfac_inputs``
-statistics the model sowed (see :mod:`optbench_jax.models.layers`);
+statistics the model sowed (see :mod:`optbench_jax.nn.curvature`);
 :func:`layer_samples` turns one layer's recorded inputs (and, for
 convolutions, its recorded geometry) and output gradients into the rows
 ``ā_i`` and ``g_i`` of its Kronecker factors; :func:`new_factors` forms

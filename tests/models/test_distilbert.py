@@ -1,7 +1,7 @@
 """``models.distilbert`` computes transformers' DistilBERT from its checkpoints.
 
 Tiny random transformers models (vocabulary 100, dim 32, 2 layers, 4 heads)
-are saved with ``save_pretrained`` and read back by ``resolve_pretrained`` +
+are saved with ``save_pretrained`` and read back by ``locate_pretrained`` +
 ``load_pretrained``; nothing is downloaded. Both sides run in float32, eval
 mode, on the same random tokens with padding; errors are relative max-norm
 errors (``tests.transforms.torch_reference.relative_error``) over every
@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from optbench_jax.models import convert, distilbert
+from optbench_jax.models import distilbert
+from optbench_jax.nn import convert
 from tests.transforms.torch_reference import relative_error
 
 torch = pytest.importorskip("torch")
@@ -52,7 +53,7 @@ def _report(name, err):
 
 def _hidden_states(path):
   config, params = distilbert.load_pretrained(
-      distilbert.resolve_pretrained(str(path)))
+      distilbert.locate_pretrained(str(path)))
   ids, mask = _tokens()
   return distilbert.DistilBertEncoder(config).apply(
       {"params": params}, ids, mask, train=False)
@@ -125,15 +126,15 @@ def test_hub_cache_lookup(tmp_path, monkeypatch):
   monkeypatch.setenv("HF_HUB_CACHE", str(cache))
   for name in ("distilbert/distilbert-base-uncased",
                "distilbert-base-uncased"):   # the legacy alias too
-    assert distilbert.resolve_pretrained(name) == str(main)
+    assert distilbert.locate_pretrained(name) == str(main)
   monkeypatch.delenv("HF_HUB_CACHE")
   monkeypatch.setenv("HF_HOME", str(tmp_path))
-  assert distilbert.resolve_pretrained("distilbert-base-uncased") == str(main)
-  assert distilbert.resolve_pretrained(
+  assert distilbert.locate_pretrained("distilbert-base-uncased") == str(main)
+  assert distilbert.locate_pretrained(
       "distilbert-base-uncased", cache_dir=cache) == str(main)
   # Without refs/main: the snapshot with a config.
   other = _fake_snapshot(cache, "models--org--tiny", "r1")
-  assert distilbert.resolve_pretrained("org/tiny", cache_dir=cache) == str(
+  assert distilbert.locate_pretrained("org/tiny", cache_dir=cache) == str(
       other)
 
 
@@ -141,7 +142,7 @@ def test_missing_checkpoint_is_one_line(tmp_path, monkeypatch):
   monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
   monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
   with pytest.raises(distilbert.MissingPretrainedError) as info:
-    distilbert.resolve_pretrained("distilbert-base-uncased")
+    distilbert.locate_pretrained("distilbert-base-uncased")
   message = str(info.value)
   assert "\n" not in message
   for part in (str(tmp_path / "empty"), str(tmp_path / "home" / "hub"),

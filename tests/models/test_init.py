@@ -35,7 +35,7 @@ torch = pytest.importorskip("torch")
 
 from optbench_jax import models  # noqa: E402
 from optbench_jax.errors import OptBenchError  # noqa: E402
-from optbench_jax.models import convert, layers  # noqa: E402
+from optbench_jax.nn import convert, layers  # noqa: E402
 from optbench_jax.reference import torch_models  # noqa: E402
 
 from tests.models.test_torch_equivalence import example_is_small  # noqa: E402

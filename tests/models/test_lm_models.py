@@ -38,8 +38,10 @@ torch = pytest.importorskip("torch")
 
 from optbench_jax.data.base import DatasetInfo  # noqa: E402
 from optbench_jax.errors import OptBenchError  # noqa: E402
-from optbench_jax.models import convert, lm  # noqa: E402
-from optbench_jax.reference import torch_models  # noqa: E402
+from optbench_jax.models import lm  # noqa: E402
+from optbench_jax.nn import convert  # noqa: E402
+from optbench_jax.reference import (  # noqa: E402
+    torch_generation, torch_models)
 from tests.models.test_init import uniform_violations  # noqa: E402
 from tests.transforms.torch_reference import relative_error  # noqa: E402
 
@@ -58,12 +60,13 @@ INFO = DatasetInfo(name="small", task="text_generation",
                    input_shape=(LENGTH,),
                    stats={"vocab_size": VOCAB, "max_length": LENGTH})
 GPT_FIELDS = dict(d_model=32, num_heads=4, num_layers=2, dim_feedforward=64)
+TWINS = torch_generation
 CASES = {
-    "gpt_small": (lm.gpt_small, lm.gpt_small_twin, lm.gpt_small_rules,
+    "gpt_small": (lm.gpt_small, TWINS.gpt_small, lm.gpt_small_rules,
                   GPT_FIELDS),
-    "gru_lm": (lm.gru_lm, lm.gru_lm_twin, lm.gru_lm_rules,
+    "gru_lm": (lm.gru_lm, TWINS.gru_lm, lm.gru_lm_rules,
                dict(embed=32, hidden=32)),
-    "gru_lm_untied": (lm.gru_lm, lm.gru_lm_twin, lm.gru_lm_rules,
+    "gru_lm_untied": (lm.gru_lm, TWINS.gru_lm, lm.gru_lm_rules,
                       dict(embed=24, hidden=32, tie_weights=False)),
 }
 
@@ -271,7 +274,7 @@ def test_tie_weights_needs_equal_sizes():
   with pytest.raises(OptBenchError, match="tie_weights"):
     model.init(jax.random.key(0), tokens, mask, train=False)
   with pytest.raises(OptBenchError, match="tie_weights"):
-    lm.gru_lm_twin(INFO, embed=16, hidden=32)
+    torch_generation.gru_lm(INFO, embed=16, hidden=32)
 
 
 def test_torch_init_is_the_twins():

@@ -33,6 +33,15 @@ values measured on this project's 2-core CPU:
 * ``jax.image.resize(..., "bilinear")`` against ``F.interpolate(mode=
   "bilinear", align_corners=False)`` when upsampling: 1e-6 (measured
   4.0e-7).
+
+The comparisons with the twins (U-Net logits and gradients, DeepLabV3 in
+both modes and float64, the transposed-convolution layer) run on both paths
+of the layers (``optbench_jax.kernels.select``, ``KERNELS`` of
+test_torch_equivalence.py): the project's CPU kernels and the library's
+operations a GPU runs, with the same tolerances. Together they use every
+layer type on the accelerator path: convolutions (strided, 1×1, 7×7),
+dilated convolutions, max pooling (padded and not) and the transposed
+convolution.
 """
 import dataclasses
 import functools
@@ -48,13 +57,15 @@ torch = pytest.importorskip("torch")
 
 from optbench_jax.errors import OptBenchError  # noqa: E402
 from optbench_jax import models  # noqa: E402
-from optbench_jax.models import convert, deeplab, layers, unet  # noqa: E402
+from optbench_jax.kernels import select  # noqa: E402
+from optbench_jax.models import deeplab, unet  # noqa: E402
+from optbench_jax.nn import convert, layers  # noqa: E402
 from optbench_jax.reference import torch_models, torchvision_models  # noqa: E402
 
 from tests.models.test_init import (  # noqa: E402
     assert_init_schemes, layer_expectations, uniform_violations)
 from tests.models.test_torch_equivalence import (  # noqa: E402
-    COMPILER_OPTIONS, rel_error, tree_errors)
+    COMPILER_OPTIONS, KERNELS, rel_error, tree_errors)
 
 UNET = models.MODELS.get("unet_vanilla")
 DEEPLAB = models.MODELS.get("deeplabv3_resnet50")
@@ -197,8 +208,9 @@ def test_unet_receptive_field():
 
 
 @functools.cache
-def unet_pair():
-  """Eval logits (float32) and float64 gradients of both sides."""
+def unet_pair(kernels):
+  """Eval logits (float32) and float64 gradients of both sides, the Flax
+  side on the ``kernels`` path."""
   small, rng = SMALL_UNET, np.random.RandomState(0)
   twin = small.twin()
   state = torch_models.state_dict_numpy(twin)
@@ -208,10 +220,11 @@ def unet_pair():
   variables = convert.torch_to_flax(state, small.rules,
                                     template=small.template(model))
   results = {"x": x, "state": state, "variables": variables}
-  results["ours"] = np.asarray(jax.jit(model.apply)(variables, x))
+  with select.use(kernels):
+    results["ours"] = np.asarray(jax.jit(model.apply)(variables, x))
   with torch.no_grad():
     results["ref"] = nhwc(twin(nchw(x)))
-  with jax.enable_x64(True):
+  with jax.enable_x64(True), select.use(kernels):
     model64 = model.clone(dtype=jnp.float64)
     params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64),
                           variables["params"])
@@ -228,13 +241,15 @@ def unet_pair():
   return results
 
 
-def test_unet_logits_match_the_twin():
-  pair = unet_pair()
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_unet_logits_match_the_twin(kernels):
+  pair = unet_pair(kernels)
   assert rel_error(pair["ours"], pair["ref"]) <= UNET_RTOL
 
 
-def test_unet_gradients_match_in_float64():
-  pair = unet_pair()
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_unet_gradients_match_in_float64(kernels):
+  pair = unet_pair(kernels)
   errors = tree_errors(pair["grads"], pair["ref_grads"])
   assert len(errors) == pair["num_params"]   # 46 tensors
   assert max(errors.values()) <= GRAD_RTOL_FLOAT64, sorted(
@@ -243,9 +258,10 @@ def test_unet_gradients_match_in_float64():
 
 # -- DeepLabV3 -------------------------------------------------------------
 @functools.cache
-def deeplab_pair(output_stride):
+def deeplab_pair(output_stride, kernels):
   """Eval and train-mode logits and updated statistics of both sides
-  (float32; dropout 0 so that train mode is deterministic)."""
+  (float32; dropout 0 so that train mode is deterministic), the Flax side
+  on the ``kernels`` path."""
   small, rng = SMALL_DEEPLAB, np.random.RandomState(output_stride)
   fields = {"output_stride": output_stride, "dropout_rate": 0.0}
   twin = small.twin(**fields)
@@ -261,7 +277,9 @@ def deeplab_pair(output_stride):
                                  mutable=["batch_stats"])
     return model.apply(variables, x, train=False), train, mutated
 
-  ours = jax.jit(both_modes, compiler_options=COMPILER_OPTIONS)(variables, x)
+  with select.use(kernels):
+    ours = jax.jit(both_modes, compiler_options=COMPILER_OPTIONS)(variables,
+                                                                  x)
   twin.eval()
   with torch.no_grad():
     ref_eval = nhwc(twin(nchw(x)))
@@ -273,22 +291,25 @@ def deeplab_pair(output_stride):
           "ref": (ref_eval, ref_train, {"batch_stats": ref_stats})}
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("output_stride", [16, 8])
-def test_deeplab_eval_logits_match_the_twin(output_stride):
-  pair = deeplab_pair(output_stride)
+def test_deeplab_eval_logits_match_the_twin(output_stride, kernels):
+  pair = deeplab_pair(output_stride, kernels)
   assert pair["ours"][0].shape == (2, 64, 64, 3)
   assert rel_error(pair["ours"][0], pair["ref"][0]) <= DEEPLAB_RTOL
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("output_stride", [16, 8])
-def test_deeplab_train_mode_and_batch_stat_updates_match(output_stride):
+def test_deeplab_train_mode_and_batch_stat_updates_match(output_stride,
+                                                         kernels):
   """Batch statistics in float32. The train-mode logits get a looser
   tolerance: with 2·4·4 values per channel in the last stages, 53 batch
   norms amplify rounding, and PyTorch's own float32 logits differ from its
   float64 ones by as much (6.1e-5 OS 16, 1.1e-4 OS 8); the float64 test
   below compares the same computation to 1e-10."""
-  (_, ours, stats), (_, ref, ref_stats) = (deeplab_pair(output_stride)[k]
-                                           for k in ("ours", "ref"))
+  (_, ours, stats), (_, ref, ref_stats) = (
+      deeplab_pair(output_stride, kernels)[k] for k in ("ours", "ref"))
   assert rel_error(ours, ref) <= TRAIN_LOGITS_RTOL
   errors = tree_errors(stats, ref_stats)
   # mean and var of every batch norm: 53 in the backbone, 7 in the head
@@ -329,7 +350,8 @@ def test_deeplab_dropout_draws_from_the_dropout_stream():
   assert abs(dropped - 0.5) <= 0.1, dropped
 
 
-def test_deeplab_train_mode_and_gradients_match_in_float64():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_deeplab_train_mode_and_gradients_match_in_float64(kernels):
   """Train-mode logits, updated statistics and d(mean cross-entropy)/
   d(params) (dropout 0, OS 16), float64 on both sides."""
   small, rng = SMALL_DEEPLAB, np.random.RandomState(1)
@@ -346,7 +368,7 @@ def test_deeplab_train_mode_and_gradients_match_in_float64():
                               strict=False)["params"]
   ref_stats = convert.torch_to_flax(torch_models.state_dict_numpy(twin),
                                     small.rules)["batch_stats"]
-  with jax.enable_x64(True):
+  with jax.enable_x64(True), select.use(kernels):
     model = small.model(dropout_rate=0.0, dtype=jnp.float64)
     variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64),
                              convert.torch_to_flax(state, small.rules))
@@ -429,8 +451,9 @@ def test_registered_configurations():
 
 
 # -- both models -----------------------------------------------------------
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("kernel, stride", [(2, 2), (3, 2), (3, 1)])
-def test_conv_transpose_layer_is_pytorchs(kernel, stride):
+def test_conv_transpose_layer_is_pytorchs(kernel, stride, kernels):
   """``layers.ConvTranspose`` (``padding="VALID"``) with a converted
   ``nn.ConvTranspose2d`` weight (``padding=0``) computes its function
   (float32: 1e-5, measured 0, 3.9e-7, 7.1e-7), and its ``"torch"``
@@ -446,7 +469,8 @@ def test_conv_transpose_layer_is_pytorchs(kernel, stride):
       rules)
   with torch.no_grad():
     ref = nhwc(theirs(nchw(x)))
-  out = ours.apply({"params": variables["params"]["up"]}, x)
+  with select.use(kernels):
+    out = ours.apply({"params": variables["params"]["up"]}, x)
   assert rel_error(out, ref) <= 1e-5
   params = ours.init(jax.random.key(1), x)["params"]
   bound = 1 / np.sqrt(40 * kernel * kernel)

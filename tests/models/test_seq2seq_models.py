@@ -1,11 +1,13 @@
 """The sequence-to-sequence models against their PyTorch twins, small sizes.
 
-Each model of ``models.seq2seq`` (``transformer_seq2seq``, ``bart_small``,
+Each model of ``models.seq2seq`` and ``models.seq2seq_lstm``
+(``transformer_seq2seq``, ``bart_small``,
 ``tiny_transformer_seq2seq``, ``lstm_seq2seq``, and ``lstm_seq2seq`` with
 input feeding) is built with width 32 (feed-forward 64, the variant's own
 layer counts), source vocabulary 40, target vocabulary 41, positions 16.
-Its twin (``model.torch_twin()``, ``torch.manual_seed(0)``, eval mode,
-PyTorch's attention fast path off) gives its weights through
+Its twin (``torch_generation.seq2seq_twin(model)``,
+``torch.manual_seed(0)``, eval mode, PyTorch's attention fast path off)
+gives its weights through
 ``model.conversion()``; both see one right-padded batch of three rows
 (source lengths 7, 4, 1; target lengths 6, 3, 1).
 
@@ -36,7 +38,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from optbench_jax.models import convert, seq2seq  # noqa: E402
+from optbench_jax.models import seq2seq, seq2seq_lstm  # noqa: E402
+from optbench_jax.nn import convert  # noqa: E402
+from optbench_jax.reference import torch_generation  # noqa: E402
 from tests.transforms.torch_reference import relative_error  # noqa: E402
 
 # PyTorch's nn.Transformer warns that norm_first disables nested tensors.
@@ -55,12 +59,17 @@ CASES = {
 }
 
 
+CLASSES = {"transformer_seq2seq": seq2seq.TransformerSeq2Seq,
+           "bart_small": seq2seq.BartSmall,
+           "tiny_transformer_seq2seq": seq2seq.TinyTransformerSeq2Seq,
+           "lstm_seq2seq": seq2seq_lstm.LSTMSeq2Seq}
+
+
 def _build(case):
   name, extra = CASES[case]
   widths = ({"embed": 32, "hidden": 32} if name == "lstm_seq2seq" else
             {"d_model": 32, "dim_feedforward": 64})
-  return seq2seq.MODELS[name](SRC_VOCAB, TGT_VOCAB, MAX_LENGTH, **widths,
-                              **extra)
+  return CLASSES[name](SRC_VOCAB, TGT_VOCAB, MAX_LENGTH, **widths, **extra)
 
 
 def _batch():
@@ -84,7 +93,7 @@ class Case:
     self.model = model = _build(case)
     self.inputs = _batch()
     torch.manual_seed(0)
-    self.twin = model.torch_twin().eval()
+    self.twin = torch_generation.seq2seq_twin(model).eval()
     self.state = {k: v.detach().numpy()
                   for k, v in self.twin.state_dict().items()}
     template = jax.eval_shape(lambda: model.init(

@@ -49,7 +49,7 @@ torch = pytest.importorskip("torch")
 
 from optbench_jax import models  # noqa: E402
 from optbench_jax.data.base import DatasetInfo  # noqa: E402
-from optbench_jax.models import convert  # noqa: E402
+from optbench_jax.nn import convert  # noqa: E402
 from optbench_jax.reference import torch_models  # noqa: E402
 from optbench_jax.train import precision  # noqa: E402
 

@@ -2,9 +2,15 @@
 
 Every registered model with a twin (``spec.torch_twin``) is tested, on its
 ``spec.example_info``: the Flax model gets its twin's (PyTorch-initialised)
-weights through ``optbench_jax.models.convert`` and ``spec.conversion``; on
+weights through ``optbench_jax.nn.convert`` and ``spec.conversion``; on
 the same random input both must give the same logits, batch-norm running
-statistics and cross-entropy gradients.
+statistics and cross-entropy gradients. The Flax side runs on both paths of
+the layers (``optbench_jax.kernels.select``): the project's CPU kernels
+(``"cpu"``) and the library's operations a GPU runs (``"accelerator"``),
+with the same tolerances; the accelerator path's float64 gradients are
+checked for cnn_scratch only (ResNet-18's take minutes with XLA:CPU's
+float64 convolution gradients; its layer types are covered by cnn_scratch
+and tests/models/test_segmentation_models.py).
 Errors are relative max-norm errors ``max|ours − ref| / max|ref|`` per
 tensor (the maximum over tensors for trees).
 
@@ -39,7 +45,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from optbench_jax import models  # noqa: E402
-from optbench_jax.models import convert  # noqa: E402
+from optbench_jax.kernels import select  # noqa: E402
+from optbench_jax.nn import convert  # noqa: E402
 from optbench_jax.reference import torch_models  # noqa: E402
 
 BATCH = 4
@@ -73,6 +80,10 @@ TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # XLA's backend optimisations off: halves the compile time of this file (the
 # HLO, hence the function computed, is the same; measured errors unchanged).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+# The layers' two paths, both run on this CPU: the project's kernels and the
+# library's (flax) operations that a GPU runs.
+KERNELS = ("cpu", "accelerator")
+FLOAT64_ACCELERATOR = ("cnn_scratch",)   # module docstring
 
 
 def rel_error(ours, ref) -> float:
@@ -105,8 +116,8 @@ class Pair:
   everything the tests compare: eval-mode logits, train-mode logits, the
   running statistics after that train-mode pass (float32), and train-mode
   logits and the gradients of the mean cross-entropy (float64). The Flax side
-  is one jitted function per dtype (one compilation each), which keeps the
-  file fast on a CPU.
+  is one jitted function per dtype (one compilation each per kernel path:
+  the path is part of the jit key), which keeps the file fast on a CPU.
   """
 
   def __init__(self, name):
@@ -155,13 +166,15 @@ class Pair:
     results.update(train=logits, stats=mutated.get("batch_stats"))
     return results
 
-  def flax_results(self, dtype="float32", variables=None):
-    """Flax's side; ``variables`` defaults to the twin's converted weights."""
+  def flax_results(self, dtype="float32", variables=None, kernels="cpu"):
+    """Flax's side on the ``kernels`` path (:data:`KERNELS`); ``variables``
+    defaults to the twin's converted weights."""
     if variables is None:
-      if dtype not in self._flax:
-        self._flax[dtype] = self.flax_results(dtype, self.variables)
-      return self._flax[dtype]
-    with jax.enable_x64(dtype == "float64"):
+      if (dtype, kernels) not in self._flax:
+        self._flax[dtype, kernels] = self.flax_results(dtype, self.variables,
+                                                       kernels)
+      return self._flax[dtype, kernels]
+    with jax.enable_x64(dtype == "float64"), select.use(kernels):
       variables = jax.tree.map(lambda v: jnp.asarray(v, dtype), {
           c: variables[c] for c in ("params", "batch_stats")
           if c in variables})
@@ -270,13 +283,15 @@ def test_converted_variables_fit_the_model(pair):
              for leaf in jax.tree.leaves(pair.variables))
 
 
-def test_eval_logits_match(pair):
-  ours, ref = pair.flax_results()["eval"], pair.torch_results()["eval"]
-  assert rel_error(ours, ref) <= OUTPUT_RTOL
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_eval_logits_match(pair, kernels):
+  ours = pair.flax_results(kernels=kernels)["eval"]
+  assert rel_error(ours, pair.torch_results()["eval"]) <= OUTPUT_RTOL
 
 
-def test_train_mode_logits_and_running_mean_match(bn_pair):
-  ours, ref = bn_pair.flax_results(), bn_pair.torch_results()
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_train_mode_logits_and_running_mean_match(bn_pair, kernels):
+  ours, ref = bn_pair.flax_results(kernels=kernels), bn_pair.torch_results()
   assert rel_error(ours["train"], ref["train"]) <= OUTPUT_RTOL
   errors = {k: e for k, e in tree_errors(ours["stats"], ref["stats"]).items()
             if "'mean'" in k}
@@ -284,16 +299,21 @@ def test_train_mode_logits_and_running_mean_match(bn_pair):
   assert max(errors.values()) <= OUTPUT_RTOL, errors   # resnet18)
 
 
-def test_running_var_matches_torch(bn_pair):
-  ours, ref = bn_pair.flax_results(), bn_pair.torch_results()
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_running_var_matches_torch(bn_pair, kernels):
+  ours, ref = bn_pair.flax_results(kernels=kernels), bn_pair.torch_results()
   errors = {k: e for k, e in tree_errors(ours["stats"], ref["stats"]).items()
             if "'var'" in k}
   assert max(errors.values()) <= OUTPUT_RTOL
 
 
-def test_gradients_match_in_float64(pair):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_gradients_match_in_float64(pair, kernels):
   """d(mean cross-entropy)/d(params), train mode (batch statistics)."""
-  ours, ref = pair.flax_results("float64"), pair.torch_results("float64")
+  if kernels == "accelerator" and pair.name not in FLOAT64_ACCELERATOR:
+    pytest.skip("minutes on a CPU (module docstring)")
+  ours = pair.flax_results("float64", kernels=kernels)
+  ref = pair.torch_results("float64")
   assert rel_error(ours["train"], ref["train"]) <= GRAD_RTOL_FLOAT64
   errors = tree_errors(ours["grads"], ref["grads"])
   assert len(errors) == ref["num_params"]
@@ -309,7 +329,8 @@ def test_round_trip_is_exact(pair):
   torch_models.load_numpy_state_dict(pair.spec.torch_twin(pair.info), back)
 
 
-def test_flax_weights_load_into_torch(pair):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_flax_weights_load_into_torch(pair, kernels):
   """The benchmark's direction: Flax weights -> the twin.
 
   Other weights than the twin's own (scaled and shifted), with the extra
@@ -324,7 +345,8 @@ def test_flax_weights_load_into_torch(pair):
   twin.eval()
   with torch.no_grad():
     ref = twin(pair.torch_input()).numpy()
-  ours = pair.flax_results("float32", variables)["eval"]   # no recompile
+  ours = pair.flax_results("float32", variables,
+                           kernels)["eval"]   # no recompile
   assert rel_error(ours, ref) <= OUTPUT_RTOL
 
 
@@ -354,8 +376,10 @@ def test_dense_after_flatten_permutes_rows():
 
 
 def test_importing_the_package_does_not_import_torch():
-  code = ("import sys, optbench_jax, optbench_jax.models, "
-          "optbench_jax.models.convert, optbench_jax.reference; "
+  code = ("import sys, optbench_jax, optbench_jax.models, optbench_jax.nn, "
+          "optbench_jax.nn.convert, optbench_jax.kernels, "
+          "optbench_jax.transforms, optbench_jax.tasks, "
+          "optbench_jax.reference; "
           "assert 'torch' not in sys.modules, 'torch imported'")
   root = os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))))

@@ -34,6 +34,12 @@ values measured on this project's 2-core CPU:
   rebuilt from the recorded inputs (im2col patches for the convolutions)
   and output gradients match ``jax.grad`` for all 11 layers, float64: 1e-10
   (measured 4.2e-16 / 1.2e-15).
+
+The reduced-width comparisons run on the project's CPU kernels and, without
+batch norm, also on the accelerator path (``optbench_jax.kernels.select``:
+flax's convolutions and max pooling, as on a GPU), with the same
+tolerances; the batch-norm variant adds no other kernel, and VGG's layer
+types are the equivalence tests' (test_torch_equivalence.py).
 """
 import dataclasses
 import functools
@@ -47,7 +53,9 @@ torch = pytest.importorskip("torch")
 
 from optbench_jax import models  # noqa: E402
 from optbench_jax.errors import OptBenchError  # noqa: E402
-from optbench_jax.models import convert, layers, vgg  # noqa: E402
+from optbench_jax.kernels import select  # noqa: E402
+from optbench_jax.models import vgg  # noqa: E402
+from optbench_jax.nn import convert, curvature  # noqa: E402
 from optbench_jax.reference import (  # noqa: E402
     torch_models, torchvision_models)
 
@@ -114,13 +122,13 @@ def test_inputs_smaller_than_32_are_refused():
 
 # -- reduced width against the twin -----------------------------------------
 @functools.cache
-def twin_pair(batch_norm):
+def twin_pair(batch_norm, kernels="cpu"):
   """Both sides on one batch in float64, dropout 0, random batch norms:
   eval-mode logits, then one train-mode pass (logits, updated statistics,
   gradients of the mean cross-entropy) and, on the Flax side, the K-FAC
   statistics of that pass; all of Flax's in one compilation. Without batch
   norm on 32×32 inputs (a 1×1 map before the pool), with it on 64×96 (2×3,
-  overlapping pool bins)."""
+  overlapping pool bins). The Flax side on the ``kernels`` path."""
   config = small(batch_norm, (64, 96, 3) if batch_norm else (32, 32, 3),
                  dropout_rate=0.0)
   rng = np.random.RandomState(1)
@@ -142,7 +150,7 @@ def twin_pair(batch_norm):
   ref["stats"] = convert.torch_to_flax(torch_models.state_dict_numpy(twin),
                                        rules(config)).get("batch_stats")
   ref["num_params"] = len(list(twin.parameters()))
-  with jax.enable_x64(True):
+  with jax.enable_x64(True), select.use(kernels):
     model = config.model(dtype=jnp.float64)
     variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64),
                              convert.torch_to_flax(state, rules(config)))
@@ -159,16 +167,24 @@ def twin_pair(batch_norm):
           lambda p: (loss(train({"params": p})[0]), train({"params": p})),
           has_aux=True)(variables["params"])
       out["stats"] = mutated.get("batch_stats")
-      out["kfac"] = layers.layer_statistics(train, loss, variables["params"])
+      out["kfac"] = curvature.layer_statistics(train, loss,
+                                               variables["params"])
       return out
 
     ours = jax.jit(outputs, compiler_options=COMPILER_OPTIONS)(variables)
   return jax.tree.map(np.asarray, ours), ref
 
 
-@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
-def test_eval_and_train_logits_match_the_twin(batch_norm):
-  ours, ref = twin_pair(batch_norm)
+# (batch_norm, kernels): the accelerator path without batch norm (docstring)
+CASES = pytest.mark.parametrize(
+    "batch_norm, kernels", [(False, "cpu"), (True, "cpu"),
+                            (False, "accelerator")],
+    ids=["plain", "bn", "plain-accelerator"])
+
+
+@CASES
+def test_eval_and_train_logits_match_the_twin(batch_norm, kernels):
+  ours, ref = twin_pair(batch_norm, kernels)
   assert ours["eval"].shape == ref["eval"].shape == (4, SMALL.num_classes)
   assert rel_error(ours["eval"], ref["eval"]) <= FLOAT64_RTOL
   assert rel_error(ours["train"], ref["train"]) <= FLOAT64_RTOL
@@ -182,9 +198,9 @@ def test_running_statistics_match_the_twin():
   assert twin_pair(False)[0]["stats"] is None
 
 
-@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
-def test_gradients_match_in_float64(batch_norm):
-  ours, ref = twin_pair(batch_norm)
+@CASES
+def test_gradients_match_in_float64(batch_norm, kernels):
+  ours, ref = twin_pair(batch_norm, kernels)
   errors = tree_errors(ours["grads"], ref["grads"])
   assert len(errors) == ref["num_params"] == (38 if batch_norm else 22)
   if batch_norm:
@@ -204,18 +220,18 @@ def test_gradients_match_in_float64(batch_norm):
       errors.items(), key=lambda kv: -kv[1])[:3]
 
 
-@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
-def test_kfac_statistics_give_every_layers_gradient(batch_norm):
-  """``layers.layer_statistics`` records all 8 convolutions (im2col
+@CASES
+def test_kfac_statistics_give_every_layers_gradient(batch_norm, kernels):
+  """``curvature.layer_statistics`` records all 8 convolutions (im2col
   patches) and 3 dense layers; ``Σ inputsᵀ · output_grads`` over examples
   and positions is each kernel's gradient (checked against PyTorch's
   above), as K-FAC assumes."""
-  ours, _ = twin_pair(batch_norm)
+  ours, _ = twin_pair(batch_norm, kernels)
   stats, grads = ours["kfac"], ours["grads"]
-  kernels = {k for k, v in grads.items() if "kernel" in v}
-  assert set(stats["inputs"]) == set(stats["output_grads"]) == kernels
-  assert len(kernels) == 11
-  for name in kernels:
+  weighted = {k for k, v in grads.items() if "kernel" in v}
+  assert set(stats["inputs"]) == set(stats["output_grads"]) == weighted
+  assert len(weighted) == 11
+  for name in weighted:
     inputs = stats["inputs"][name]["inputs"][0]
     outputs = stats["output_grads"][name]["outputs"]
     rebuilt = (inputs.reshape(-1, inputs.shape[-1]).T

@@ -35,7 +35,8 @@ import pytest
 from absl.testing import parameterized
 
 from optbench_jax.errors import OptBenchError
-from optbench_jax.models.layers import Dense, layer_statistics
+from optbench_jax.nn.curvature import layer_statistics
+from optbench_jax.nn.layers import Dense
 from optbench_jax.transforms import (EXTRAS, FAMILIES, available, build_extras,
                                      get, make)
 

@@ -29,7 +29,7 @@ import pytest
 
 from optbench_jax import transforms
 from optbench_jax.errors import OptBenchError
-from optbench_jax.models import layers
+from optbench_jax.nn import curvature, layers
 from optbench_jax.transforms import kfac as kfac_lib
 from optbench_jax.transforms import kfac_layers
 
@@ -113,7 +113,7 @@ def _engine_step(model, tx):
     def kfac_stats_fn(p):
       apply_fn = lambda variables, mutable: model.apply(variables, x,
                                                         mutable=mutable)
-      stats = layers.layer_statistics(
+      stats = curvature.layer_statistics(
           apply_fn, lambda out: _masked_ce(out, y, mask), p)
       return {**stats, "mask": mask}
 
@@ -228,7 +228,7 @@ def test_single_linear_layer_is_the_kronecker_natural_gradient_step(x64):
   loss_of_outputs = lambda y: 0.5 * jnp.mean(jnp.sum((y - t) ** 2, axis=-1))
   apply_fn = lambda variables, mutable: model.apply(variables, x,
                                                     mutable=mutable)
-  stats = layers.layer_statistics(apply_fn, loss_of_outputs, params)
+  stats = curvature.layer_statistics(apply_fn, loss_of_outputs, params)
   stats["mask"] = jnp.ones(n)
   grads = jax.grad(lambda p: loss_of_outputs(model.apply({"params": p}, x)))(
       params)
@@ -311,8 +311,9 @@ def test_recorded_patches_reproduce_the_convolution(window, strides, padding,
   x = np.random.RandomState(0).randn(2, *size, 3).astype(np.float32)
   variables = conv.init(jax.random.PRNGKey(0), x)
   y, captured = jax.jit(lambda v, x: conv.apply(
-      {"params": v["params"]}, x, mutable=[layers.KFAC_INPUTS]))(variables, x)
-  (sown,), (geometry,) = (captured[layers.KFAC_INPUTS][k]
+      {"params": v["params"]}, x,
+      mutable=[curvature.KFAC_INPUTS]))(variables, x)
+  (sown,), (geometry,) = (captured[curvature.KFAC_INPUTS][k]
                           for k in ("inputs", "geometry"))
   assert geometry.patches == (dilation == 1 and len(window) == 2)
   patches = kfac_layers.conv_inputs(sown, geometry, kfac_layers.Layer(
@@ -371,7 +372,7 @@ def _mlp_statistics():
 
   @jax.jit
   def statistics(p):
-    stats = layers.layer_statistics(apply_fn, loss, p)
+    stats = curvature.layer_statistics(apply_fn, loss, p)
     grads = jax.grad(lambda q: loss(model.apply({"params": q}, x)))(p)
     return {**stats, "mask": jnp.ones(4)}, grads
 
@@ -410,7 +411,7 @@ def _conv_problem(dtype, mask):
   a = {k: jnp.asarray(v, dtype) for k, v in arrays.items()}
   grads = {"conv": {"kernel": a["conv_kernel"], "bias": a["conv_bias"]},
            "dense": {"kernel": a["dense_kernel"]}}
-  geometry = layers.ConvGeometry(
+  geometry = curvature.ConvGeometry(
       kernel_size=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
       input_dilation=(1, 1), kernel_dilation=(1, 1))
   stats = {"inputs": {"conv": {"inputs": (a["x"],), "geometry": (geometry,)},

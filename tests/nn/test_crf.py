@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optbench_jax.models import crf
+from optbench_jax.nn import crf
 
 K, T = 3, 4
 LENGTHS = (4, 3, 1, 2)

@@ -1,4 +1,4 @@
-"""Shared layers: initialisation schemes and what curvature methods need.
+"""Shared layers: initialisation schemes, curvature capture, kernel choice.
 
 Initialisation. Every layer takes ``init_scheme`` (one of :data:`INITS`) and
 leaves ``kernel_init``/``bias_init``/``embedding_init`` as None unless a model
@@ -14,35 +14,31 @@ overrides them; None means "the scheme's":
 
 Batch norm (scale 1, shift 0) is the same under both.
 
-Curvature statistics. ``Dense`` and ``Conv`` record their input with
-``sow("kfac_inputs", "inputs", x)`` and pass their pre-activation output
-through ``perturb("outputs", y)``, so that the gradient of the loss with
-respect to the zero "perturbations" collection is the gradient with respect to
-the layer's output. Both are no-ops unless the caller makes ``kfac_inputs``
-mutable or passes ``perturbations``: the model's outputs and cost are
-unchanged for every other optimizer (as in kfac-jax, curvature estimation
-never changes the model). The collections mirror the parameter tree:
-``params[path] = {"kernel", "bias"}`` pairs with
-``kfac_inputs[path]["inputs"] = (x,)`` and ``perturbations[path]["outputs"]``.
-A ``Conv`` also records ``kfac_inputs[path]["geometry"] = (ConvGeometry,)``,
-how its inputs map to its kernel; a plain 2-D ``Conv`` records its im2col
-patches ``(N, H_out, W_out, kh·kw·C_in)`` (ordered like the flattened HWIO
-kernel, ``geometry.patches`` true) instead of ``x``.
+Curvature statistics. ``Dense`` and ``Conv`` record their inputs and expose
+their output-gradients for curvature methods (K-FAC), without changing their
+outputs: :mod:`optbench_jax.nn.curvature`.
+
+Kernels. ``Conv``, ``ConvTranspose`` and :func:`max_pool` compute Flax's
+functions with the library's operations (``nn.Conv``, ``nn.ConvTranspose``,
+``nn.max_pool``; cuDNN on a GPU) or with the project's own kernels
+(:mod:`optbench_jax.kernels`), whose gradients XLA:CPU runs fast inside
+``lax.scan``; :func:`optbench_jax.kernels.select.use_own_kernels` decides at
+trace time (the CPU backend by default; ``OPTBENCH_KERNELS`` overrides).
+Parameters and results are the same on both paths.
 """
 import math
 from typing import Any, Optional
 
 import flax.linen as nn
-from flax import struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from optbench_jax.errors import OptBenchError
-from optbench_jax.models import convolution
+from optbench_jax.kernels import convolution, pooling
+from optbench_jax.kernels.select import use_own_kernels
+from optbench_jax.nn.curvature import KFAC_INPUTS, ConvGeometry
 
-KFAC_INPUTS = "kfac_inputs"
-PERTURBATIONS = "perturbations"
 INITS = ("torch", "flax")
 Initializer = Any
 
@@ -51,6 +47,15 @@ def at_least_float32(x):
   """``x`` in float32, or in its own dtype if wider (float64 stays float64):
   logits and attention scores of a bfloat16 model, never lowered."""
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+NEG = -1e9   # the logit of a position that cannot be chosen (padding)
+
+
+def masked_logits(logits, mask):
+  """``logits`` (at least float32) with :data:`NEG` where ``mask`` is False,
+  e.g. pointer scores over right-padded positions."""
+  return jnp.where(mask, at_least_float32(logits), NEG)
 
 
 # -- initialisation schemes --------------------------------------------------
@@ -136,42 +141,14 @@ class Embed(_SchemeParams, nn.Embed):
   init_scheme: str = "torch"
 
 
-@struct.dataclass
-class ConvGeometry:
-  """How a convolution's recorded inputs map to its kernel (static only).
-
-  A pytree without leaves (every field is static), so it passes through
-  ``jit``, ``vmap`` and tree maps of the statistics unchanged.
-
-  Attributes:
-    kernel_size: the window, one entry per spatial axis.
-    strides: per spatial axis.
-    padding: ``((low, high), ...)`` per spatial axis, or Flax's padding
-      string when it is not ``"SAME"``/``"VALID"`` (``"CIRCULAR"``, ...).
-    input_dilation: per spatial axis (``lhs_dilation``).
-    kernel_dilation: per spatial axis (``rhs_dilation``).
-    feature_group_count: groups of input channels.
-    patches: whether the recorded inputs already are the patches
-      ``(N, *out_spatial, prod(kernel_size)·C_in)`` in kernel order.
-  """
-  kernel_size: tuple = struct.field(pytree_node=False)
-  strides: tuple = struct.field(pytree_node=False)
-  padding: Any = struct.field(pytree_node=False)
-  input_dilation: tuple = struct.field(pytree_node=False)
-  kernel_dilation: tuple = struct.field(pytree_node=False)
-  feature_group_count: int = struct.field(pytree_node=False, default=1)
-  patches: bool = struct.field(pytree_node=False, default=False)
-
-
 class Conv(_SchemeParams, nn.Conv):
   """``flax.linen.Conv`` that exposes its input and output-gradient.
 
-  On the CPU backend, plain 2-D convolutions are
-  :func:`convolution.conv2d`, whose gradients are written in the layout
-  XLA:CPU runs fast (JAX's own are up to 100× slower inside ``lax.scan``;
-  see :mod:`optbench_jax.models.convolution`). Parameters (``kernel`` HWIO,
-  ``bias``) and results are the same as ``nn.Conv``'s; on GPU/TPU the
-  library convolution (cuDNN) is used.
+  With the own kernels (module docstring), plain 2-D convolutions (dilated
+  ones included) are :func:`optbench_jax.kernels.convolution.conv2d`, whose
+  gradients are written in the layout XLA:CPU runs fast inside
+  ``lax.scan``; otherwise ``nn.Conv``'s library convolution. Parameters
+  (``kernel`` HWIO, ``bias``) and results are the same as ``nn.Conv``'s.
   """
   kernel_init: Optional[Initializer] = None
   bias_init: Optional[Initializer] = None
@@ -187,8 +164,8 @@ class Conv(_SchemeParams, nn.Conv):
       self.sow(KFAC_INPUTS, "inputs",
                self._patches(inputs) if plain else inputs)
       self.sow(KFAC_INPUTS, "geometry", self.geometry(inputs, plain))
-    if _cpu_plain_2d(self, inputs):
-      outputs = self._cpu_call(inputs)
+    if use_own_kernels() and _plain_2d(self, inputs, kernel_dilation=True):
+      outputs = self._own_call(inputs)
     else:
       outputs = super().__call__(inputs)
     return self.perturb("outputs", outputs)
@@ -213,7 +190,7 @@ class Conv(_SchemeParams, nn.Conv):
     return ConvGeometry(window, strides, padding, input_dilation,
                         kernel_dilation, self.feature_group_count, patches)
 
-  def _cpu_call(self, inputs):
+  def _own_call(self, inputs):
     kh, kw = self.kernel_size
     in_features = inputs.shape[-1]
     kernel = self.param("kernel", self.kernel_init,
@@ -263,81 +240,21 @@ def _plain_2d(conv, inputs, kernel_dilation: bool = False) -> bool:
   return all(_tuple(d, 2) == (1, 1) for d in dilations)
 
 
-def _cpu_plain_2d(conv, inputs) -> bool:
-  return (jax.default_backend() == "cpu"
-          and _plain_2d(conv, inputs, kernel_dilation=True))
-
-
 def max_pool(x, window: tuple, strides: Optional[tuple] = None,
              padding: Any = "VALID"):
-  """``flax.linen.max_pool`` on NHWC inputs, differentiated fast on the CPU.
-
-  ``y[n, i, j, c] = max_{a, b} x̄[n, i·s_h + a, j·s_w + b, c]`` with ``x̄``
-  padded by −∞. Its gradient sends ``∂L/∂y`` to the *first* maximum of each
-  window in row-major order, as XLA's ``select_and_scatter`` (and PyTorch's
-  ``max_pool2d``) do, and a NaN in a window propagates to its output. On the
-  CPU backend it is built from the ``kh·kw`` strided slices of ``x̄``: the
-  output is their running maximum, and each slice contributes where it is
-  the first to attain it (masks under ``stop_gradient``), so JAX
-  differentiates it (in both modes) into element-wise selects. XLA:CPU's
-  ``select_and_scatter`` is 5–10× slower than that (2-core CPU, jaxlib
-  0.10.2: 24.5 against 4.0 ms for ReLU + 2 × 2 pooling of a 128 × 28 × 28 × 32
-  batch, forward and backward); results and gradients are identical.
-  """
+  """``flax.linen.max_pool``; on NHWC inputs with the own kernels (module
+  docstring) :func:`optbench_jax.kernels.pooling.max_pool_2d`, the same
+  results and gradients (the first maximum of each window gets ``∂L/∂y``,
+  as in XLA and PyTorch) built from element-wise selects, which XLA:CPU
+  differentiates fast."""
   strides = window if strides is None else strides
-  if jax.default_backend() != "cpu" or x.ndim != 4:
+  if x.ndim != 4 or not use_own_kernels():
     return nn.max_pool(x, window, strides=strides, padding=padding)
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(x.shape[1:3], window, strides,
                                       padding.upper())
-  padding = _explicit_padding(padding, 2)
-  if any(lo or hi for lo, hi in padding):
-    x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
-  parts = convolution.window_slices(x, window, strides)
-  top = parts[0]
-  for part in parts[1:]:
-    top = jnp.maximum(top, part)
-  top = jax.lax.stop_gradient(top)
-  outputs = jnp.zeros_like(top)
-  taken = jnp.zeros(top.shape, bool)
-  for part in parts:
-    first = (part == top) & ~taken
-    outputs = outputs + jnp.where(first, part, 0)
-    taken = taken | first
-  return jnp.where(taken, outputs, top)   # NaN windows: no part equals top
-
-
-def layer_statistics(apply_fn, loss_of_outputs, params):
-  """Per-layer inputs and output-gradients for Kronecker-factored curvature.
-
-  Args:
-    apply_fn: ``apply_fn(variables, mutable) -> (outputs, mutated)``, the model
-      on the current mini-batch; ``variables`` holds ``"params"`` and possibly
-      ``"perturbations"``, the caller adds any other collections (batch
-      statistics) itself.
-    loss_of_outputs: ``outputs -> scalar`` mini-batch loss (mean over the
-      valid examples).
-    params: the parameters.
-
-  Returns:
-    ``{"inputs": tree, "output_grads": tree}`` where, for each capturing layer
-    at path ``P`` (the same path as its parameters), ``inputs[P]["inputs"]``
-    is a one-element tuple holding the layer input ``x`` (a plain 2-D
-    convolution's patches), ``inputs[P]["geometry"]`` a one-element tuple
-    holding a convolution's :class:`ConvGeometry`, and
-    ``output_grads[P]["outputs"]`` is ``∂ loss / ∂ y`` for the layer output
-    ``y`` (the gradient of the *mean* loss: multiply by the batch size for
-    per-example gradients).
-  """
-  _, captured = apply_fn({"params": params}, [KFAC_INPUTS, PERTURBATIONS])
-  zeros = captured[PERTURBATIONS]
-
-  def loss_of_perturbations(perturbations):
-    outputs, _ = apply_fn({"params": params, PERTURBATIONS: perturbations}, [])
-    return loss_of_outputs(outputs)
-
-  return {"inputs": captured[KFAC_INPUTS],
-          "output_grads": jax.grad(loss_of_perturbations)(zeros)}
+  return pooling.max_pool_2d(x, window, strides,
+                             _explicit_padding(padding, 2))
 
 
 class BatchNorm(nn.Module):
@@ -408,23 +325,14 @@ class ConvTranspose(_SchemeParams, nn.ConvTranspose):
 
   @nn.compact
   def __call__(self, inputs):
-    if not _cpu_depth_to_space(self, inputs):
+    if not (use_own_kernels() and _tiles_output(self, inputs)):
       return super().__call__(inputs)
-    # Windows that tile the output (kernel = strides, no padding): each input
-    # pixel writes its own kh×kw block, y[n, i·kh + a, j·kw + b, o] =
-    # Σ_c x[n, i, j, c] · K[a, b, o, c]; one matrix product and a
-    # depth-to-space reshape, which XLA:CPU differentiates fast (its
-    # transposed-convolution gradients run as naive loops inside lax.scan).
     kh, kw = self.kernel_size
     in_features = inputs.shape[-1]
     kernel = self.param("kernel", self.kernel_init,
                         (kh, kw, self.features, in_features), self.param_dtype)
     inputs, kernel = nn.dtypes.promote_dtype(inputs, kernel, dtype=self.dtype)
-    n, h, w, _ = inputs.shape
-    matrix = kernel.transpose(3, 0, 1, 2).reshape(in_features, -1)
-    blocks = jnp.dot(inputs, matrix, precision=self.precision)
-    outputs = blocks.reshape(n, h, w, kh, kw, self.features).transpose(
-        0, 1, 3, 2, 4, 5).reshape(n, h * kh, w * kw, self.features)
+    outputs = convolution.tiled_conv_transpose(inputs, kernel, self.precision)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,),
                         self.param_dtype)
@@ -432,11 +340,12 @@ class ConvTranspose(_SchemeParams, nn.ConvTranspose):
     return outputs
 
 
-def _cpu_depth_to_space(conv, inputs) -> bool:
-  """A transposed 2-D convolution whose windows tile its output."""
+def _tiles_output(conv, inputs) -> bool:
+  """A transposed 2-D convolution whose windows tile its output (kernel =
+  strides, no padding): :func:`optbench_jax.kernels.convolution.
+  tiled_conv_transpose`."""
   window = _tuple(conv.kernel_size, 1)
-  return (jax.default_backend() == "cpu" and inputs.ndim == 4
-          and len(window) == 2 and conv.transpose_kernel
+  return (inputs.ndim == 4 and len(window) == 2 and conv.transpose_kernel
           and conv.mask is None and _tuple(conv.strides, 2) == window
           and _tuple(conv.kernel_dilation, 2) == (1, 1)
           and isinstance(conv.padding, str)

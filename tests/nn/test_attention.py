@@ -1,7 +1,7 @@
-"""``models.attention`` computes PyTorch's attention and transformer layers.
+"""``nn.attention`` computes PyTorch's attention and transformer layers.
 
 Weights go from the PyTorch module to ours through the conversion rules of
-``models.attention``; both run in float32, eval mode (PyTorch's fast path
+``nn.attention``; both run in float32, eval mode (PyTorch's fast path
 off, so that padded positions are computed too). Errors are relative
 max-norm errors (``tests.transforms.torch_reference.relative_error``),
 asserted at 1e-5. Measured on a CPU: ``MultiheadAttention`` 1.1e-7,
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optbench_jax.models import attention, convert
+from optbench_jax.nn import attention, convert
 from tests.transforms.torch_reference import relative_error
 
 torch = pytest.importorskip("torch")

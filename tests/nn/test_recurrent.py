@@ -23,7 +23,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from optbench_jax.models import convert, layers, recurrent  # noqa: E402
+from optbench_jax.nn import convert, curvature, recurrent  # noqa: E402
 
 from tests.models.test_init import uniform_violations  # noqa: E402
 from tests.models.test_torch_equivalence import rel_error  # noqa: E402
@@ -312,7 +312,7 @@ def test_curvature_statistics_of_the_recurrent_kernel():
     return ours.apply(variables, x, mask, train=False, mutable=mutable)
 
   stats, grads = jax.jit(lambda p: (
-      layers.layer_statistics(apply_fn, lambda out: jnp.sum(out[0] * w_out),
+      curvature.layer_statistics(apply_fn, lambda out: jnp.sum(out[0] * w_out),
                               p),
       jax.grad(lambda q: jnp.sum(apply_fn({"params": q}, [])[0][0]
                                  * w_out))(p)))(params)

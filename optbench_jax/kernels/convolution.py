@@ -16,12 +16,12 @@ every form below takes the dilation ``d`` (DeepLab's convolutions).
 JAX differentiates a convolution into convolutions whose *batch and feature
 dimensions are swapped* (``lhs = "CHWN"`` for the kernel gradient). XLA:CPU
 rewrites those into its runtime's layout only in some computations: inside
-``lax.scan`` (the engine's scanned epoch) they compile to a naive loop,
-10–100× slower than the forward convolution (measured on a 2-core CPU,
-jaxlib 0.10.2: 1,982 ms against 31 ms per step for a 32 × 32 × 64 → 64
-layer at batch 32). :func:`conv2d` instead states its gradients explicitly
-(``jax.custom_vjp``), every convolution in the standard layout with the
-transposes written out, and picks per layer the form that was fastest there:
+``lax.scan`` (the engine's scanned epoch) they compile to a naive loop, many
+times slower than the forward convolution (measurements:
+``benchmarks/README.md``, "CPU kernels: why and measurements").
+:func:`conv2d` instead states its gradients explicitly (``jax.custom_vjp``),
+every convolution in the standard layout with the transposes written out,
+and picks per layer the form that was fastest there:
 
 * forward, and the input gradient at stride 1: one standard convolution;
 * the input gradient at stride > 1: ``g·Wᵀ`` scattered back by the
@@ -30,9 +30,14 @@ transposes written out, and picks per layer the form that was fastest there:
 * the kernel gradient: one matrix product ``patchesᵀ·g`` (im2col) for
   1 × 1 kernels, strides > 1 and narrow inputs (``C_in < 16``, the stem),
   else one standard convolution with ``C_in`` as the batch axis and the
-  batch as the feature axis (at batch 32, 3 × 3, 32 × 32 × 64 → 64: 17.8 ms
-  against im2col's 22.0; im2col wins by 10–25 % on 8 × 8 and 4 × 4 maps,
-  which changed ResNet-18's step by less than the noise, so one rule).
+  batch as the feature axis (one rule for every map size: where im2col is
+  faster, the difference did not show in a whole model's step).
+
+A transposed convolution whose windows tile its output (kernel size =
+strides, no padding; U-Net's 2 × 2, stride 2) is :func:`tiled_conv_transpose`,
+one matrix product and a depth-to-space reshape, which XLA:CPU
+differentiates into matrix products (its transposed-convolution gradients
+are the naive loops above).
 
 A ``custom_vjp`` function cannot be differentiated in forward mode
 (``jax.jvp``), which Hessian-vector products use (forward-over-reverse:
@@ -41,7 +46,7 @@ A ``custom_vjp`` function cannot be differentiated in forward mode
 plus one matrix product instead, which JAX differentiates in both modes
 into matrix products; those callers enter it. Gradients are equal to
 ``jax.grad`` of ``lax.conv_general_dilated`` up to float32 rounding
-(tests/models/test_convolution.py).
+(tests/kernels/test_convolution.py).
 """
 import contextlib
 import functools
@@ -216,3 +221,20 @@ def kernel_gradient(x, g, kernel_shape, strides, padding, dilation=(1, 1),
   conv = _library_conv(dilation, pads, (1, 1), precision)
   grad = conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3))
   return grad.transpose(1, 2, 0, 3)
+
+
+def tiled_conv_transpose(x: jax.Array, kernel: jax.Array,
+                         precision: Optional[lax.Precision] = None
+                         ) -> jax.Array:
+  """The transposed convolution (NHWC, a ``(kh, kw, C_out, C_in)`` kernel,
+  as ``flax.linen.ConvTranspose(transpose_kernel=True)`` stores it) with
+  strides equal to the window and no padding: each input pixel writes its
+  own ``kh × kw`` block,
+  ``y[n, i·kh + a, j·kw + b, o] = Σ_c x[n, i, j, c] · K[a, b, o, c]``,
+  one matrix product and a depth-to-space reshape."""
+  kh, kw, c_out, c_in = kernel.shape
+  n, h, w, _ = x.shape
+  matrix = kernel.transpose(3, 0, 1, 2).reshape(c_in, -1)
+  blocks = jnp.dot(x, matrix, precision=precision)
+  return blocks.reshape(n, h, w, kh, kw, c_out).transpose(
+      0, 1, 3, 2, 4, 5).reshape(n, h * kh, w * kw, c_out)

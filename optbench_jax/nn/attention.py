@@ -39,7 +39,7 @@ with ``FF(x) = W₂ Drop(act(W₁ x + b₁)) + b₂``, and pre-LN
 (``norm_first=True``) ``x = x + Drop(SA(LN₁(x)))`` and so on. The decoder's
 self-attention is always causal.
 
-Initialisation (``init_scheme``, see :mod:`optbench_jax.models.layers`):
+Initialisation (``init_scheme``, see :mod:`optbench_jax.nn.layers`):
 
 * ``"torch"``, as ``torch.nn.MultiheadAttention``: ``W_Q, W_K, W_V`` are
   the blocks of one Xavier-uniform ``(3d, d)`` matrix, i.e. uniform in
@@ -52,7 +52,7 @@ Parameter names follow PyTorch's modules (``self_attn``, ``multihead_attn``,
 ``linear1``, ``linear2``, ``norm1``..``norm3``; an attention's projections
 are ``query``, ``key``, ``value``, ``out``), and :func:`torch_attention_rules`,
 :func:`torch_encoder_layer_rules`, :func:`torch_decoder_layer_rules` give the
-:mod:`~optbench_jax.models.convert` rules (PyTorch's packed ``in_proj`` is
+:mod:`~optbench_jax.nn.convert` rules (PyTorch's packed ``in_proj`` is
 split into the three projections).
 """
 import functools
@@ -65,8 +65,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from optbench_jax.errors import OptBenchError
-from optbench_jax.models import convert
-from optbench_jax.models.layers import (Dense, at_least_float32, check_init,
+from optbench_jax.nn import convert
+from optbench_jax.nn.layers import (Dense, at_least_float32, check_init,
                                         scheme_initializer)
 
 Array = jax.Array

@@ -33,7 +33,7 @@ dropout of rate ``dropout`` (``train=True`` only, from the ``"dropout"`` RNG
 stream; none after the last layer), as PyTorch's ``dropout`` argument.
 
 Parameters. Layer ``k`` has a submodule ``l{k}`` (and ``l{k}_reverse`` when
-bidirectional) holding ``ih`` (a :class:`~optbench_jax.models.layers.Dense`,
+bidirectional) holding ``ih`` (a :class:`~optbench_jax.nn.layers.Dense`,
 kernel ``(D_k, G·H)``, bias ``(G·H,)``) and ``hh`` (kernel ``(H, G·H)``, bias
 ``(G·H,)``), with ``G`` the number of gates (4 or 3) and the gates' blocks of
 ``H`` columns in PyTorch's order: the kernels are PyTorch's
@@ -55,7 +55,7 @@ together (the reverse direction reads its input with each sequence's real
 prefix reversed, :func:`reverse_padded`). Everything is differentiable in
 both modes (``jax.grad``, ``jax.jvp``) and batches under ``vmap``.
 
-Curvature statistics. As :mod:`optbench_jax.models.layers`: ``ih`` records
+Curvature statistics. As :mod:`optbench_jax.nn.curvature`: ``ih`` records
 its input and perturbs its output (it is a ``Dense``); ``hh`` records its
 inputs ``h_{t-1}`` ``(B, T, H)`` and perturbs its outputs
 ``W_hh h_{t-1} + b_hh`` ``(B, T, G·H)``, both in the direction's own time
@@ -70,9 +70,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optbench_jax.models import convert
-from optbench_jax.models.layers import (
-    KFAC_INPUTS, PERTURBATIONS, Dense, Initializer, check_init, fan_in_uniform)
+from optbench_jax.nn import convert
+from optbench_jax.nn.curvature import KFAC_INPUTS, PERTURBATIONS
+from optbench_jax.nn.layers import (Dense, Initializer, check_init,
+                                    fan_in_uniform)
 
 __all__ = ["LSTM", "GRU", "reverse_padded", "lengths_from_mask",
            "torch_rnn_rules"]
@@ -334,7 +335,7 @@ class GRU(_RNN):
 def _checked_gates(kind: convert.Kind, gates: int) -> convert.Kind:
   """``kind`` that checks the gate axis (PyTorch's first, Flax's last)."""
 
-  def check(w, axis):
+  def gate_axis(w, axis):
     if np.shape(w)[axis] % gates:
       raise convert.ConversionError(
           f"a recurrent tensor of shape {np.shape(w)} is not {gates} gates")
@@ -342,8 +343,8 @@ def _checked_gates(kind: convert.Kind, gates: int) -> convert.Kind:
 
   return {suffix: convert.Leaf(
               leaf.collection, leaf.name,
-              lambda w, leaf=leaf: leaf.to_flax(check(w, 0)),
-              lambda k, leaf=leaf: leaf.to_torch(check(k, -1)))
+              lambda w, leaf=leaf: leaf.to_flax(gate_axis(w, 0)),
+              lambda k, leaf=leaf: leaf.to_torch(gate_axis(k, -1)))
           for suffix, leaf in kind.items()}
 
 
@@ -354,10 +355,10 @@ def torch_rnn_rules(torch_prefix: str, flax_path: Union[str, Sequence[str]],
 
   ``{prefix}.weight_ih_l{k}{sfx}`` ``(G·H, D_k)`` ↔
   ``{path}/l{k}{sfx}/ih/kernel`` ``(D_k, G·H)`` (transposed, as
-  :func:`optbench_jax.models.convert.dense`), ``bias_ih_l{k}{sfx}`` ↔
+  :func:`optbench_jax.nn.convert.dense`), ``bias_ih_l{k}{sfx}`` ↔
   ``ih/bias``, and the same for ``hh``; ``sfx`` is ``""`` or ``"_reverse"``.
-  Use with :func:`~optbench_jax.models.convert.torch_to_flax` and
-  :func:`~optbench_jax.models.convert.flax_to_torch`. LSTMs with
+  Use with :func:`~optbench_jax.nn.convert.torch_to_flax` and
+  :func:`~optbench_jax.nn.convert.flax_to_torch`. LSTMs with
   ``proj_size > 0`` are not covered.
 
   Args:
@@ -370,7 +371,7 @@ def torch_rnn_rules(torch_prefix: str, flax_path: Union[str, Sequence[str]],
       gate axis is not a multiple raise ``ConversionError``.
 
   Returns:
-    The list of :class:`~optbench_jax.models.convert.Rule`.
+    The list of :class:`~optbench_jax.nn.convert.Rule`.
   """
   flax_path = (flax_path,) if isinstance(flax_path, str) else tuple(flax_path)
   rules = []

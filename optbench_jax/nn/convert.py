@@ -6,9 +6,11 @@ and a *kind*, a dict from the PyTorch tensor suffix (``"weight"``) to a
 :class:`Leaf` (Flax collection, leaf name, and the layout transforms both
 ways). :func:`torch_to_flax` walks the rules and builds
 ``{"params": ..., "batch_stats": ...}``; :func:`flax_to_torch` is the inverse.
-Each model's rules live in its own module, as its registry entry's
-``conversion(info)`` (``optbench_jax.models.get(task, name).conversion``);
-this module holds the mechanism and the kinds. A new layer type needs a kind
+Each model's rules live in its own module, as its model registry entry's
+``conversion(info)``; the layers' rules live beside the layers
+(:func:`~optbench_jax.nn.attention.torch_attention_rules`,
+:func:`~optbench_jax.nn.recurrent.torch_rnn_rules`); this module holds the
+mechanism and the kinds. A new layer type needs a kind
 here (e.g. attention projections reshaped to ``(in, heads, head_dim)``).
 
 Layout conventions (PyTorch -> Flax):

@@ -2,9 +2,11 @@
 
 ``convolution.conv2d`` states its gradients by hand (standard-layout
 convolutions, im2col products); ``layers.max_pool`` builds pooling from
-strided slices. Both must equal ``lax.conv_general_dilated`` /
-``nn.max_pool`` and their JAX derivatives: in float64 to 1e-13 relative
-(the forms sum in different orders), pooling exactly (it only selects). Geometries
+strided slices (``pooling.max_pool_2d``; the layer tests here select the own
+kernels with ``select.use("cpu")``, whatever ``OPTBENCH_KERNELS`` says).
+Both must equal ``lax.conv_general_dilated`` / ``nn.max_pool`` and their
+JAX derivatives: in float64 to 1e-13 relative (the forms sum in different
+orders), pooling exactly (it only selects). Geometries
 cover every branch: the stem (narrow input), 3×3 stride 1, stride 2 with
 even and odd sizes, 1×1 stride 2, a rectangular kernel without
 padding, a 7×7 stride-2 stem, asymmetric padding and dilated (atrous)
@@ -26,7 +28,15 @@ import numpy as np
 import pytest
 
 from optbench_jax import xla_cpu
-from optbench_jax.models import convolution, layers
+from optbench_jax.kernels import convolution, select
+from optbench_jax.nn import layers
+
+
+@pytest.fixture
+def own_kernels():
+  """The layers use the project's kernels (the CPU default) in the test."""
+  with select.use("cpu"):
+    yield
 
 GEOMETRIES = {
     # name: (x shape, kernel shape, strides, padding)
@@ -173,7 +183,8 @@ POOLS = [((2, 7, 9, 3), (2, 2), (2, 2), "VALID"),
 
 
 @pytest.mark.parametrize("shape, window, strides, padding", POOLS)
-def test_max_pool_equals_flax_with_ties(shape, window, strides, padding):
+def test_max_pool_equals_flax_with_ties(own_kernels, shape, window, strides,
+                                        padding):
   """Integer-valued inputs (many ties): values and gradients exactly equal
   to ``nn.max_pool``'s (``select_and_scatter``: the first maximum in
   row-major window order gets the gradient)."""
@@ -192,7 +203,7 @@ def test_max_pool_equals_flax_with_ties(shape, window, strides, padding):
       layers.max_pool), grad(nn.max_pool))
 
 
-def test_max_pool_propagates_nan_in_a_large_array():
+def test_max_pool_propagates_nan_in_a_large_array(own_kernels):
   """XLA:CPU's fused reductions drop a NaN from ``nn.max_pool`` over this
   array (tests/train/test_nan_detection.py); the slice form keeps it."""
   x = np.ones((32, 32, 32, 16), np.float32)
@@ -255,7 +266,7 @@ def test_flag_lookup_in_jaxlib():
 # ------------------------------------------------------ transposed conv
 
 @pytest.mark.parametrize("window", [(2, 2), (3, 2)])
-def test_tiling_conv_transpose_equals_flax(x64, window):
+def test_tiling_conv_transpose_equals_flax(x64, own_kernels, window):
   """``layers.ConvTranspose`` with windows that tile the output (U-Net's
   2×2, stride 2) is one matrix product and a depth-to-space reshape on the
   CPU: outputs and gradients equal ``nn.ConvTranspose``'s with the same

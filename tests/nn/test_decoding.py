@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optbench_jax.models import decoding
+from optbench_jax.nn import decoding
 
 PAD, EOS, BOS = 0, 1, 2
 HASH_ROWS = 1009
