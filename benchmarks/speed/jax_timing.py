@@ -49,8 +49,9 @@ def build(workload, args, *, runs=1, precision="fp32") -> Built:
   tx = optimizer_lib.build(OPTIMIZER, LEARNING_RATE,
                            hyperparameters={"momentum": MOMENTUM})
   task = tasks.get(spec.task)
-  # The task's label smoothing (e.g. 0.1 for translation), as the PyTorch
-  # losses of ``workload.TASK_DATA``; no gradient clipping on either side.
+  # The task's label smoothing (e.g. 0.1 for translation), as its PyTorch
+  # reference loss (``Task.reference_loss``); no gradient clipping on either
+  # side.
   hyper = Hyper(batch_size=args.batch_size, eval_batch_size=args.batch_size,
                 total_steps=args.steps, scheduler="none", precision=precision,
                 label_smoothing=float(task.default_label_smoothing))

@@ -4,10 +4,12 @@ The twin is ``spec.torch_twin(info)`` with the JAX program's initial
 weights copied in (``convert.flax_to_torch`` with ``spec.conversion(info)``),
 so both sides start from the same model. Each step is ``zero_grad /
 forward / backward / step`` with SGD (the engine's learning rate and
-momentum) and the task's loss (``TaskData.torch_loss(model)``; a target may
-be a tuple of arrays), in ``model.train()`` mode, on the same fixed
-batch as the JAX step; ``--warmup`` steps (at least one) run first, and
-timings end with ``torch.cuda.synchronize()`` on a GPU.
+momentum) and the task's PyTorch reference loss (``Task.reference_loss``,
+``optbench_jax/reference/torch_losses.py``: it reads the batch,
+``torch_batch``, and computes the loss; a target may be a tuple of arrays),
+in ``model.train()`` mode, on the same fixed batch as the JAX step;
+``--warmup`` steps (at least one) run first, and timings end with
+``torch.cuda.synchronize()`` on a GPU.
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ import jax
 import numpy as np
 import torch
 
-from optbench_jax.models import convert
-from optbench_jax.reference import torch_models
+from optbench_jax.nn import convert
+from optbench_jax.reference import torch_losses, torch_models
 
 from speed import jax_timing
 from speed.clock import Timing, repeat
@@ -25,6 +27,9 @@ from speed.clock import Timing, repeat
 def unavailable(workload):
   """Why the model has no PyTorch side, or None."""
   spec = workload.spec
+  if workload.task.reference_loss is None:
+    return (f"task {workload.task.name} names no PyTorch reference loss "
+            f"(reference_loss)")
   if spec.torch_twin is None:
     return "the model's registry entry has no PyTorch twin (torch_twin)"
   if spec.conversion is None:
@@ -52,8 +57,8 @@ def time_steps(model, workload, args) -> Timing:
   device = torch.device(args.device)
   sync = ((lambda _: torch.cuda.synchronize()) if args.device == "cuda"
           else (lambda _: None))
-  inputs, target = workload.recipe.torch_batch(
-      jax.device_get(workload.jax.batch))
+  reference = torch_losses.for_task(workload.task)
+  inputs, target = reference.torch_batch(jax.device_get(workload.jax.batch))
   to_torch = lambda x: torch.from_numpy(np.array(x)).to(device)
   inputs = tuple(to_torch(x) for x in inputs)
   target = (tuple(to_torch(t) for t in target)
@@ -61,7 +66,7 @@ def time_steps(model, workload, args) -> Timing:
   model.train()
   opt = torch.optim.SGD(model.parameters(), lr=jax_timing.LEARNING_RATE,
                         momentum=jax_timing.MOMENTUM)
-  loss_fn = workload.recipe.torch_loss(model)
+  loss_fn = reference(workload.task, model)
 
   def step():
     opt.zero_grad(set_to_none=True)

@@ -150,7 +150,8 @@ def measure(variant: Variant, workload, args, result: dict) -> None:
 
 def sequence_lengths(workload) -> dict:
   stats = workload.info.stats
-  if workload.recipe.encoded_stats is None or "max_length" not in stats:
+  if (workload.task.encoded_info(workload.info) is None
+      or "max_length" not in stats):
     return {}
   out = {"seq_len": int(stats["max_length"])}
   if "target_length" in stats:

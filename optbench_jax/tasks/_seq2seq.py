@@ -15,7 +15,7 @@ Training: teacher forcing, the model reads ``target[:, :-1]`` and predicts
 summed over real target tokens and divided by their number.
 
 Evaluation decodes every example of the split with the model's key/value
-cache (``models/decoding.py``: beam search with GNMT's length penalty,
+cache (``nn/decoding.py``: beam search with GNMT's length penalty,
 ``--beam-size 1`` = greedy; fixed shapes, one compiled batch step), turns
 the tokens back into text (``[EOS]`` ends a hypothesis) and scores the
 hypotheses against the reference texts on the host (``finalize``). The
@@ -29,6 +29,10 @@ The model protocol: ``model(source, source_mask, target_in, target_mask)``
 length)`` (with ``mutable=["cache"]``) creates the decoding cache;
 ``decode_step(memory, source_mask, tokens, position)`` (with
 ``mutable=["cache"]``) → the next token's logits.
+
+Random batches (tests, benchmarks) are encoded already: sources of random
+lengths, targets ``[BOS] y [EOS]`` as ``encode_targets`` lays them out
+(:func:`random_targets`).
 """
 from __future__ import annotations
 
@@ -40,9 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from optbench_jax.data import text
-from optbench_jax.models import decoding
+from optbench_jax.nn import decoding
 from optbench_jax.tasks import _text
-from optbench_jax.tasks.base import Task, with_stats
+from optbench_jax.tasks.base import (RandomGenerator, Task,
+                                     random_integers, with_stats)
 
 SAMPLE_COUNT = 5
 
@@ -56,6 +61,21 @@ def encode_targets(vocabulary: text.Vocabulary, texts, length: int
     row = [bos, *e.ids[:length - 1], eos]
     out[i, :len(row)] = row
   return out
+
+
+def random_targets(rng: RandomGenerator, n: int, length: int,
+                   vocab_size: int) -> np.ndarray:
+  """``(n, length + 1)`` as :func:`encode_targets` lays targets out: ``[BOS]
+  y [EOS]`` right-padded, ``y`` random ordinary ids of a uniform random
+  length in ``[1, length - 1]``."""
+  words = random_integers(rng, 1, length, n)
+  target = random_integers(rng, _text.FIRST_GENERATION_ID, vocab_size,
+                           (n, length + 1)).astype(np.int32)
+  target[:, 0] = _text.BOS_ID
+  position = np.arange(length + 1)[None, :]
+  target[position == words[:, None] + 1] = _text.EOS_ID
+  target[position > words[:, None] + 1] = text.PAD_ID
+  return target
 
 
 def detokenize(vocabulary: text.Vocabulary, ids) -> str:
@@ -79,6 +99,7 @@ class Seq2SeqTask(Task):
   gathered_stats = ("uid", "decoded")
   source_column = "source"
   target_column = "target"
+  reference_loss = "optbench_jax.reference.torch_losses.Seq2SeqLoss"
 
   def scores(self, hypotheses, references, sources) -> dict:
     raise NotImplementedError
@@ -88,11 +109,12 @@ class Seq2SeqTask(Task):
     return (source, _text.token_mask(source), target_in,
             _text.token_mask(target_in))
 
-  def fit(self, splits, config=None, cache_dir=None):
-    config = _text.require_config(config, self.name)
+  def fit(self, splits, config=None, cache_dir=None, model=None):
+    config = _text.require_config(config, model, self.name)
     sources = [str(t) for t in splits.train[self.source_column]]
     targets = [str(t) for t in splits.train[self.target_column]]
-    vocabulary, _ = _text.fit_vocabulary(config, sources + targets, cache_dir)
+    vocabulary, _ = _text.fit_vocabulary(config, model, sources + targets,
+                                         cache_dir)
     references = _text.References()
     normalizer = vocabulary.tokenizer.normalizer   # e.g. lower-casing
     normalize = (normalizer.normalize_str if normalizer is not None
@@ -118,6 +140,24 @@ class Seq2SeqTask(Task):
         references=references, bos_id=vocabulary.id(text.BOS),
         eos_id=vocabulary.id(text.EOS), beam_size=config.beam_size,
         length_penalty=config.length_penalty)
+
+  def encoded_info(self, info):
+    return _text.encoded_info(
+        info, target_length=int(info.stats.get("target_length",
+                                               self.default_target_length)),
+        bos_id=_text.BOS_ID, eos_id=_text.EOS_ID)
+
+  def random_batch(self, info, n, rng):
+    """Sources of random lengths, random targets (:func:`random_targets`);
+    ``uid`` 0..n-1 (no reference texts: not for ``finalize``)."""
+    stats = self.encoded_info(info).stats
+    vocab = int(stats["vocab_size"])
+    return {"source": _text.random_ids(rng, n, stats["max_length"], vocab),
+            "target": random_targets(rng, n, stats["target_length"], vocab),
+            "uid": np.arange(n, dtype=np.int32)}
+
+  def target_tokens(self, arrays):
+    return _text.token_mask(np.asarray(arrays["target"])[:, 1:]).sum(1)
 
   def loss(self, outputs, batch, label_smoothing):
     return _text.token_statistics(outputs, batch["target"][:, 1:],

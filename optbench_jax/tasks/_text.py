@@ -13,6 +13,11 @@ need each evaluated example's reference text on the host: the task gives
 every example an integer ``uid`` column and keeps the texts in a
 :class:`References` table in ``info.stats``; ``finalize`` looks them up by
 the gathered uids.
+
+Random batches (``Task.random_batch``, for tests and benchmarks) skip the
+tokenisation: they are already-encoded, right-padded ids
+(:func:`random_ids`), and ``Task.encoded_info`` gives the statistics
+``fit`` would have stored for them (:func:`encoded_info`).
 """
 from __future__ import annotations
 
@@ -27,29 +32,29 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optbench_jax import models
+from optbench_jax import store
 from optbench_jax.data import text
-from optbench_jax.data.base import Splits
+from optbench_jax.data.base import DatasetInfo, Splits
 from optbench_jax.errors import OptBenchError
+from optbench_jax.tasks.base import RandomGenerator, random_integers
 
-VOCABULARY_FILE = "vocabulary.json"
+# The generation vocabularies' specials (``text.GENERATION_SPECIALS``) and
+# their first ordinary id.
+BOS_ID = text.GENERATION_SPECIALS.index(text.BOS)
+EOS_ID = text.GENERATION_SPECIALS.index(text.EOS)
+FIRST_GENERATION_ID = len(text.GENERATION_SPECIALS)
 
 
-def require_config(config: Any, task: str) -> Any:
-  if config is None or getattr(config, "max_length", None) is None:
+def require_config(config: Any, model: Any, task: str) -> Any:
+  """The run's resolved settings and the model's text needs, or a
+  one-line error saying how to get them."""
+  if (config is None or getattr(config, "max_length", None) is None
+      or model is None):
     raise OptBenchError(
-        f"task {task} fits its vocabulary for a model: call fit(splits, "
-        f"config) with the run's resolved settings "
-        f"(settings.resolve(config))")
+        f"task {task} fits its vocabulary for a model: fit the splits with "
+        f"optbench_jax.workload.Workload(...).fit(splits, config) on the "
+        f"run's resolved settings (train.plan)")
   return config
-
-
-def pretrained_directory(config: Any) -> Optional[str]:
-  """The local directory of the run's pretrained weights, or None."""
-  spec = models.get(config.task, config.model)
-  if spec.pretrained is None or config.pretrained in (None, "none"):
-    return None
-  return spec.pretrained.resolve(config.pretrained)
 
 
 def _digest(parts: Sequence[Any], corpus: Iterable[Any]) -> str:
@@ -60,33 +65,29 @@ def _digest(parts: Sequence[Any], corpus: Iterable[Any]) -> str:
   return h.hexdigest()
 
 
-def fit_vocabulary(config: Any, corpus: Sequence[text.Text],
+def fit_vocabulary(config: Any, model: Any, corpus: Sequence[text.Text],
                    cache_dir: Optional[str]
                    ) -> tuple[text.Vocabulary, Optional[str]]:
-  """The model's vocabulary for ``corpus`` (the training texts).
+  """The model's vocabulary for ``corpus`` (the training texts), built by
+  ``model`` (a :class:`~optbench_jax.tasks.base.TextModel`) and cached as
+  ``store.VOCABULARY`` in ``cache_dir`` under a digest of everything it
+  depends on.
 
   Returns:
     ``(vocabulary, pretrained directory or None)``.
   """
-  spec = models.get(config.task, config.model)
-  if spec.vocabulary is None:
-    raise OptBenchError(f"model {config.model} does not take text")
-  directory = pretrained_directory(config)
+  directory = model.pretrained_dir
   corpus = [c if isinstance(c, str) else list(c) for c in corpus]
   key = _digest([config.task, config.dataset, config.model,
                  config.vocab_size, directory], corpus)
-  path = os.path.join(cache_dir, VOCABULARY_FILE) if cache_dir else None
+  path = os.path.join(cache_dir, store.VOCABULARY) if cache_dir else None
   cached = _read_cached(path, key)
   if cached is not None:
     return cached, directory
-  vocabulary = spec.vocabulary(corpus, config.vocab_size, directory)
+  vocabulary = model.build_vocabulary(corpus, config.vocab_size, directory)
   if path is not None:
-    from optbench_jax.train import outputs  # the engine's atomic writes
-    os.makedirs(cache_dir, exist_ok=True)
-    with outputs.atomic_path(path) as tmp:
-      with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"key": key, "vocabulary": json.loads(
-            vocabulary.to_json())}, f)
+    store.write_text(path, json.dumps({"key": key, "vocabulary": json.loads(
+        vocabulary.to_json())}))
   return vocabulary, directory
 
 
@@ -148,3 +149,27 @@ def token_statistics(logits, labels, example_mask, label_smoothing: float):
       jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing))
   correct = (jnp.argmax(logits, -1) == labels) * real
   return jnp.sum(per_token * real), jnp.sum(real), jnp.sum(correct)
+
+
+def sequence_length(info: DatasetInfo) -> int:
+  """The input sequence length of ``info``: its ``max_length`` statistic,
+  else its input shape's."""
+  return int(info.stats.get("max_length", info.input_shape[0]))
+
+
+def encoded_info(info: DatasetInfo, **stats) -> DatasetInfo:
+  """``info`` with what a text task's ``fit`` stores for encoded data: the
+  vocabulary sizes ``info`` has, ``max_length`` and ``stats``."""
+  return dataclasses.replace(info, stats={
+      **info.stats, "max_length": sequence_length(info), **stats})
+
+
+def random_ids(rng: RandomGenerator, n: int, length: int, vocab_size: int,
+               min_length: int = 1) -> np.ndarray:
+  """``(n, length)`` int32 ids in ``[1, vocab_size)``, right-padded with
+  ``PAD_ID`` to a uniform random length in ``[min_length, length]`` per
+  row."""
+  lengths = random_integers(rng, min_length, length + 1, n)
+  ids = random_integers(rng, 1, vocab_size, (n, length)).astype(np.int32)
+  ids[np.arange(length)[None, :] >= lengths[:, None]] = text.PAD_ID
+  return ids

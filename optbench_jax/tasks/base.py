@@ -18,17 +18,27 @@ The base class assumes nothing about the inputs: a task names its model's
 inputs (``model_inputs``), computes what it needs from the training split
 (``fit``, e.g. normalisation statistics), and the dataset's registry entry
 supplies the training augmentation (``info.augment``).
+
+For tests and benchmarks a task also makes random batches of its own layout
+(``random_batch``; text tasks make already-encoded ids and say which
+statistics ``fit`` would have stored, ``encoded_info``), counts the target
+tokens of token-predicting tasks (``target_tokens``) and names its loss's
+PyTorch reference (``reference_loss``, in
+``optbench_jax/reference/torch_losses.py``, which imports torch; the
+library never imports it).
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optbench_jax.data.base import DatasetInfo, Splits
+from optbench_jax.errors import OptBenchError
 from optbench_jax.registry import Registry
 
 Batch = Mapping[str, jax.Array]
@@ -36,6 +46,19 @@ Batch = Mapping[str, jax.Array]
 # Flax's ``Module.apply`` at the run's precision (outputs in float32); returns
 # the outputs, or ``(outputs, mutated)`` when ``mutable`` is not False.
 ApplyFn = Callable[..., Any]
+# Either of numpy's random APIs (``random_integers`` draws from both).
+RandomGenerator = Union[np.random.Generator, np.random.RandomState]
+
+
+@dataclasses.dataclass(frozen=True)
+class TextModel:
+  """What a text task's ``fit`` needs of the run's model, handed to it by
+  the workload (``optbench_jax/workload.py``) so tasks never look models
+  up: ``build_vocabulary(corpus, max_size, pretrained_dir) -> Vocabulary``
+  (the model's :attr:`~optbench_jax.models.base.ModelSpec.vocabulary`) and
+  the local directory of the model's pretrained weights (None: none)."""
+  build_vocabulary: Callable[..., Any]
+  pretrained_dir: Optional[str] = None
 
 
 class Task(abc.ABC):
@@ -56,6 +79,10 @@ class Task(abc.ABC):
       default_beam_size, default_length_penalty: the task's defaults of
       these settings (None: the setting does not apply, and a value given
       is refused).
+    reference_loss: the dotted path of the PyTorch reference of ``loss``
+      (a class of ``optbench_jax.reference.torch_losses``), resolved lazily
+      by ``torch_losses.for_task``: torch stays a test and benchmark
+      dependency. None: the task has none.
   """
   name: str = ""
   primary_metric: str = ""
@@ -70,25 +97,29 @@ class Task(abc.ABC):
   default_target_length: Optional[int] = None
   default_beam_size: Optional[int] = None
   default_length_penalty: Optional[float] = None
+  reference_loss: Optional[str] = None
 
   @abc.abstractmethod
   def model_inputs(self, batch: Batch) -> tuple:
     """The positional inputs of the model's ``__call__`` for ``batch``."""
 
   def fit(self, splits: Splits, config: Any = None,
-          cache_dir: Optional[str] = None) -> Splits:
+          cache_dir: Optional[str] = None,
+          model: Optional[TextModel] = None) -> Splits:
     """Fits the preprocessing on the training split, once per campaign, on
     the host: statistics (normalisation) or vocabularies, stored in
     ``splits.info.stats``; text tasks also encode every split here.
+    Called by the workload (``Workload.fit``), the one path of data.
 
     Args:
       splits: the raw splits.
-      config: the run or campaign settings (model, lengths, vocabulary
-        cap, pretrained weights).
+      config: the run or campaign settings (lengths, vocabulary cap).
       cache_dir: where fitted vocabularies are cached for later runs and
         resumption (the campaign directory); None to not cache.
+      model: what a text task needs of the model (its vocabulary builder
+        and pretrained directory); None for tasks that need nothing.
     """
-    del config, cache_dir
+    del config, cache_dir, model
     return splits
 
   def preprocess(self, batch: Batch, info: DatasetInfo) -> dict:
@@ -109,6 +140,33 @@ class Task(abc.ABC):
 
     Padding (``batch["mask"] == 0``) contributes nothing to either.
     """
+
+  def random_batch(self, info: DatasetInfo, n: int, rng: RandomGenerator
+                   ) -> dict:
+    """``n`` random host examples (numpy arrays, leading axis ``n``, no
+    ``"mask"``) in the layout ``preprocess`` and ``loss`` consume: raw as
+    ``fit`` takes them, or already encoded where ``encoded_info`` is not
+    None. Shapes, classes and vocabulary sizes come from ``info``.
+    For tests and benchmarks."""
+    del info, n, rng
+    raise OptBenchError(
+        f"task {self.name} makes no random batches: "
+        f"{type(self).__name__}.random_batch is not implemented")
+
+  def encoded_info(self, info: DatasetInfo) -> Optional[DatasetInfo]:
+    """``info`` with the statistics ``fit`` would store for data that are
+    already encoded (vocabulary sizes from ``info``, sequence lengths), for
+    tasks whose ``random_batch`` makes encoded ids (text): ``fit`` is then
+    skipped. None: random batches are raw and ``fit`` runs on them."""
+    del info
+    return None
+
+  def target_tokens(self, arrays: Mapping[str, np.ndarray]
+                    ) -> Optional[np.ndarray]:
+    """``(n,)`` the real (non-padding) target tokens of each example of the
+    host ``arrays``, for tasks that predict tokens; None for the others."""
+    del arrays
+    return None
 
   def eval_outputs(self, apply: ApplyFn, variables: Any, batch: Batch,
                    info: DatasetInfo) -> Any:
@@ -154,6 +212,14 @@ def with_stats(splits: Splits, **stats) -> Splits:
   """``splits`` with ``stats`` added to ``splits.info.stats``."""
   return dataclasses.replace(splits, info=dataclasses.replace(
       splits.info, stats={**splits.info.stats, **stats}))
+
+
+def random_integers(rng: RandomGenerator, low: int, high: int, size=None,
+                    dtype=np.int64) -> np.ndarray:
+  """Uniform integers in ``[low, high)`` from either numpy random API."""
+  draw = (rng.integers if isinstance(rng, np.random.Generator)
+          else rng.randint)
+  return draw(low, high, size, dtype=dtype)
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

@@ -15,8 +15,9 @@ import numpy as np
 from optbench_jax.tasks._classification import (Classification,
                                                 classification_metrics,
                                                 confusion_matrix)
-from optbench_jax.tasks._images import normalized_images, with_stats
-from optbench_jax.tasks.base import register
+from optbench_jax.tasks._images import (normalized_images, random_images,
+                                        with_stats)
+from optbench_jax.tasks.base import random_integers, register
 
 __all__ = ["ImageClassification", "classification_metrics",
            "confusion_matrix"]
@@ -27,13 +28,15 @@ class ImageClassification(Classification):
   default_scheduler = "cosine"
   default_grad_clip = None
   default_label_smoothing = 0.0
+  reference_loss = ("optbench_jax.reference.torch_losses."
+                    "ImageClassificationLoss")
 
   def model_inputs(self, batch):
     return (batch["image"],)
 
-  def fit(self, splits, config=None, cache_dir=None):
+  def fit(self, splits, config=None, cache_dir=None, model=None):
     """Per-channel mean and std of the training images (in [0, 1])."""
-    del config, cache_dir
+    del config, cache_dir, model
     image = splits.train["image"].astype(np.float64)
     if splits.train["image"].dtype == np.uint8:
       image /= 255.0
@@ -44,6 +47,12 @@ class ImageClassification(Classification):
 
   def preprocess(self, batch, info):
     return normalized_images(batch, info)
+
+  def random_batch(self, info, n, rng):
+    """uint8 images of ``info.input_shape``, uniform labels."""
+    return {"image": random_images(info, n, rng),
+            "label": random_integers(rng, 0, info.num_classes, n
+                                     ).astype(np.int32)}
 
 
 register(ImageClassification())

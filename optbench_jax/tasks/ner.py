@@ -6,7 +6,7 @@ padding), ``batch["chars"]`` ``(N, L, W)`` character ids of each word (case
 kept, ``W`` = 16 characters), ``batch["tags"]`` ``(N, L)`` gold tag ids; the
 model is called as ``model(tokens, chars, mask)`` and returns the CRF's
 inputs ``{"emissions", "transitions", "start", "end"}`` and, when not
-training, its Viterbi decoding ``"predicted"`` (``models/crf.py``).
+training, its Viterbi decoding ``"predicted"`` (``nn/crf.py``).
 
 Loss: the CRF negative log-likelihood of the gold tag sequence, per
 sentence (summed over tokens), averaged over sentences. Metrics, from the
@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from optbench_jax.data.text import CharVocabulary
-from optbench_jax.models import crf
+from optbench_jax.nn import crf
 from optbench_jax.tasks import _tagging, _text
-from optbench_jax.tasks.base import Task, register, with_stats
+from optbench_jax.tasks.base import (Task, random_integers, register,
+                                     with_stats)
 
 MAX_WORD_LENGTH = 16
 
@@ -43,16 +44,17 @@ class NamedEntityRecognition(Task):
   default_max_length = 128
   default_vocab_size = 20_000
   gathered_stats = ("predicted", "tags", "token_mask")
+  reference_loss = "optbench_jax.reference.torch_losses.CRFLoss"
 
   def model_inputs(self, batch):
     return batch["tokens"], batch["chars"], _text.token_mask(batch["tokens"])
 
-  def fit(self, splits, config=None, cache_dir=None):
+  def fit(self, splits, config=None, cache_dir=None, model=None):
     """Word and character vocabularies of the training sentences; every
     split encoded to ``config.max_length`` words."""
-    config = _text.require_config(config, self.name)
+    config = _text.require_config(config, model, self.name)
     words = list(splits.train["tokens"])
-    vocabulary, _ = _text.fit_vocabulary(config, words, cache_dir)
+    vocabulary, _ = _text.fit_vocabulary(config, model, words, cache_dir)
     chars = CharVocabulary.build(words)
     length = config.max_length
     truncated = []
@@ -73,6 +75,26 @@ class NamedEntityRecognition(Task):
         _text.encode_splits(splits, encode), vocab_size=vocabulary.size,
         char_vocab_size=chars.size, max_length=length,
         truncated_train=truncated[0], vocabulary=vocabulary)
+
+  def encoded_info(self, info):
+    return _text.encoded_info(info)
+
+  def random_batch(self, info, n, rng):
+    """Sentences of random lengths: word ids, the character ids of each
+    word (random lengths up to ``MAX_WORD_LENGTH``), uniform tags over
+    ``info.extra["tag_names"]``; padding words have no characters and tag
+    0."""
+    info = self.encoded_info(info)
+    length = info.stats["max_length"]
+    tokens = _text.random_ids(rng, n, length, int(info.stats["vocab_size"]))
+    chars = _text.random_ids(rng, n * length, MAX_WORD_LENGTH,
+                             int(info.stats["char_vocab_size"])).reshape(
+                                 n, length, MAX_WORD_LENGTH)
+    real = _text.token_mask(tokens)
+    chars[~real] = 0
+    tags = random_integers(rng, 0, len(info.extra["tag_names"]), (n, length))
+    return {"tokens": tokens, "chars": chars,
+            "tags": np.where(real, tags, 0).astype(np.int32)}
 
   def loss(self, outputs, batch, label_smoothing):
     del label_smoothing  # a CRF has no label smoothing

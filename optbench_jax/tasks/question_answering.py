@@ -58,16 +58,17 @@ class QuestionAnswering(Task):
   default_max_length = 384
   default_vocab_size = 20_000
   gathered_stats = ("uid", "start", "end")
+  reference_loss = "optbench_jax.reference.torch_losses.SpanLoss"
 
   def model_inputs(self, batch):
     context, question = batch["context"], batch["question"]
     return (context, _text.token_mask(context), question,
             _text.token_mask(question))
 
-  def fit(self, splits, config=None, cache_dir=None):
-    config = _text.require_config(config, self.name)
+  def fit(self, splits, config=None, cache_dir=None, model=None):
+    config = _text.require_config(config, model, self.name)
     corpus = list(splits.train["context"]) + list(splits.train["question"])
-    vocabulary, _ = _text.fit_vocabulary(config, corpus, cache_dir)
+    vocabulary, _ = _text.fit_vocabulary(config, model, corpus, cache_dir)
     references = _text.References()
     unanswerable = {}
 
@@ -103,6 +104,27 @@ class QuestionAnswering(Task):
                       question_length=QUESTION_LENGTH,
                       unanswerable=unanswerable, references=references,
                       vocabulary=vocabulary)
+
+  def encoded_info(self, info):
+    return _text.encoded_info(info, question_length=int(
+        info.stats.get("question_length", QUESTION_LENGTH)))
+
+  def random_batch(self, info, n, rng):
+    """Contexts and questions of random lengths, an answer span of at most
+    ``MAX_ANSWER_LENGTH`` tokens inside each context, every example
+    answerable; ``uid`` 0..n-1 (no reference texts: not for
+    ``finalize``)."""
+    stats = self.encoded_info(info).stats
+    vocab = int(stats["vocab_size"])
+    context = _text.random_ids(rng, n, stats["max_length"], vocab)
+    question = _text.random_ids(rng, n, stats["question_length"], vocab)
+    length = _text.token_mask(context).sum(1)
+    start = (rng.random(n) * length).astype(np.int32)
+    span = np.minimum(length - start, MAX_ANSWER_LENGTH)
+    end = start + (rng.random(n) * span).astype(np.int32)
+    return {"context": context, "question": question, "start": start,
+            "end": end.astype(np.int32), "answerable": np.ones(n, np.float32),
+            "uid": np.arange(n, dtype=np.int32)}
 
   def loss(self, outputs, batch, label_smoothing):
     start_logits, end_logits = outputs

@@ -37,13 +37,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optbench_jax.tasks._images import normalized_images, with_stats
-from optbench_jax.tasks.base import Task, register
+from optbench_jax.tasks._images import (normalized_images, random_images,
+                                        with_stats)
+from optbench_jax.tasks.base import Task, random_integers, register
 
 IGNORE = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DICE_SMOOTHING = 1.0
+RANDOM_IGNORED = 0.01   # the share of ``IGNORE`` pixels of random batches
 
 
 def valid_pixels(batch) -> jax.Array:
@@ -116,17 +118,28 @@ class SemanticSegmentation(Task):
   default_scheduler = "cosine"
   default_grad_clip = 1.0
   default_label_smoothing = 0.0
+  reference_loss = "optbench_jax.reference.torch_losses.SegmentationLoss"
 
   def model_inputs(self, batch):
     return (batch["image"],)
 
-  def fit(self, splits, config=None, cache_dir=None):
+  def fit(self, splits, config=None, cache_dir=None, model=None):
     """ImageNet statistics (fixed, as the source benchmark)."""
-    del config, cache_dir
+    del config, cache_dir, model
     return with_stats(splits, mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
   def preprocess(self, batch, info):
     return normalized_images(batch, info)
+
+  def random_batch(self, info, n, rng):
+    """uint8 images of ``info.input_shape`` and uint8 per-pixel labels,
+    uniform over the classes, ``RANDOM_IGNORED`` of the pixels
+    ``IGNORE``."""
+    height, width = info.input_shape[:2]
+    label = random_integers(rng, 0, info.num_classes, (n, height, width)
+                            ).astype(np.uint8)
+    label[rng.random(label.shape) < RANDOM_IGNORED] = IGNORE
+    return {"image": random_images(info, n, rng), "label": label}
 
   def _batch_loss(self, logits, batch, label_smoothing):
     logits = logits.astype(jnp.float32)

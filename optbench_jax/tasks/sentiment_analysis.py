@@ -17,7 +17,7 @@ import numpy as np
 
 from optbench_jax.tasks import _text
 from optbench_jax.tasks._classification import Classification
-from optbench_jax.tasks.base import register, with_stats
+from optbench_jax.tasks.base import random_integers, register, with_stats
 
 
 class SentimentAnalysis(Classification):
@@ -27,16 +27,17 @@ class SentimentAnalysis(Classification):
   default_label_smoothing = 0.05
   default_max_length = 128
   default_vocab_size = 20_000
+  reference_loss = "optbench_jax.reference.torch_losses.SentimentLoss"
 
   def model_inputs(self, batch):
     return batch["tokens"], _text.token_mask(batch["tokens"])
 
-  def fit(self, splits, config=None, cache_dir=None):
+  def fit(self, splits, config=None, cache_dir=None, model=None):
     """Builds the model's vocabulary from the training texts and encodes
     every split to ``config.max_length`` tokens."""
-    config = _text.require_config(config, self.name)
+    config = _text.require_config(config, model, self.name)
     vocabulary, pretrained = _text.fit_vocabulary(
-        config, list(splits.train["text"]), cache_dir)
+        config, model, list(splits.train["text"]), cache_dir)
     truncated = []
 
     def encode(arrays):
@@ -49,6 +50,17 @@ class SentimentAnalysis(Classification):
         _text.encode_splits(splits, encode), vocab_size=vocabulary.size,
         max_length=config.max_length, pretrained=pretrained,
         truncated_train=truncated[0], vocabulary=vocabulary)
+
+  def encoded_info(self, info):
+    return _text.encoded_info(info)
+
+  def random_batch(self, info, n, rng):
+    """Encoded texts of random lengths, uniform labels."""
+    info = self.encoded_info(info)
+    return {"tokens": _text.random_ids(rng, n, info.stats["max_length"],
+                                       int(info.stats["vocab_size"])),
+            "label": random_integers(rng, 0, info.num_classes, n
+                                     ).astype(np.int32)}
 
 
 register(SentimentAnalysis())

@@ -24,7 +24,8 @@ import numpy as np
 
 from optbench_jax.data import text
 from optbench_jax.tasks import _generation_metrics, _text
-from optbench_jax.tasks.base import Task, register, with_stats
+from optbench_jax.tasks.base import (Task, random_integers, register,
+                                     with_stats)
 
 
 def blocks(ids: list[int], length: int) -> np.ndarray:
@@ -48,15 +49,16 @@ class LanguageModelling(Task):
   default_max_length = 64
   default_vocab_size = 30_000
   default_eval_batch_size = 64   # logits are batch × length × vocabulary
+  reference_loss = "optbench_jax.reference.torch_losses.LanguageModelLoss"
 
   def model_inputs(self, batch):
     tokens = batch["tokens"][:, :-1]
     return tokens, _text.token_mask(tokens)
 
-  def fit(self, splits, config=None, cache_dir=None):
-    config = _text.require_config(config, self.name)
+  def fit(self, splits, config=None, cache_dir=None, model=None):
+    config = _text.require_config(config, model, self.name)
     vocabulary, _ = _text.fit_vocabulary(
-        config, [str(t) for t in splits.train["text"]], cache_dir)
+        config, model, [str(t) for t in splits.train["text"]], cache_dir)
     eos = vocabulary.id(text.EOS)
     counts = []
 
@@ -72,6 +74,21 @@ class LanguageModelling(Task):
                       max_length=config.max_length, vocabulary=vocabulary,
                       stream_tokens=dict(zip(("train", "val", "test"),
                                              counts)))
+
+  def encoded_info(self, info):
+    return _text.encoded_info(info)
+
+  def random_batch(self, info, n, rng):
+    """Full blocks of ``max_length + 1`` random ordinary ids, as ``fit``
+    cuts a stream (only its last block is padded): every target is
+    real."""
+    info = self.encoded_info(info)
+    return {"tokens": random_integers(
+        rng, _text.FIRST_GENERATION_ID, int(info.stats["vocab_size"]),
+        (n, info.stats["max_length"] + 1)).astype(np.int32)}
+
+  def target_tokens(self, arrays):
+    return _text.token_mask(np.asarray(arrays["tokens"])[:, 1:]).sum(1)
 
   def loss(self, outputs, batch, label_smoothing):
     return _text.token_statistics(outputs, batch["tokens"][:, 1:],

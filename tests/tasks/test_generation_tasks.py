@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from optbench_jax import cli, data, models, tasks
-from optbench_jax.models import decoding
+from optbench_jax.nn import decoding
 from optbench_jax.tasks.text_generation import blocks
 from optbench_jax.train import settings
 from optbench_jax.train.settings import RunConfig
+from optbench_jax.workload import Workload
 from tests.train.helpers import read_history
 
 METRICS = {"machine_translation": ("bleu", "chrf", "ter", "tf_token_accuracy"),
@@ -82,7 +83,7 @@ def _model_and_batch(name, task="machine_translation"):
   config = settings.resolve(RunConfig(task=task, dataset="synthetic",
                                       model=name, optimizer="adam",
                                       learning_rate=1e-3))
-  splits = tasks.get(task).fit(data.prepare(
+  splits = Workload.of(config).fit(data.prepare(
       data.load(task, "synthetic"), seed=0), config)
   model = models.get(task, name).build(splits.info)
   batch = {k: jnp.asarray(v[:4]) for k, v in splits.val.items()}

@@ -14,12 +14,13 @@ import math
 import numpy as np
 import pytest
 
-from optbench_jax import cli, data, tasks
+from optbench_jax import cli, data, store, tasks
 from optbench_jax.data import synthetic
 from optbench_jax.errors import OptBenchError
 from optbench_jax.tasks import _text
 from optbench_jax.train import settings
 from optbench_jax.train.settings import RunConfig
+from optbench_jax.workload import Workload
 from tests.train.helpers import read_history
 
 METRICS = {
@@ -83,32 +84,40 @@ def test_text_campaign_learns_and_writes_its_files(tmp_path, task, model):
   assert set(METRICS[task]) <= set(meta["test_metrics"])
 
 
+def _model(config):
+  """What the task needs of the run's model (the workload hands it over)."""
+  return Workload.of(config).text_model(config)
+
+
 def test_the_vocabulary_is_cached_beside_the_runs_and_read_back(tmp_path):
   config = settings.resolve(RunConfig(
       task="sentiment_analysis", dataset="synthetic", model="lstm_sentiment",
       optimizer="adam", learning_rate=1e-3, vocab_size=30))
   corpus = list(synthetic.sentiment_analysis(64, 8).train["text"])
-  first, _ = _text.fit_vocabulary(config, corpus, str(tmp_path))
+  first, _ = _text.fit_vocabulary(config, _model(config), corpus,
+                                  str(tmp_path))
   assert first.size == 30
-  cached = json.loads((tmp_path / _text.VOCABULARY_FILE).read_text())
+  cached = json.loads((tmp_path / store.VOCABULARY).read_text())
   # a changed file with the same key is what is read back: the cache is used
   vocab = cached["vocabulary"]["tokenizer"]["model"]["vocab"]
   word = next(w for w, i in vocab.items() if i == 29)
   vocab["renamed"] = vocab.pop(word)
-  (tmp_path / _text.VOCABULARY_FILE).write_text(json.dumps(cached))
-  again, _ = _text.fit_vocabulary(config, corpus, str(tmp_path))
+  (tmp_path / store.VOCABULARY).write_text(json.dumps(cached))
+  again, _ = _text.fit_vocabulary(config, _model(config), corpus,
+                                  str(tmp_path))
   assert again.id("renamed") == 29 and first.id("renamed") is None
   # another corpus or cap: rebuilt, and the cache rewritten
-  other, _ = _text.fit_vocabulary(
-      settings.resolve(RunConfig(**{**config.__dict__, "vocab_size": 20})),
-      corpus, str(tmp_path))
+  smaller = settings.resolve(RunConfig(**{**config.__dict__,
+                                         "vocab_size": 20}))
+  other, _ = _text.fit_vocabulary(smaller, _model(smaller), corpus,
+                                  str(tmp_path))
   assert other.size == 20 and other.id("renamed") is None
 
 
 def test_text_tasks_need_the_run_settings_to_fit():
   raw = data.load("sentiment_analysis", "synthetic")
   splits = data.prepare(raw, seed=0)
-  with pytest.raises(OptBenchError, match="fit\\(splits, config\\)"):
+  with pytest.raises(OptBenchError, match="Workload"):
     tasks.get("sentiment_analysis").fit(splits)
 
 
@@ -117,7 +126,7 @@ def _fitted(task, model, **kw):
                                       model=model, optimizer="adam",
                                       learning_rate=1e-3, **kw))
   splits = data.prepare(data.load(task, "synthetic"), seed=0)
-  return tasks.get(task).fit(splits, config), config
+  return Workload.of(config).fit(splits, config), config
 
 
 def test_question_answering_scores_the_decoded_text_of_every_example():
@@ -204,7 +213,7 @@ def test_pretrained_encoder_is_the_starting_point(tmp_path):
   head = state.params["classifier"]["kernel"]
   assert not np.allclose(head[0], head[1])
   # the model learns: 64 examples, full batch, Adam 1e-3, 60 steps
-  model = setup.model_spec.build(splits.info)
+  model = setup.workload.build_model(splits.info)
   tokens = splits.train["tokens"][:64]
   labels = splits.train["label"][:64]
   params = jax.tree.map(lambda x: x[0], state.params)
