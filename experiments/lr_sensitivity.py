@@ -33,14 +33,13 @@ import os
 import sys
 
 import matplotlib
+import matplotlib.transforms
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.transforms  # noqa: E402
-
-from optbench_jax import cli, experiment, tasks, transforms  # noqa: E402
-from optbench_jax.experiment import Configuration  # noqa: E402
-from optbench_jax.train import campaign, outputs  # noqa: E402
+from optbench_jax import cli, experiment, store, tasks, transforms
+from optbench_jax.experiment import Configuration
+from optbench_jax.campaign import runner
+from optbench_jax.train import outputs
 
 OPTIMIZERS = ["sgd", "sgd_momentum", "adam", "rmsprop", "adagrad",
               "adadelta", "lamb", "lion"]
@@ -65,11 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "every optimizer (default: 1e-5,1e-4,1e-3,1e-2,0.1,1)")
 
 
-def sensitivity_rows(cfg) -> list[dict]:
+def sensitivity_rows(plan) -> list[dict]:
   """One row per (optimizer, learning rate) of the finished runs of
-  ``cfg`` on disk, over seeds."""
+  ``plan`` on disk, over seeds."""
   groups: dict = {}
-  for _, history, meta in campaign.finished_runs(cfg):
+  for _, history, meta in runner.finished_runs(plan):
     row = outputs.summarize(history, meta, meta["higher_is_better"])
     groups.setdefault((row["optimizer"], row["learning_rate"]), []).append(
         row)
@@ -90,14 +89,17 @@ def sensitivity_rows(cfg) -> list[dict]:
   return out
 
 
-def draw(cfg, rows: list[dict]) -> str:
+def draw(plan, rows: list[dict]) -> str:
   """``lr_sensitivity.png`` in the campaign directory; returns its path."""
+  cfg = plan.campaign
   primary = tasks.get(cfg.task).primary_metric
-  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  fig = Figure(figsize=(7.5, 4.8))
+  ax = fig.subplots()
   foot = matplotlib.transforms.blended_transform_factory(ax.transData,
                                                         ax.transAxes)
   optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
-  colours = plt.get_cmap("tab10" if len(optimizers) <= 10 else "tab20")
+  colours = matplotlib.colormaps["tab10" if len(optimizers) <= 10
+                                 else "tab20"]
   diverged_drawn = False
   for k, optimizer in enumerate(optimizers):
     colour = colours(k % colours.N)
@@ -132,23 +134,22 @@ def draw(cfg, rows: list[dict]) -> str:
   ax.grid(True, which="major", alpha=0.3)
   ax.legend(fontsize="small", ncol=2 if len(optimizers) > 6 else 1)
   fig.tight_layout()
-  path = os.path.join(campaign.campaign_dir(cfg), "lr_sensitivity.png")
-  with outputs.atomic_path(path) as tmp:
+  path = os.path.join(plan.directory, "lr_sensitivity.png")
+  with store.atomic_path(path) as tmp:
     fig.savefig(tmp, dpi=110, format="png")
-  plt.close(fig)
   return path
 
 
-def after(args, plan) -> None:
+def after(args, plans) -> None:
   """The figure and the CSV of each campaign, from the runs on disk."""
   del args
-  for _, cfg in plan:
-    rows = sensitivity_rows(cfg)
+  for _, plan in plans:
+    rows = sensitivity_rows(plan)
     if not rows:
       continue
-    outputs.write_csv(os.path.join(campaign.campaign_dir(cfg),
-                                   "lr_sensitivity.csv"), rows, CSV_COLUMNS)
-    print(f"figure: {draw(cfg, rows)}")
+    store.write_csv(os.path.join(plan.directory, "lr_sensitivity.csv"), rows,
+                    CSV_COLUMNS)
+    print(f"figure: {draw(plan, rows)}")
 
 
 def main(argv=None) -> int:

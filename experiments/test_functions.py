@@ -46,20 +46,18 @@ import os
 import sys
 import traceback
 
-import matplotlib
+import matplotlib.colors
+import matplotlib.ticker
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-from optbench_jax import transforms  # noqa: E402
-from optbench_jax.errors import OptBenchError  # noqa: E402
-from optbench_jax.transforms import test_functions  # noqa: E402
+from optbench_jax import transforms
+from optbench_jax.errors import OptBenchError
+from optbench_jax.transforms import test_functions
 
 TUNING_FACTORS = (0.01, 0.1, 1.0, 10.0, 100.0)
 UNMET_NEEDS = {
@@ -181,9 +179,9 @@ def plot_function(function: test_functions.Function2D, results: dict,
   names = list(results)
   ncols = min(len(names), 5)
   nrows = math.ceil(len(names) / ncols)
-  fig, axes = plt.subplots(nrows, ncols,
-                           figsize=(3.4 * ncols + 1.0, 3.4 * nrows + 0.6),
-                           squeeze=False, layout="constrained")
+  fig = Figure(figsize=(3.4 * ncols + 1.0, 3.4 * nrows + 0.6),
+               layout="constrained")
+  axes = fig.subplots(nrows, ncols, squeeze=False)
   (x0, x1), (y0, y1) = function.domain
   minima = [m for m in function.minimizers
             if x0 <= m[0] <= x1 and y0 <= m[1] <= y1]
@@ -227,7 +225,6 @@ def plot_function(function: test_functions.Function2D, results: dict,
   fig.suptitle(f"{function.name}: {steps} steps from {function.start} "
                "(black dot); ★ global minima; red: trajectory", fontsize=12)
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def _wrap(text: str, width: int) -> str:

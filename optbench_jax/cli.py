@@ -172,7 +172,7 @@ _PROCESS_OPTIONS = ("command", "distributed", "coordinator", "num_processes",
 
 def cmd_run(args) -> int:
   from optbench_jax.train import distributed
-  from optbench_jax.train.campaign import run_campaign
+  from optbench_jax.campaign.runner import run_campaign
   if args.distributed:
     distributed.initialize(args.coordinator, args.num_processes,
                            args.process_id)

@@ -14,12 +14,13 @@ that differ from the defaults), a list of optimizers, and::
 ``--max-samples`` and ``--epochs`` (override every configuration's, for a
 small try first), ``--output-dir`` (default ``results/<script>``),
 ``--data-dir``, ``--shard I/N`` and ``--backend local|ray``
-(``train/dispatch.py``), ``--ray-address``, ``--ray-cpus``, ``--quiet`` and
+(``campaign/dispatch.py``), ``--ray-address``, ``--ray-cpus``, ``--quiet`` and
 ``--list`` (the configurations and this shard's work units, then exit).
 Scripts are **resumable by default**: run again, a script skips finished
 runs and continues unfinished ones from their last checkpoint (a run whose
 stored settings differ is refused, as ``run --resume`` does);
-``--no-resume`` trains the selected runs again from the start.
+``--no-resume`` trains the selected runs again from the start (replacing
+their results: ``--overwrite``).
 
 Bad input prints one line ``error: ...`` and exits with status 2; a failing
 work unit is reported, the others go on, and the script exits with status 1.
@@ -34,11 +35,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from optbench_jax.errors import OptBenchError
 from optbench_jax.train import settings
+from optbench_jax.train.plan import Plan, check_store, make_plan
 from optbench_jax.train.settings import CampaignConfig
 
 # What the command line of every script sets; a configuration may not.
 COMMAND_LINE_SETTINGS = ("optimizers", "seed", "seeds", "output_dir",
-                         "data_dir", "resume", "quiet")
+                         "data_dir", "resume", "overwrite", "quiet")
 
 
 class Configuration:
@@ -127,7 +129,7 @@ def _positive_int(flag: str):
 def build_parser(script: str, description: Optional[str] = None,
                  seeds: Sequence[int] = (0,)) -> argparse.ArgumentParser:
   from optbench_jax.cli import Parser, comma_list  # one-line errors
-  from optbench_jax.train import dispatch
+  from optbench_jax.campaign import dispatch
   stem = os.path.splitext(os.path.basename(script))[0]
   parser = Parser(prog=f"python {os.path.relpath(script)}",
                    description=description,
@@ -180,7 +182,8 @@ def campaigns(configurations: Sequence[Configuration],
   with the command line's overrides and ``extra`` settings applied."""
   overrides = {"seeds": list(args.seeds), "output_dir": args.output_dir,
                "data_dir": args.data_dir, "resume": args.resume,
-               "quiet": args.quiet, **(extra or {})}
+               "overwrite": not args.resume, "quiet": args.quiet,
+               **(extra or {})}
   if args.epochs is not None:
     overrides["epochs"] = args.epochs
   if args.max_samples is not None:
@@ -203,13 +206,13 @@ def _describe(index: int, name: str, cfg: CampaignConfig,
 
 
 def print_plan(configurations: Sequence[Configuration],
-               plan: Sequence[tuple[str, CampaignConfig]], todo,
+               plans: Sequence[tuple[str, Plan]], todo,
                total_units: int, shard_text: Optional[str]) -> None:
   position = {c.name: i + 1 for i, c in enumerate(configurations)}
-  width = max(len(name) for name, _ in plan)
-  print(f"configurations ({len(plan)} of {len(configurations)}):")
-  for name, cfg in plan:
-    print(_describe(position[name], name, cfg, width))
+  width = max(len(name) for name, _ in plans)
+  print(f"configurations ({len(plans)} of {len(configurations)}):")
+  for name, plan in plans:
+    print(_describe(position[name], name, plan.campaign, width))
   part = f", shard {shard_text}: {len(todo)}" if shard_text else ""
   print(f"work units (configuration/optimizer; {total_units} in all{part}):")
   for unit in todo:
@@ -252,10 +255,11 @@ def main(configurations: Sequence[Configuration], optimizers: Sequence[str],
     add_arguments: adds the script's own flags to the parser.
     extra_settings: ``args -> {setting: value}`` applied to every campaign
       (from the script's own flags).
-    after: ``after(args, [(name, CampaignConfig), ...])`` once the units
-      have run (e.g. a figure drawn from the results on disk).
+    after: ``after(args, [(name, Plan), ...])`` once the units have run
+      (e.g. a figure drawn from the results on disk).
   """
-  from optbench_jax.train import dispatch, interrupts
+  from optbench_jax.campaign import dispatch
+  from optbench_jax.train import interrupts
   parser = build_parser(script, description, seeds)
   if add_arguments is not None:
     add_arguments(parser)
@@ -263,23 +267,23 @@ def main(configurations: Sequence[Configuration], optimizers: Sequence[str],
   previous = {s: signal.signal(s, interrupts.request_stop)
               for s in (signal.SIGTERM, signal.SIGINT)}
   try:
-    plan = campaigns(configurations, optimizers, args,
-                     extra_settings(args) if extra_settings else None)
-    every = dispatch.units(plan)
+    plans = [(name, make_plan(cfg)) for name, cfg in campaigns(
+        configurations, optimizers, args,
+        extra_settings(args) if extra_settings else None)]
+    every = dispatch.units(plans)
     todo = (dispatch.shard(every, *dispatch.parse_shard(args.shard))
             if args.shard is not None else every)
     if args.list:
-      print_plan(configurations, plan, todo, len(every), args.shard)
+      print_plan(configurations, plans, todo, len(every), args.shard)
       return 0
-    touched = [cfg for _, cfg in plan
-               if any(u.config is cfg for u in todo)]
-    from optbench_jax.train import campaign
-    for cfg in touched:
-      campaign.validate(cfg)
+    touched = [(name, plan) for name, plan in plans
+               if any(u.plan is plan for u in todo)]
+    for _, plan in touched:  # every refusal before anything is trained
+      check_store(plan, [u.optimizer for u in todo if u.plan is plan])
     outcomes = dispatch.run(todo, args.backend, address=args.ray_address,
                             cpus_per_task=args.ray_cpus, report=_report)
     if after is not None:
-      after(args, [(n, c) for n, c in plan if c in touched])
+      after(args, touched)
     failed = [o for o in outcomes if not o.ok]
     print(f"{len(outcomes) - len(failed)} of {len(outcomes)} work units "
           f"finished; results under {args.output_dir}"

@@ -21,7 +21,8 @@ import pytest
 
 from optbench_jax import data, experiment, models
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import campaign, dispatch
+from optbench_jax.campaign import dispatch
+from optbench_jax.train.plan import make_plan
 
 SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
@@ -68,7 +69,7 @@ def test_every_configuration_is_a_valid_campaign(name, tmp_path):
   plan = _plan(module, tmp_path)
   assert [n for n, _ in plan] == names
   for _, cfg in plan:
-    campaign.validate(cfg)  # settings.check: names, values, combinations
+    make_plan(cfg)  # settings.check: names, values, combinations
 
 
 def test_thesis_campaign_has_the_sources_32_rows_and_16_optimizers(
@@ -114,7 +115,8 @@ def test_thesis_campaign_has_the_sources_32_rows_and_16_optimizers(
              for c in configs)
   assert configs[18].max_length == 256 and configs[16].max_length == 384
   assert configs[12].vocab_size == 30_000 and configs[14].vocab_size == 40_000
-  assert len(dispatch.units(list(plan.items()))) == 32 * 16
+  assert len(dispatch.units([(n, make_plan(c)) for n, c in plan.items()])
+             ) == 32 * 16
 
 
 def test_warwick_script_has_its_optimizers_and_40_epochs(tmp_path):
@@ -125,7 +127,8 @@ def test_warwick_script_has_its_optimizers_and_40_epochs(tmp_path):
   plan = dict(_plan(module, tmp_path))
   assert {(c.dataset, c.model, c.epochs) for c in plan.values()} == {
       ("cifar100", "resnet18", 40), ("cifar100", "vgg11", 40)}
-  units = [u.label for u in dispatch.units(list(plan.items()))]
+  units = [u.label for u in dispatch.units(
+      [(n, make_plan(c)) for n, c in plan.items()])]
   assert len(units) == 10 + 8 and "vgg11/shampoo" not in units
   # --optimizers overrides every configuration's list.
   plan = dict(_plan(module, tmp_path, ["--optimizers", "sgd,shampoo"]))

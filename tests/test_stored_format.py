@@ -55,8 +55,16 @@ def test_resume_of_an_old_campaign_trains_nothing_and_keeps_every_run_file(
   campaign = old_campaign.joinpath(*CONFIG)
   before = _run_files(campaign)
   assert any(p.endswith("history.json") for p in before)
+  # What a kill inside an atomic write leaves is removed by the resume.
+  leftovers = [campaign / "sgd_momentum" / "seed_0" / ".tmp-killed",
+               campaign / "sgd_momentum" / "seed_1" / "samples" / ".tmp-x"]
+  for path in leftovers:
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("{")
   assert cli.main([*RUN_ARGS, "--output-dir", str(old_campaign),
                    "--resume"]) == 0
+  assert not any(path.exists() for path in leftovers)
+  (campaign / "sgd_momentum" / "seed_1" / "samples").rmdir()
   after = _run_files(campaign)
   assert sorted(after) == sorted(before)
   for rel, path in before.items():
@@ -70,6 +78,9 @@ def test_resume_of_an_old_campaign_trains_nothing_and_keeps_every_run_file(
 
 def test_analyze_restores_an_old_run(old_campaign, capsys):
   run_dir = old_campaign.joinpath(*CONFIG, "sgd_momentum", "seed_0")
+  killed = run_dir / "analysis" / ".tmp-killed"   # a killed analyze's
+  killed.parent.mkdir()
+  killed.write_text("{")
   assert cli.main(["analyze", "--run-dir", str(run_dir), "--what",
                    "landscape1d", "--points-1d", "3", "--samples", "16"]) == 0
   result = json.loads((run_dir / "analysis" / "landscape1d.json").read_text())
@@ -78,6 +89,7 @@ def test_analyze_restores_an_old_run(old_campaign, capsys):
   assert len(curve["alphas"]) >= 3 and len(curve["losses"]) == len(
       curve["alphas"])
   assert history[-1]["epoch"] == 2
+  assert not killed.exists()
   capsys.readouterr()
 
 

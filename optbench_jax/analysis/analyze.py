@@ -32,12 +32,13 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from optbench_jax.analysis import hessian, landscape, restore
+from optbench_jax import store
+from optbench_jax.analysis import directions, figures, hessian, landscape
+from optbench_jax.analysis import restore
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import outputs
 
 ANALYSES = ("landscape1d", "landscape2d", "hessian")
-OUTPUT = "analysis"
+OUTPUT = store.ANALYSIS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,22 +71,18 @@ def parse_what(text: str) -> list[str]:
 
 def find_runs(directory: str, seeds: Optional[Sequence[int]] = None
               ) -> list[str]:
-  """``directory`` itself if it is a run, else every run below it; only
-  runs of ``seeds`` when given."""
+  """``directory`` itself if it is a run, else every run below it
+  (``store.find_runs``); only runs of ``seeds`` when given."""
   if not os.path.isdir(directory):
-    raise OptBenchError(f"no such directory: {directory}")
-  found = []
-  for root, dirs, _ in os.walk(directory):
-    dirs[:] = sorted(d for d in dirs if d not in ("checkpoints", OUTPUT))
-    if restore.is_run_dir(root):
-      found.append(root)
-      dirs[:] = []
+    raise OptBenchError(f"--run-dir {directory}: no such directory")
+  found = [d for d in store.find_runs(directory, flag="--run-dir")
+           if store.is_run_dir(d)]
   if not found:
-    raise OptBenchError(f"{directory} holds no run (no run_metadata.json "
-                        f"below it)")
+    raise OptBenchError(f"--run-dir {directory} holds no run (no "
+                        f"{store.METADATA} below it)")
   if seeds is not None:
-    found = [d for d in found if outputs.read_json(os.path.join(
-        d, restore.METADATA)).get("seed") in set(seeds)]
+    found = [d for d in found if store.read_run(d).metadata.get("seed")
+             in set(seeds)]
     if not found:
       raise OptBenchError(f"{directory} holds no run of seed(s) "
                           f"{', '.join(map(str, seeds))}")
@@ -120,6 +117,7 @@ def analyze_run(run: restore.Run, what: Sequence[str], options: Options,
   """Runs the analyses ``what`` on one run; returns their results (also
   written to ``out_dir``, default ``<run>/analysis``)."""
   out_dir = out_dir or os.path.join(run.run_dir, OUTPUT)
+  store.remove_partial_writes(out_dir)  # what a killed analyze left
   state = run.state()
   final = run.eval_params(state)
   loss_fn = jax.jit(run.loss_function(
@@ -141,14 +139,14 @@ def analyze_run(run: restore.Run, what: Sequence[str], options: Options,
         label: {"alphas": _finite_list(a), "losses": _finite_list(l)}
         for label, (a, l) in curves.items()},
               "seconds": time.perf_counter() - t0}
-    outputs.write_json(os.path.join(out_dir, "landscape1d.json"), result)
-    landscape.plot_interpolation(
+    store.write_json(os.path.join(out_dir, "landscape1d.json"), result)
+    figures.plot_interpolation(
         curves, os.path.join(out_dir, "landscape1d.png"), title=title)
     results["landscape1d"] = result
 
   if "landscape2d" in what:
     t0 = time.perf_counter()
-    d1, d2 = landscape.random_directions(keys["landscape2d"], final, n=2)
+    d1, d2 = directions.random_directions(keys["landscape2d"], final, n=2)
     epochs, path = run.trajectory()
     projection = landscape.project_trajectory(path, final, d1, d2)
     moved = np.asarray(projection.residual)[[
@@ -163,7 +161,7 @@ def analyze_run(run: restore.Run, what: Sequence[str], options: Options,
         span=options.span, off_plane=_finite_list(projection.residual))
     if len(path) >= 3:
       t0 = time.perf_counter()
-      pca = landscape.pca_directions(path, final)
+      pca = directions.pca_directions(path, final)
       coords = landscape.project_trajectory(path, final, pca.d1,
                                             pca.d2).coords
       results["landscape2d_pca"] = _surface(
@@ -191,8 +189,8 @@ def analyze_run(run: restore.Run, what: Sequence[str], options: Options,
               "density": {"grid": _finite_list(grid),
                           "density": _finite_list(density)},
               "seconds": time.perf_counter() - t0}
-    outputs.write_json(os.path.join(out_dir, "hessian.json"), result)
-    hessian.plot_densities({run.label: (grid, density)},
+    store.write_json(os.path.join(out_dir, "hessian.json"), result)
+    figures.plot_densities({run.label: (grid, density)},
                            os.path.join(out_dir, "hessian_density.png"),
                            title=title)
     results["hessian"] = result
@@ -207,13 +205,14 @@ def _covering(values, points: int):
 
 
 def _surface(name: str, out_dir: str, run: restore.Run, options: Options,
-             t0: float, loss_fn, center, directions, coords, epochs, title,
+             t0: float, loss_fn, center, plane, coords, epochs, title,
              *, span=None, axes=None, **extra) -> dict:
-  """One plane's surface: computed on ``axes`` (or ``span``), written as
+  """One plane's surface (``plane``: its two directions): computed on
+  ``axes`` (or ``span``), written as
   ``<name>.json`` and ``<name>.png`` with the path drawn on it."""
   xs, ys = axes if axes is not None else (None, None)
   xs, ys, losses = landscape.surface(
-      loss_fn, center, *directions, xs=xs, ys=ys,
+      loss_fn, center, *plane, xs=xs, ys=ys,
       span=span if span is not None else options.span,
       points=options.points_2d)
   coords = np.asarray(coords)
@@ -221,9 +220,9 @@ def _surface(name: str, out_dir: str, run: restore.Run, options: Options,
             "ys": _finite_list(ys), "losses": _grid(losses),
             "trajectory": {"epochs": epochs, "xy": _grid(coords)}, **extra,
             "seconds": time.perf_counter() - t0}
-  outputs.write_json(os.path.join(out_dir, f"{name}.json"), result)
-  landscape.plot_surface(xs, ys, losses, os.path.join(out_dir, f"{name}.png"),
-                         trajectory=coords, title=title)
+  store.write_json(os.path.join(out_dir, f"{name}.json"), result)
+  figures.plot_surface(xs, ys, losses, os.path.join(out_dir, f"{name}.png"),
+                       trajectory=coords, title=title)
   return result
 
 
@@ -259,9 +258,10 @@ def _curve(result: dict, label: str):
 
 def _cross_run_figures(directory: str, per_run: dict) -> str:
   out_dir = os.path.join(directory, OUTPUT)
+  store.remove_partial_writes(out_dir)
   paths = [r for r in per_run.values() if "landscape1d" in r]
   if paths:
-    landscape.plot_interpolation(
+    figures.plot_interpolation(
         {label: _curve(r["landscape1d"], "initial → final")
          for label, r in per_run.items() if "landscape1d" in r},
         os.path.join(out_dir, "landscape1d_all_runs.png"),
@@ -270,7 +270,7 @@ def _cross_run_figures(directory: str, per_run: dict) -> str:
                        np.asarray(r["hessian"]["density"]["density"], float))
                for label, r in per_run.items() if "hessian" in r}
   if densities:
-    hessian.plot_densities(densities,
+    figures.plot_densities(densities,
                            os.path.join(out_dir, "hessian_density_all_runs.png"),
                            title="Hessian eigenvalue density")
   return out_dir

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Callable, Mapping, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +70,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from optbench_jax.errors import OptBenchError
-from optbench_jax.models.convolution import forward_mode_autodiff
+from optbench_jax.kernels.convolution import forward_mode_autodiff
 from optbench_jax.transforms.extras import hvp as transforms_hvp
 
 LossFn = Callable[[Any], jax.Array]
@@ -310,7 +310,7 @@ def spectral_density(loss_fn: LossFn, params: Any, key: jax.Array, *,
   followed by :func:`density_from_quadrature` (``sigma``, ``points``,
   ``margin``); see those for the math and options. Ghorbani et al. (2019)
   and PyHessian (Yao et al. 2020) draw the density on a log scale
-  (:func:`plot_densities`).
+  (``figures.plot_densities``).
 
   Returns:
     ``(grid, density)``: float64 numpy arrays, the density integrating to 1
@@ -322,71 +322,6 @@ def spectral_density(loss_fn: LossFn, params: Any, key: jax.Array, *,
                                       probe=probe)
   return density_from_quadrature(nodes, weights, sigma=sigma, points=points,
                                  margin=margin)
-
-
-def plot_densities(densities: Mapping[str, Tuple[Any, Any]], path: str, *,
-                   title: Optional[str] = None, overlay: bool = False,
-                   floor: float = 1e-7) -> str:
-  """Writes a PNG of eigenvalue densities, one panel per name (optimizer).
-
-  Args:
-    densities: ``{name: (grid, density)}``, e.g. from
-      :func:`spectral_density`.
-    path: the PNG to write (atomically).
-    title: the figure's title.
-    overlay: all densities in one panel instead of one panel each.
-    floor: the log-scale y axis starts at ``floor`` times the largest
-      density (the Gaussian tails would otherwise reach 1e-300).
-
-  Returns:
-    ``path``.
-  """
-  # A bare Figure draws with Agg and leaves pyplot's global state alone.
-  from matplotlib.figure import Figure
-
-  from optbench_jax.train import outputs
-
-  if not densities:
-    raise OptBenchError("plot_densities needs at least one density.")
-  if not 0 < floor < 1:
-    raise OptBenchError(f"floor must lie in (0, 1), got {floor}.")
-  curves = {}
-  for name, pair in densities.items():
-    grid, density = (np.asarray(a, np.float64) for a in pair)
-    if grid.ndim != 1 or grid.shape != density.shape:
-      raise OptBenchError(f"density {name!r}: grid {grid.shape} and density "
-                          f"{density.shape} must be 1-D of the same length.")
-    if not np.all(np.isfinite(density)) or not density.max() > 0:
-      raise OptBenchError(f"density {name!r} is not finite and positive.")
-    curves[name] = grid, density
-  panels = 1 if overlay else len(curves)
-  columns = min(panels, 3)
-  rows = -(-panels // columns)
-  size = (7, 4.5) if overlay else (4.5 * columns + 0.5, 3.4 * rows + 0.6)
-  fig = Figure(figsize=size)
-  axes = fig.subplots(rows, columns, squeeze=False)
-  top = max(d.max() for _, d in curves.values())
-  for i, (name, (grid, density)) in enumerate(curves.items()):
-    ax = axes.flat[0 if overlay else i]
-    ax.semilogy(grid, np.maximum(density, floor * top), label=name, lw=1.2)
-  for ax in list(axes.flat)[:panels]:
-    ax.set_ylim(floor * top, 2 * top)
-    ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density (log scale)")
-    ax.grid(True, which="major", alpha=0.3)
-  if overlay:
-    axes.flat[0].legend()
-  else:
-    for ax, name in zip(axes.flat, curves):
-      ax.set_title(name)
-  for ax in list(axes.flat)[panels:]:
-    ax.set_visible(False)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  with outputs.atomic_path(path) as tmp:
-    fig.savefig(tmp, dpi=100, format="png")
-  return path
 
 
 # ---------------------------------------------------------------------------

@@ -35,11 +35,11 @@ import jax
 import jax.numpy as jnp
 
 from optbench_jax import data as data_lib
-from optbench_jax import tasks
+from optbench_jax import store
 from optbench_jax.errors import OptBenchError
 from optbench_jax.train import checkpoint as checkpoint_lib
-from optbench_jax.train import outputs, settings
 from optbench_jax.train.epoch import batches
+from optbench_jax.train.plan import plan_runs, run_config
 from optbench_jax.train.run import RunSetup
 from optbench_jax.train.settings import RunConfig
 from optbench_jax.train.state import TrainState, run_slice
@@ -47,18 +47,6 @@ from optbench_jax.transforms.base import RUN_AXIS
 
 BN_MODES = ("running", "batch")
 SPLITS = ("train", "val", "test")
-METADATA = "run_metadata.json"
-
-
-def is_run_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, METADATA))
-
-
-def run_config(metadata: dict) -> RunConfig:
-  """The run's settings from its metadata (settings added since the run
-  was trained take their defaults)."""
-  fields = {f.name for f in dataclasses.fields(RunConfig)}
-  return RunConfig(**{k: v for k, v in metadata.items() if k in fields})
 
 
 def _campaign_dir(run_dir: str, rc: RunConfig) -> Optional[str]:
@@ -97,7 +85,8 @@ class Run:
 
   def epochs(self) -> list[int]:
     """Epochs with a checkpoint, in order."""
-    if not os.path.isdir(os.path.join(self.run_dir, "checkpoints", "epochs")):
+    if not os.path.isdir(os.path.join(self.run_dir, store.CHECKPOINTS,
+                                      "epochs")):
       return []
     manager = self._checkpoints()
     try:
@@ -132,7 +121,7 @@ class Run:
     return self.eval_params(self.state())
 
   def initial_params(self):
-    path = os.path.join(self.run_dir, "checkpoints", "initial")
+    path = os.path.join(self.run_dir, store.CHECKPOINTS, "initial")
     if not os.path.isdir(path):
       raise OptBenchError(f"{self.run_dir} has no initial parameters "
                           f"(checkpoints/initial)")
@@ -205,21 +194,21 @@ class Run:
 
 def load_run(run_dir: str, *, data_dir: Optional[str] = None) -> Run:
   """Rebuilds the run in ``run_dir`` (module docstring); one-line errors for
-  a directory that is not a run, damaged metadata or missing data."""
-  path = os.path.join(run_dir, METADATA)
+  a directory that is not a run, damaged metadata or missing data. The
+  run's settings go through the plan's edge (``plan_runs``) and its data
+  through the workload's one path, as when it was trained."""
+  path = os.path.join(run_dir, store.METADATA)
   try:
-    metadata = outputs.read_json_if_intact(path)
-  except outputs.DamagedFile as e:
+    metadata = store.read_json_if_intact(path, dict)
+  except store.DamagedFile as e:
     raise OptBenchError(f"damaged run metadata: {e}") from None
   if metadata is None:
-    raise OptBenchError(f"{run_dir} is not a run directory (no {METADATA})")
-  rc = run_config(metadata)
-  task = tasks.get(rc.task)
-  rc = settings.resolve(rc, task)
-  splits = data_lib.prepare(
-      data_lib.load(rc.task, rc.dataset, data_dir), seed=rc.split_seed,
-      max_samples=rc.max_samples, val_fraction=rc.val_fraction)
-  splits = task.fit(splits, rc, cache_dir=_campaign_dir(run_dir, rc))
+    raise OptBenchError(f"{run_dir} is not a run directory (no "
+                        f"{store.METADATA})")
+  (spec,) = plan_runs([run_config(metadata)], [run_dir])
+  rc = spec.config
+  splits = spec.workload.splits(rc, data_dir=data_dir,
+                                cache_dir=_campaign_dir(run_dir, rc))
   setup = RunSetup(rc, splits)
   program = setup.program(1)
   # The structure (optimizer NamedTuples, zero-size leaves) that the

@@ -4,7 +4,7 @@ A campaign's runs are independent, so a set of campaigns (an experiment
 script's configurations) splits into **work units**, one per configuration
 and optimizer: all the seeds and learning rates of one optimizer, which
 train together in one compiled program (``run.train_runs``). A unit runs as
-``campaign.run_campaign(config, [optimizer])``, which also rewrites the
+``runner.run_campaign(plan, [optimizer])``, which also rewrites the
 configuration's campaign files from every finished run on disk, so units
 may run in any order, in any process, into one output directory.
 
@@ -39,8 +39,8 @@ import traceback
 from typing import Callable, Optional, Sequence
 
 from optbench_jax.errors import OptBenchError, one_line
-from optbench_jax.train import campaign
-from optbench_jax.train.settings import CampaignConfig
+from optbench_jax.campaign import runner
+from optbench_jax.train.plan import Plan
 
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
@@ -49,11 +49,11 @@ _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 class Unit:
   """One configuration trained with one optimizer (all its seeds and LRs).
 
-  ``config`` is the whole campaign (all of its optimizers): the unit trains
+  ``plan`` is the whole campaign (all of its optimizers): the unit trains
   ``optimizer`` and rewrites the campaign files of all of them.
   """
   name: str
-  config: CampaignConfig
+  plan: Plan
   optimizer: str
 
   @property
@@ -73,12 +73,12 @@ class Outcome:
     return self.error is None
 
 
-def units(configs: Sequence[tuple[str, CampaignConfig]]) -> list[Unit]:
-  """Every (configuration, optimizer) of ``configs`` (``(name, config)``
+def units(plans: Sequence[tuple[str, Plan]]) -> list[Unit]:
+  """Every (configuration, optimizer) of ``plans`` (``(name, plan)``
   pairs), configurations in the given order, each one's optimizers in its
   order."""
-  return [Unit(name, cfg, optimizer) for name, cfg in configs
-          for optimizer in campaign.resolve_optimizers(cfg.optimizers)]
+  return [Unit(name, plan, optimizer) for name, plan in plans
+          for optimizer in plan.optimizers]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -120,7 +120,7 @@ def shard(all_units: Sequence[Unit], index: int, count: int) -> list[Unit]:
 
 def run_unit(unit: Unit, splits=None) -> list[dict]:
   """Trains one unit; returns the summary rows of its runs."""
-  return campaign.run_campaign(unit.config, [unit.optimizer], splits=splits)
+  return runner.run_campaign(unit.plan, [unit.optimizer], splits=splits)
 
 
 def _failure(e: BaseException) -> str:
@@ -136,14 +136,14 @@ def run_local(todo: Sequence[Unit],
   configuration is loaded once for its consecutive units (if it cannot be
   loaded, each of them reports that error)."""
   outcomes = []
-  config, splits, load_error = None, None, None
+  plan, splits, load_error = None, None, None
   for unit in todo:
     outcome = Outcome(unit)
     try:
-      if config != unit.config:
-        config, splits, load_error = unit.config, None, None
+      if plan != unit.plan:
+        plan, splits, load_error = unit.plan, None, None
         try:
-          splits = campaign.load_splits(unit.config)
+          splits = runner.load_splits(unit.plan)
         except Exception as e:  # pylint: disable=broad-except
           load_error = _failure(e)
       if load_error is not None:
@@ -220,9 +220,9 @@ def write_aggregates(todo: Sequence[Unit]) -> None:
   ``todo`` touches (each once)."""
   seen = []
   for unit in todo:
-    if unit.config not in seen:
-      seen.append(unit.config)
-      campaign.write_aggregates(unit.config)
+    if unit.plan not in seen:
+      seen.append(unit.plan)
+      runner.write_aggregates(unit.plan)
 
 
 BACKENDS = ("local", "ray")

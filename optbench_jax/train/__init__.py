@@ -1,7 +1,11 @@
-"""The training engine: task- and optimizer-agnostic."""
-from optbench_jax.train.campaign import CampaignConfig, run_campaign
+"""Training: the compiled program (``program``, ``epoch``, ``state``,
+``evaluation``, ``optimizer``, ...) and the host's side of runs (settings,
+the plan, ``run``, ``resume``, checkpoints, plots). Task- and
+optimizer-agnostic; campaigns of runs are ``optbench_jax.campaign``."""
+from optbench_jax.train.plan import Plan, make_plan, plan_runs
 from optbench_jax.train.program import Hyper, Program, TrainState
-from optbench_jax.train.run import RunConfig, run_one
+from optbench_jax.train.run import run_one, train_runs
+from optbench_jax.train.settings import CampaignConfig, RunConfig
 
-__all__ = ["CampaignConfig", "Hyper", "Program", "RunConfig", "TrainState",
-           "run_campaign", "run_one"]
+__all__ = ["CampaignConfig", "Hyper", "Plan", "Program", "RunConfig",
+           "TrainState", "make_plan", "plan_runs", "run_one", "train_runs"]

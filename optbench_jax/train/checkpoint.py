@@ -16,13 +16,15 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from optbench_jax import store
 from optbench_jax.train import interrupts
 
 
 class Checkpoints:
   def __init__(self, run_dir: str, keep: int = 2):
     """``keep``: the latest epochs kept (0: all)."""
-    self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+    self.directory = os.path.abspath(os.path.join(run_dir,
+                                                  store.CHECKPOINTS))
     self.manager = ocp.CheckpointManager(
         os.path.join(self.directory, "epochs"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep or None,
@@ -61,7 +63,7 @@ class Checkpoints:
 
 
 def restore_initial(run_dir: str, like: Any) -> Any:
-  path = os.path.abspath(os.path.join(run_dir, "checkpoints", "initial"))
+  path = os.path.abspath(os.path.join(run_dir, store.CHECKPOINTS, "initial"))
   with ocp.StandardCheckpointer() as checkpointer:
     return _rebuild(checkpointer.restore(path, _abstract_payload(like)), like)
 

@@ -90,24 +90,34 @@ def to_host(tree: Any) -> Any:
   return jax.tree.map(get, tree)
 
 
-def make_mesh(devices: Optional[int]) -> Optional[Mesh]:
-  """A one-axis data-parallel mesh over ``devices`` local devices.
-
-  ``None`` means all of them; one device means no mesh (the plain program).
-  With several processes the mesh spans every process's devices.
-  """
+def data_parallel_size(devices: Optional[int]) -> int:
+  """How many devices ``--devices`` trains on (checked, one-line errors);
+  :func:`make_mesh` builds the mesh over them."""
   if multi_process():
     available = jax.devices()
     if devices not in (None, len(available)):
       raise OptBenchError(f"--devices {devices}: with --distributed the mesh "
                           f"spans all {len(available)} devices of the "
                           f"{jax.process_count()} processes")
-    return Mesh(np.array(available), (DATA_AXIS,))
+    return len(available)
   available = jax.local_devices()
   count = len(available) if devices is None else devices
   if not 1 <= count <= len(available):
     raise OptBenchError(f"--devices {count}: this machine has "
                         f"{len(available)} {available[0].platform} device(s)")
+  return count
+
+
+def make_mesh(devices: Optional[int]) -> Optional[Mesh]:
+  """A one-axis data-parallel mesh over ``devices`` local devices.
+
+  ``None`` means all of them; one device means no mesh (the plain program).
+  With several processes the mesh spans every process's devices.
+  """
+  count = data_parallel_size(devices)
+  if multi_process():
+    return Mesh(np.array(jax.devices()), (DATA_AXIS,))
+  available = jax.local_devices()
   if count == 1:
     return None
   xla_cpu.check_devices(available[:count])

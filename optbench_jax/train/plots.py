@@ -1,4 +1,5 @@
-"""The benchmark's four plot kinds (matplotlib, PNG).
+"""The benchmark's four plot kinds (matplotlib, PNG), drawn on bare
+:class:`matplotlib.figure.Figure` objects (Agg, no pyplot state).
 
 Per run: the primary metric and the validation loss on two y-axes; train vs
 validation loss. Per campaign: the primary metric of every optimizer; the
@@ -10,13 +11,10 @@ import os
 from typing import Mapping, Optional, Sequence
 
 import jax
-import matplotlib
+from matplotlib import ticker
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
-
-from optbench_jax.train import outputs  # noqa: E402
+from optbench_jax import store
 
 
 def _epochs(history):
@@ -34,11 +32,10 @@ def run_plot_paths(primary: str, run_dir: str) -> list[str]:
           os.path.join(run_dir, "train_vs_val_loss.png")]
 
 
-def _save(fig, path: str) -> None:
-  """Saves atomically (a kill leaves no truncated image), then closes."""
-  with outputs.atomic_path(path) as tmp:
+def _save(fig: Figure, path: str) -> None:
+  """Saves atomically (a kill leaves no truncated image)."""
+  with store.atomic_path(path) as tmp:
     fig.savefig(tmp, dpi=100, format="png")
-  plt.close(fig)
 
 
 def run_plots(history: Sequence[dict], primary: str, title: str,
@@ -47,7 +44,8 @@ def run_plots(history: Sequence[dict], primary: str, title: str,
     return []
   epochs = _epochs(history)
   paths = run_plot_paths(primary, run_dir)
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
   ax.plot(epochs, _series(history, primary), "o-", color="tab:blue")
   ax.set_xlabel("epoch")
   ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
@@ -59,7 +57,8 @@ def run_plots(history: Sequence[dict], primary: str, title: str,
   fig.tight_layout()
   _save(fig, paths[0])
 
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
   ax.plot(epochs, _series(history, "train_loss"), "o-", label="train")
   ax.plot(epochs, _series(history, "val_loss"), "s--", label="validation")
   ax.set_xlabel("epoch")
@@ -88,7 +87,8 @@ def campaign_plots(histories: Mapping[str, Sequence[dict]], primary: str,
   for key, label, name in ((primary, primary, f"{primary}_all_optimizers.png"),
                            ("val_loss", "validation loss",
                             "val_loss_all_optimizers.png")):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for optimizer, history in histories.items():
       line, = ax.plot(_epochs(history), _series(history, key), marker=".",
                       label=optimizer)

@@ -13,8 +13,9 @@ import shutil
 import warnings
 from typing import Optional
 
+from optbench_jax import store
 from optbench_jax.errors import one_line
-from optbench_jax.train import distributed, outputs
+from optbench_jax.train import distributed
 from optbench_jax.train.checkpoint import Checkpoints
 from optbench_jax.train.program import Program
 from optbench_jax.train.state import run_slice, stack_runs, unalias
@@ -30,12 +31,10 @@ def usable_epochs(checkpoints: Optional[Checkpoints], run_dir: str
   if checkpoints is None:
     return []
   try:
-    history = outputs.read_json_if_intact(os.path.join(run_dir,
-                                                       "history.json"))
-    meta = outputs.read_json_if_intact(os.path.join(run_dir,
-                                                    "run_metadata.json"))
+    history = store.read_json_if_intact(os.path.join(run_dir, store.HISTORY))
+    meta = store.read_json_if_intact(os.path.join(run_dir, store.METADATA))
     saved = checkpoints.epochs()
-  except (outputs.DamagedFile, OSError, ValueError):
+  except (store.DamagedFile, OSError, ValueError):
     return []
   if not isinstance(history, list) or not isinstance(meta, dict):
     return []
@@ -61,8 +60,8 @@ def restore(program: Program, members, state, epoch: int):
     source = m if m.run_dir is not None else real[-1]
     restored.append(source.checkpoints.restore(epoch, run_slice(state, j)))
     if m.run_dir is not None:
-      m.history = [h for h in outputs.read_json(
-          os.path.join(m.run_dir, "history.json")) if h["epoch"] <= epoch]
+      m.history = [h for h in store.read_json(
+          os.path.join(m.run_dir, store.HISTORY)) if h["epoch"] <= epoch]
   return unalias(program.place(stack_runs(restored)))
 
 

@@ -32,78 +32,21 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from optbench_jax import data as data_lib
-from optbench_jax import models, tasks, transforms
+from optbench_jax import store, transforms
 from optbench_jax.data.base import Splits
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import distributed, memory, outputs, plots, settings
+from optbench_jax.train import distributed, memory, outputs, plots
 from optbench_jax.train import resume as resume_lib
 from optbench_jax.train import metadata as metadata_lib
 from optbench_jax.train import optimizer as optimizer_lib
 from optbench_jax.train.checkpoint import Checkpoints
+from optbench_jax.train.plan import RunSpec
 from optbench_jax.train.program import Compiled, Hyper, Program
 from optbench_jax.train.settings import RunConfig
 from optbench_jax.train.state import run_slice, unalias
+from optbench_jax.workload import Workload
 
-FINISHED = ("completed", "diverged")
 SAMPLES = "samples"   # finalize's key for sample outputs (not a metric)
-
-
-def run_dir_for(output_dir: str, rc: RunConfig, *, lr_dir: bool = False,
-                seed_dir: bool = False) -> str:
-  """``<output>/<task>/<dataset>/<model>/<optimizer>[/lr_<lr>][/seed_<s>]``."""
-  parts = [output_dir, rc.task, rc.dataset, rc.model, rc.optimizer]
-  if lr_dir:
-    parts.append(f"lr_{rc.learning_rate:g}")
-  if seed_dir:
-    parts.append(f"seed_{rc.seed}")
-  return os.path.join(*parts)
-
-
-def run_label(rc: RunConfig, *, lr_dir: bool = False,
-              seed_dir: bool = False) -> str:
-  label = rc.optimizer
-  if lr_dir:
-    label += f" lr={rc.learning_rate:g}"
-  if seed_dir:
-    label += f" seed={rc.seed}"
-  return label
-
-
-def read_finished(run_dir: str) -> Optional[tuple[list, dict]]:
-  """(history, metadata) of a finished run in ``run_dir``, else None (also
-  when either file is damaged: the run is then trained again)."""
-  try:
-    meta = outputs.read_json_if_intact(
-        os.path.join(run_dir, "run_metadata.json"))
-    history = outputs.read_json_if_intact(
-        os.path.join(run_dir, "history.json"))
-  except outputs.DamagedFile:
-    return None
-  if meta is None or history is None or meta.get("status") not in FINISHED:
-    return None
-  if len(history) != meta.get("epochs_run"):
-    return None
-  return history, meta
-
-
-def check_resumable(rcs: Sequence[RunConfig], run_dirs: Sequence[str]
-                    ) -> None:
-  """Refuses (one line) to resume runs whose stored settings differ from
-  ``rcs`` in anything that changes their numbers."""
-  for rc, run_dir in zip(rcs, run_dirs):
-    try:
-      stored = outputs.read_json_if_intact(
-          os.path.join(run_dir, "run_metadata.json"))
-    except outputs.DamagedFile:
-      continue  # retrained from scratch (resume.py), never compared
-    if stored is None:
-      continue
-    changed = settings.differences(stored, rc)
-    if changed:
-      raise OptBenchError(
-          f"--resume: {run_dir} was trained with other settings "
-          f"({'; '.join(changed)}); resume with the settings it was started "
-          f"with, or give a new --output-dir")
 
 
 def _finite(x) -> bool:
@@ -130,9 +73,12 @@ class RunSetup:
   """What every chunk of a group shares: task, optimizer, hyper, data."""
 
   def __init__(self, rc: RunConfig, splits: Splits):
-    self.task = tasks.get(rc.task)
-    if not splits.info.stats:  # the campaign fits once; API callers may not
-      splits = self.task.fit(splits, rc)
+    self.workload = Workload.of(rc)
+    self.task = self.workload.task
+    if not splits.info.stats:
+      raise OptBenchError(
+          "the splits are not fitted by the task: make them with "
+          "optbench_jax.workload.Workload.splits (load, prepare and fit)")
     self.rc, self.splits = rc, splits
     self.spec = transforms.get(rc.optimizer)
     self.mesh = distributed.make_mesh(rc.devices)
@@ -162,16 +108,11 @@ class RunSetup:
                           "must fit on the devices")
     self.data_bytes = data_bytes if self.on_device else 0
     self.example = Program.example(splits.train)
-    self.model_spec = models.get(rc.task, rc.model)
-    self.pretrained = None
-    if self.model_spec.pretrained is not None and rc.pretrained not in (
-        None, "none"):
-      hub = self.model_spec.pretrained
-      self.pretrained = hub.load(hub.resolve(rc.pretrained))
+    self.pretrained = self.workload.pretrained(rc)
 
   def program(self, runs: int) -> Program:
     rc = self.rc
-    model = self.model_spec.build(self.splits.info, init=rc.init)
+    model = self.workload.build_model(self.splits.info, init=rc.init)
     tx = optimizer_lib.build(rc.optimizer, rc.learning_rate,
                              weight_decay=rc.weight_decay,
                              grad_clip=rc.grad_clip,
@@ -191,8 +132,8 @@ class RunSetup:
                            self.example, on_device=self.on_device)
 
 
-def train_runs(rcs: Sequence[RunConfig], splits: Splits,
-               run_dirs: Sequence[str], *, resume: bool = False,
+def train_runs(runs: Sequence[RunSpec], splits: Splits, *,
+               resume: bool = False,
                on_epoch: Optional[Callable[[int, dict], None]] = None,
                max_together: Optional[int] = None,
                memory_budget: Optional[int] = None
@@ -200,34 +141,34 @@ def train_runs(rcs: Sequence[RunConfig], splits: Splits,
   """Trains runs that differ only in seed / learning rate, together.
 
   Args:
-    rcs: the runs; all fields but ``seed`` and ``learning_rate`` equal.
-    run_dirs: one directory per run.
+    runs: the runs, as the plan resolved them (``plan.make_plan``'s
+      ``runs_of(optimizer)``, or ``plan.plan_runs`` for runs given one by
+      one); all settings but ``seed`` and ``learning_rate`` equal.
+    splits: the fitted data (``Workload.splits``).
     resume: finished runs are read back, unfinished ones continue from their
       last common checkpoint (or restart when they have none in common).
-    on_epoch: ``on_epoch(index_in_rcs, record)`` after each epoch of a run.
+      Whether the stored runs are this plan's was checked at the plan's
+      edge (``plan.check_store``).
+    on_epoch: ``on_epoch(index_in_runs, record)`` after each epoch of a run.
     max_together: at most this many runs in one program (None: memory-based).
     memory_budget: bytes a program may use (None: a share of free memory).
 
-  Returns one ``(history, metadata)`` per run, in the order of ``rcs``.
+  Returns one ``(history, metadata)`` per run, in the order of ``runs``.
   """
-  if not rcs:
+  if not runs:
     return []
+  rcs = [spec.config for spec in runs]
+  run_dirs = [spec.run_dir for spec in runs]
   if any(_shared(rc) != _shared(rcs[0]) for rc in rcs):
     raise OptBenchError("runs trained together may differ only in seed and "
                         "learning rate")
-  task = tasks.get(rcs[0].task)
-  rcs = [settings.resolve(rc, task) for rc in rcs]
-  for rc in rcs:
-    settings.check(rc)
-  if resume:
-    check_resumable(rcs, run_dirs)
   results: list = [None] * len(rcs)
   pending = []
   for i, (rc, run_dir) in enumerate(zip(rcs, run_dirs)):
-    finished = read_finished(run_dir) if resume else None
+    finished = store.read_finished(run_dir) if resume else None
     if finished is not None:
-      _heal_finished(run_dir, rc, splits, finished[0])
-      results[i] = finished
+      _heal_finished(run_dir, rc, splits, finished.history)
+      results[i] = (finished.history, finished.metadata)
     else:
       pending.append(i)
   if not pending:
@@ -269,16 +210,17 @@ def _heal_finished(run_dir: str, rc: RunConfig, splits: Splits,
   """A finished run's directory as an uninterrupted run leaves it: partial
   writes removed, plots drawn (a kill may have come between the two), the
   initial parameters saved (recomputed from the seed) if they were lost."""
-  outputs.remove_partial_writes(run_dir)
+  store.remove_partial_writes(run_dir)
+  store.remove_partial_writes(os.path.join(run_dir, store.SAMPLES))
   if rc.checkpoint and not os.path.exists(
-      os.path.join(run_dir, "checkpoints", "initial")):
+      os.path.join(run_dir, store.CHECKPOINTS, "initial")):
     setup = RunSetup(rc, splits)
     state = setup.program(1).initial_state([rc.seed], [rc.learning_rate],
                                            setup.example)
     checkpoints = Checkpoints(run_dir, rc.keep_checkpoints)
     checkpoints.save_initial(run_slice(state.params, 0))
     checkpoints.close()
-  primary = tasks.get(rc.task).primary_metric
+  primary = Workload.of(rc).task.primary_metric
   if not all(os.path.exists(p)
              for p in plots.run_plot_paths(primary, run_dir)):
     _plot(run_dir, rc, history)
@@ -286,17 +228,16 @@ def _heal_finished(run_dir: str, rc: RunConfig, splits: Splits,
 
 def _plot(run_dir: str, rc: RunConfig, history) -> None:
   title = f"{rc.optimizer} — {rc.model} on {rc.dataset}"
-  plots.run_plots(history, tasks.get(rc.task).primary_metric, title, run_dir)
+  plots.run_plots(history, Workload.of(rc).task.primary_metric, title,
+                  run_dir)
 
 
-def run_one(rc: RunConfig, splits: Splits, run_dir: str, *,
-            resume: bool = False,
+def run_one(spec: RunSpec, splits: Splits, *, resume: bool = False,
             on_epoch: Optional[Callable[[dict], None]] = None
             ) -> tuple[list[dict], dict]:
   """Trains one run; returns ``(history, metadata)``."""
   callback = (lambda _, record: on_epoch(record)) if on_epoch else None
-  return train_runs([rc], splits, [run_dir], resume=resume,
-                    on_epoch=callback)[0]
+  return train_runs([spec], splits, resume=resume, on_epoch=callback)[0]
 
 
 def _base_metadata(setup: RunSetup, rc: RunConfig) -> dict:
@@ -331,12 +272,13 @@ def _open_runs(setup: RunSetup, members, compiled: Compiled, runs: int,
   real = [m for m in members if m.run_dir is not None]
   for m in real:
     os.makedirs(m.run_dir, exist_ok=True)
-    outputs.remove_partial_writes(m.run_dir)
+    store.remove_partial_writes(m.run_dir)
+    store.remove_partial_writes(os.path.join(m.run_dir, store.SAMPLES))
     m.meta = {**_base_metadata(setup, m.rc), "runs_in_program": runs,
               "program_bytes": compiled.bytes,
               "compile_time_s": compiled.compile_time_s}
     if m.rc.checkpoint and not resume and distributed.is_primary():
-      shutil.rmtree(os.path.join(m.run_dir, "checkpoints"),
+      shutil.rmtree(os.path.join(m.run_dir, store.CHECKPOINTS),
                     ignore_errors=True)
   distributed.barrier("checkpoints-cleared")
   for m in real:
@@ -385,9 +327,8 @@ def _write_samples(run_dir: Optional[str], name: str, samples) -> None:
   ``samples/<name>.json`` in the run directory."""
   if run_dir is None or not samples:
     return
-  os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
-  outputs.write_json(os.path.join(run_dir, "samples", f"{name}.json"),
-                     samples)
+  store.write_json(os.path.join(run_dir, store.SAMPLES, f"{name}.json"),
+                   samples)
 
 
 def _evaluates(rc: RunConfig, epoch: int) -> bool:
@@ -405,7 +346,7 @@ def _train_chunk(setup: RunSetup, program: Program, compiled: Compiled,
   val_data = setup.data(program, setup.val)
   real = [m for m in members if m.run_dir is not None]
   for m in real:
-    outputs.write_json(os.path.join(m.run_dir, "run_metadata.json"), m.meta)
+    store.write_json(os.path.join(m.run_dir, store.METADATA), m.meta)
   _, train_keys = program.run_keys([m.rc.seed for m in members])
 
   for epoch in range(start_epoch, rc.epochs):
@@ -442,7 +383,7 @@ def _save_epoch(members, state, epoch: int, on_epoch) -> None:
       continue
     if m.live and m.checkpoints is not None:
       m.checkpoints.save(epoch + 1, run_slice(state, j))
-    outputs.write_json(os.path.join(m.run_dir, "history.json"), m.history)
+    store.write_json(os.path.join(m.run_dir, store.HISTORY), m.history)
     if on_epoch is not None:
       on_epoch(j, m.history[-1])
 
@@ -466,4 +407,4 @@ def _finish(setup: RunSetup, program: Program, members, state) -> None:
                       h["train_time_s"] + h["eval_time_s"] for h in m.history))
     _plot(m.run_dir, m.rc, m.history)
     # The metadata says "completed" only once everything else is written.
-    outputs.write_json(os.path.join(m.run_dir, "run_metadata.json"), m.meta)
+    store.write_json(os.path.join(m.run_dir, store.METADATA), m.meta)

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from optbench_jax import store
 from optbench_jax.errors import OptBenchError
 
 
@@ -294,6 +293,10 @@ class CampaignConfig(Protocol):
       None, "dataset cache directory (HF datasets / TFDS)", numeric=False)
   resume: bool = setting(False, "skip finished runs, continue unfinished "
                          "ones from their last checkpoint", numeric=False)
+  overwrite: bool = setting(
+      False, "train the campaign's runs again from the start, replacing "
+      "the results on disk (without it, a campaign refuses to write over "
+      "runs it finds; see --resume)", numeric=False)
   quiet: bool = setting(False, "no progress bars", numeric=False)
   compile_cache: Optional[str] = setting(
       None, "persistent XLA compilation cache directory (default "
@@ -332,12 +335,11 @@ def numeric_settings(cls=RunConfig) -> list[str]:
 def differences(stored: Mapping[str, Any], config) -> list[str]:
   """``"flag old → new"`` for every setting that changes a run's numbers
   and differs between a run's stored metadata and ``config``."""
-  from optbench_jax.train import outputs
   out = []
   for field in dataclasses.fields(config):
     if not field.metadata["numeric"]:
       continue
-    new = outputs.as_json(getattr(config, field.name))
+    new = store.as_json(getattr(config, field.name))
     old = stored.get(field.name, "(not recorded)")
     if old != new:
       name = flag_of(field) or field.name.replace("_", " ")
@@ -345,13 +347,13 @@ def differences(stored: Mapping[str, Any], config) -> list[str]:
   return out
 
 
-def resolve(config, task=None) -> Any:
+def resolve(config) -> Any:
   """``config`` with the defaults of its task, dataset and model in place of
   ``None``: scheduler, clipping, label smoothing (the task's), the
   :data:`TASK_SETTINGS` (the dataset's, else the task's) and the pretrained
-  weights (the model's)."""
+  weights (the model's). Called once, by ``train/plan.py``."""
   from optbench_jax import data, models, tasks
-  task = task or tasks.get(config.task)
+  task = tasks.get(config.task)
   dataset = data.get(config.task, config.dataset)
   model = models.get(config.task, config.model)
   clip = task.default_grad_clip if config.grad_clip is None else config.grad_clip
@@ -380,12 +382,13 @@ def _fail(field: dataclasses.Field, message: str) -> OptBenchError:
 def check(config) -> None:
   """Validates ``config`` (any of the three classes); one-line errors.
 
-  Names are checked against the registries, every field against its
-  declared choices and checks, and the combinations that cannot work are
-  refused before any data is loaded or anything is compiled.
+  Pure: names against the registries, every field against its declared
+  choices and checks, and the combinations that cannot work — no device,
+  no file, no data. Called once, by ``train/plan.py``, which adds what
+  needs the machine (devices) or the whole campaign (optimizers, learning
+  rates, the output directory).
   """
   from optbench_jax import data, models, tasks, transforms
-  from optbench_jax.train import distributed
   tasks.get(config.task)
   data.get(config.task, config.dataset)
   models.get(config.task, config.model)
@@ -409,11 +412,6 @@ def check(config) -> None:
   if (config.pretrained not in (None, "none") and spec.pretrained is None):
     raise OptBenchError(f"--pretrained: model {config.model} has no "
                         f"pretrained weights (omit the flag or give 'none')")
-  mesh = distributed.make_mesh(config.devices)
-  if mesh is not None and config.batch_size % mesh.devices.size:
-    raise OptBenchError(f"--batch-size {config.batch_size} is not divisible "
-                        f"by the {mesh.devices.size} data-parallel devices; "
-                        f"change it or --devices")
   if isinstance(config, RunConfig):
     transforms.get(config.optimizer)
     if positive_finite(config.learning_rate):
@@ -424,15 +422,7 @@ def check(config) -> None:
 
 
 def _check_campaign(cfg: CampaignConfig) -> None:
-  from optbench_jax.train import campaign
-  optimizers = campaign.resolve_optimizers(cfg.optimizers)
-  repeated = sorted({o for o in optimizers if optimizers.count(o) > 1})
-  if repeated:
-    raise OptBenchError(f"--optimizers repeats {', '.join(repeated)}")
-  for name in cfg.lr_overrides:
-    if name not in optimizers:
-      raise OptBenchError(f"--lr-overrides names {name!r}, which is not in "
-                          f"--optimizers ({', '.join(optimizers)})")
+  """The campaign's own settings (optimizer names are the plan's)."""
   for name, lr in cfg.lr_overrides.items():
     if positive_finite(lr):
       raise OptBenchError(f"--lr-overrides {name}={lr}: the learning rate "
@@ -452,31 +442,6 @@ def _check_campaign(cfg: CampaignConfig) -> None:
   bad = [s for s in seeds if seed_value(s)]
   if bad:
     raise OptBenchError(f"--seeds: {bad[0]} {seed_value(bad[0])}")
-  for optimizer in optimizers:
-    for lr in campaign.learning_rates(cfg, optimizer):
-      if positive_finite(lr):
-        raise OptBenchError(f"the learning rate of {optimizer} "
-                            f"{positive_finite(lr)}")
-  check_output_dir(cfg.output_dir)
-
-
-def check_output_dir(path: str) -> None:
-  """The output directory can be created and written (one-line errors)."""
-  probe = os.path.abspath(path)
-  while not os.path.exists(probe):
-    parent = os.path.dirname(probe)
-    if parent == probe:
-      break
-    probe = parent
-  if not os.path.isdir(probe):
-    what = ("is an existing file" if probe == os.path.abspath(path)
-            else f"is below {probe}, which is a file")
-    raise OptBenchError(f"--output-dir {path} {what}; give a directory")
-  try:
-    os.makedirs(path, exist_ok=True)
-    with tempfile.TemporaryFile(dir=path):
-      pass
-  except OSError as e:
-    raise OptBenchError(f"--output-dir {path} is not writable "
-                        f"({e.strerror}); give a directory you can write "
-                        f"to") from None
+  if cfg.resume and cfg.overwrite:
+    raise OptBenchError("--resume continues the runs on disk and "
+                        "--overwrite replaces them; give one of them")

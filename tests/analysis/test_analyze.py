@@ -16,7 +16,8 @@ import pytest
 
 from optbench_jax import cli
 from optbench_jax.analysis import analyze, report, restore
-from optbench_jax.train import campaign, settings
+from optbench_jax.campaign import runner as campaign
+from optbench_jax.train import settings
 from optbench_jax.train.state import run_slice
 
 EPOCHS = 2

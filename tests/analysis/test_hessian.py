@@ -58,7 +58,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from optbench_jax.analysis import hessian
+from optbench_jax.analysis import figures, hessian
 from optbench_jax.errors import OptBenchError
 
 N = 100
@@ -278,7 +278,7 @@ class CnnTwins:
   def __init__(self):
     torch = pytest.importorskip("torch")
     from optbench_jax import models
-    from optbench_jax.models import convert
+    from optbench_jax.nn import convert
     from optbench_jax.reference import torch_models
 
     self.convert = convert
@@ -405,20 +405,20 @@ def test_plot_densities_writes_a_png(tmp_path):
   densities = {
       "sgd": hessian.density_from_quadrature(nodes, weights),
       "adam": hessian.density_from_quadrature(2 * nodes, weights)}
-  path = hessian.plot_densities(densities, str(tmp_path / "density.png"),
+  path = figures.plot_densities(densities, str(tmp_path / "density.png"),
                                 title="Hessian eigenvalue density")
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  overlay = hessian.plot_densities(densities, str(tmp_path / "overlay.png"),
+  overlay = figures.plot_densities(densities, str(tmp_path / "overlay.png"),
                                    overlay=True)
   assert (tmp_path / "overlay.png").stat().st_size > 1000
   assert overlay.endswith("overlay.png")
   grid = np.linspace(0, 1, 5)
   with pytest.raises(OptBenchError, match="finite and positive"):
-    hessian.plot_densities({"sgd": (grid, np.zeros(5))},
+    figures.plot_densities({"sgd": (grid, np.zeros(5))},
                            str(tmp_path / "zero.png"))
   with pytest.raises(OptBenchError, match="same length"):
-    hessian.plot_densities({"sgd": (grid, np.ones(4))},
+    figures.plot_densities({"sgd": (grid, np.ones(4))},
                            str(tmp_path / "short.png"))
 
 
@@ -441,7 +441,7 @@ def test_plot_densities_writes_a_png(tmp_path):
      "sigma"),
     (lambda f, p, k: hessian.top_eigenvalues(f, {"i": jnp.arange(3)}, 1, k),
      "floating"),
-    (lambda f, p, k: hessian.plot_densities({}, "x.png"), "at least one"),
+    (lambda f, p, k: figures.plot_densities({}, "x.png"), "at least one"),
 ])
 def test_bad_inputs_raise_one_line_errors(call, message):
   loss_fn, params, _ = quadratic(clustered_spectrum(), np.float32)

@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optbench_jax.analysis import landscape
+from optbench_jax import store
+from optbench_jax.analysis import directions, figures, landscape
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import outputs
 from tests.transforms.torch_reference import relative_error
 
 
@@ -122,7 +122,7 @@ def test_anchor_points_are_the_parameters_bit_for_bit(cnn):
 
 def test_surface_center_is_exact(cnn):
   center, _, loss_fn = cnn
-  d1, d2 = landscape.random_directions(jax.random.key(4), center)
+  d1, d2 = directions.random_directions(jax.random.key(4), center)
   xs, ys, losses = landscape.surface(loss_fn, center, d1, d2, points=5,
                                      span=(-0.4, 0.6), batch_points=5)
   assert losses.shape == (len(ys), len(xs)) == (6, 6)  # 0 inserted
@@ -192,7 +192,7 @@ def test_interpolation_and_surface_match_closed_form(x64):
 
 def test_filter_norms_equal_parameter_norms(cnn):
   _, params, _ = cnn  # the perturbed parameters: no zero biases
-  d = landscape.filter_normalized_direction(jax.random.key(5), params)
+  d = directions.filter_normalized_direction(jax.random.key(5), params)
   conv, dense = params["Conv_0"]["kernel"], params["Dense_0"]["kernel"]
   assert conv.shape == (3, 3, 2, 4) and dense.shape == (4, 3)
   for p, q in ((conv, d["Conv_0"]["kernel"]), (dense, d["Dense_0"]["kernel"])):
@@ -209,9 +209,9 @@ def test_filter_norms_equal_parameter_norms(cnn):
 
 def test_bias_and_norm_parameters_kept_when_asked(cnn):
   _, params, _ = cnn  # the perturbed parameters: no zero biases
-  d = landscape.filter_normalized_direction(jax.random.key(5), params,
+  d = directions.filter_normalized_direction(jax.random.key(5), params,
                                             ignore=None)
-  default = landscape.filter_normalized_direction(jax.random.key(5), params)
+  default = directions.filter_normalized_direction(jax.random.key(5), params)
   np.testing.assert_array_equal(d["Conv_0"]["kernel"],
                                 default["Conv_0"]["kernel"])
   for path in (("BatchNorm_0", "scale"), ("Dense_0", "bias"),
@@ -223,7 +223,7 @@ def test_bias_and_norm_parameters_kept_when_asked(cnn):
                                rtol=1e-6)
     assert not np.allclose(q, p)
   with pytest.raises(OptBenchError, match="ignore"):
-    landscape.filter_normalized_direction(jax.random.key(5), params,
+    directions.filter_normalized_direction(jax.random.key(5), params,
                                           ignore="bn")
 
 
@@ -231,7 +231,7 @@ def test_embedding_filters_are_rows_and_zero_filters_stay_zero():
   params = {"embedding": jnp.asarray(
                 np.random.default_rng(6).normal(size=(5, 3)), jnp.float32),
             "kernel": jnp.zeros((3, 2)).at[:, 1].set(jnp.array([1., 2., 2.]))}
-  d = landscape.filter_normalized_direction(jax.random.key(7), params)
+  d = directions.filter_normalized_direction(jax.random.key(7), params)
   np.testing.assert_allclose(_filter_norms(d["embedding"], 0),
                              _filter_norms(params["embedding"], 0), rtol=1e-6)
   np.testing.assert_array_equal(d["kernel"][:, 0], 0.0)
@@ -250,7 +250,7 @@ def test_chunked_vmap_equals_loop(cnn):
   assert losses.dtype == np.float32
   assert relative_error(losses, loop) <= 1e-6
 
-  d1, d2 = landscape.random_directions(jax.random.key(8), start)
+  d1, d2 = directions.random_directions(jax.random.key(8), start)
   xs, ys, grid = landscape.surface(loss_fn, start, d1, d2, points=5,
                                    batch_points=7)  # 25 = 3·7 + 4
   loop = np.array([[loss_fn(landscape.point_on_plane(start, d1, d2, x, y))
@@ -289,7 +289,7 @@ def test_pca_directions_span_a_planar_path():
   steps = [(3.0, 1.0), (2.0, 0.5), (1.0, 0.4), (0.0, 0.0)]
   path = [{k: center[k] + a * u[k] + b * v[k] for k in shapes}
           for a, b in steps]
-  pca = landscape.pca_directions(path, center)
+  pca = directions.pca_directions(path, center)
   flat = lambda t: np.concatenate([np.ravel(t["a"]), t["b"]])
   d1, d2 = flat(pca.d1), flat(pca.d2)
   np.testing.assert_allclose([d1 @ d1, d2 @ d2, d1 @ d2], [1, 1, 0],
@@ -303,7 +303,7 @@ def test_pca_directions_span_a_planar_path():
   assert pca.explained[0] >= pca.explained[1] > 0
   line = [{k: center[k] + a * u[k] for k in shapes} for a, _ in steps]
   with pytest.raises(OptBenchError, match="fewer than two directions"):
-    landscape.pca_directions(line, center)
+    directions.pca_directions(line, center)
 
 
 def test_project_trajectory_recovers_plane_coordinates():
@@ -346,9 +346,9 @@ def test_project_trajectory_recovers_plane_coordinates():
 
 def test_keys_determine_directions(cnn):
   params, _, _ = cnn
-  first = landscape.random_directions(jax.random.key(9), params)
-  again = landscape.random_directions(jax.random.key(9), params)
-  other = landscape.random_directions(jax.random.key(10), params)
+  first = directions.random_directions(jax.random.key(9), params)
+  again = directions.random_directions(jax.random.key(9), params)
+  other = directions.random_directions(jax.random.key(10), params)
   kernel = lambda d: np.asarray(d["Conv_0"]["kernel"])
   assert len(first) == 2
   np.testing.assert_array_equal(kernel(first[0]), kernel(again[0]))
@@ -356,7 +356,7 @@ def test_keys_determine_directions(cnn):
   assert not np.allclose(kernel(first[0]), kernel(first[1]))
   assert not np.allclose(kernel(first[0]), kernel(other[0]))
   # Each leaf has its own subkey: same-shaped leaves differ.
-  d = landscape.filter_normalized_direction(
+  d = directions.filter_normalized_direction(
       jax.random.key(11), {"u": jnp.ones((3, 3)), "v": jnp.ones((3, 3))})
   assert not np.allclose(d["u"], d["v"])
 
@@ -375,13 +375,13 @@ def test_plots_write_pngs_with_non_finite_values(cnn, tmp_path):
                                          batch_points=8)
   diverging = losses * np.exp(8 * np.abs(alphas - 0.5))
   diverging[-2:] = [np.inf, np.nan]
-  path = landscape.plot_interpolation(
+  path = figures.plot_interpolation(
       {"init → final": (alphas, losses), "diverging": (alphas, diverging)},
       str(tmp_path / "interpolation.png"), title="two curves",
       endpoints=("init", "final"))
   assert _is_png(path)
 
-  d1, d2 = landscape.random_directions(jax.random.key(12), start)
+  d1, d2 = directions.random_directions(jax.random.key(12), start)
   xs, ys, grid = landscape.surface(loss_fn, start, d1, d2, points=15,
                                    span=1.5, batch_points=64)
   grid = grid * np.exp(2 * np.hypot(*np.meshgrid(xs, ys)))
@@ -394,18 +394,18 @@ def test_plots_write_pngs_with_non_finite_values(cnn, tmp_path):
   np.testing.assert_allclose(projection.coords,
                              np.stack([steps, -0.5 * steps], axis=1),
                              atol=1e-6)
-  path = landscape.plot_surface(xs, ys, grid, str(tmp_path / "surface.png"),
+  path = figures.plot_surface(xs, ys, grid, str(tmp_path / "surface.png"),
                                 trajectory=projection.coords,
                                 title="surface")
   assert _is_png(path)
   # All non-finite, or a flat surface: still a PNG.
   for name, values in (("nan.png", np.full_like(grid, np.nan)),
                        ("flat.png", np.ones_like(grid))):
-    assert _is_png(landscape.plot_surface(xs, ys, values,
+    assert _is_png(figures.plot_surface(xs, ys, values,
                                           str(tmp_path / name)))
   with pytest.raises(OptBenchError, match="shape"):
-    landscape.plot_surface(xs, ys, grid.T[:, :-1], str(tmp_path / "bad.png"))
+    figures.plot_surface(xs, ys, grid.T[:, :-1], str(tmp_path / "bad.png"))
   # The JSON the caller writes: non-finite values become null.
-  record = outputs.as_json({"losses": grid.tolist()})
+  record = store.as_json({"losses": grid.tolist()})
   assert record["losses"][0][0] is None and record["losses"][-1][-1] is None
   assert record["losses"][1][1] == pytest.approx(grid[1, 1])

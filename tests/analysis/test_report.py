@@ -31,8 +31,10 @@ import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from optbench_jax.analysis import report, statistics  # noqa: E402
+from optbench_jax.analysis.report import ranking, render, tables  # noqa: E402
+from optbench_jax.analysis.report import runs as report_runs  # noqa: E402
 from optbench_jax.errors import OptBenchError  # noqa: E402
-from optbench_jax.train import campaign as campaign_lib  # noqa: E402
+from optbench_jax.campaign import runner as campaign_lib  # noqa: E402
 from optbench_jax.train import settings  # noqa: E402
 
 EPOCHS, SEEDS = 3, (0, 1, 2)
@@ -393,12 +395,12 @@ def test_learning_rate_grid_runs_are_labelled_and_ranked_at_their_best(
       r["accuracy"] -= 0.3
     with open(path, "w") as f:
       json.dump(records, f)
-  configs = report.group_runs(report.find_runs(root))
+  configs = report_runs.group_runs(report_runs.read_runs(root))
   (config,) = configs
   assert list(config.groups) == ["adam lr=0.001", "adam lr=0.01", "sgd"]
-  assert report.best_groups(config)["adam"][0] == "adam lr=0.001"
+  assert ranking.best_groups(config)["adam"][0] == "adam lr=0.001"
   opts = report.Options(ci_method="bootstrap")
-  table = report.summary_table(config, opts)
+  table = tables.summary_table(config, opts)
   cell = table.cells[0][4]   # adam lr=0.001, best accuracy
   assert re.fullmatch(r"\S+ \[\S+, \S+\]", cell), cell
   values = [_metric(ACC, "adam", s, EPOCHS) for s in (0, 1)]
@@ -407,9 +409,9 @@ def test_learning_rate_grid_runs_are_labelled_and_ranked_at_their_best(
 
 
 def test_latex_escaping():
-  assert report.latex_escape("sgd_momentum & 50% {x}") == (
+  assert render.latex_escape("sgd_momentum & 50% {x}") == (
       r"sgd\_momentum \& 50\% \{x\}")
-  assert report.latex_escape("0.5 ± 0.1") == r"0.5 $\pm$ 0.1"
+  assert render.latex_escape("0.5 ± 0.1") == r"0.5 $\pm$ 0.1"
 
 
 @pytest.mark.parametrize("make, message", [
@@ -459,12 +461,12 @@ def test_damaged_run_files_are_listed_as_unreadable(tmp_path):
   damaged = os.path.join(root, *ACC, "sgd", "seed_0", "run_metadata.json")
   with open(damaged, "w") as f:
     f.write('{"task": "image_cl')          # killed while writing
-  runs = report.find_runs(root)
+  runs = report_runs.read_runs(root)
   assert [r.state for r in runs] == ["completed", "completed", "unreadable"]
-  table = report.problems_table(runs, root)
+  table = tables.problems_table(runs, root)
   assert [row["state"] for row in table.csv_rows] == ["unreadable"]
   assert table.csv_rows[0]["run_dir"] == os.path.join(*ACC, "sgd", "seed_0")
-  (config,) = report.group_runs(runs)
+  (config,) = report_runs.group_runs(runs)
   assert list(config.groups) == ["adam", "lion"]
 
 
@@ -477,3 +479,22 @@ def test_bad_report_options_are_one_line_errors(campaign, kwargs, message):
   root, _, _ = campaign
   with pytest.raises(OptBenchError, match=message):
     report.write_report(root, **kwargs)
+
+
+def test_a_killed_report_is_cleaned_up_and_an_unwritable_output_is_an_error(
+    tmp_path):
+  root = str(tmp_path / "campaign")
+  write_campaign(root, seeds=(0,), configs=(ACC,))
+  out = tmp_path / "campaign" / "report"
+  # A killed report leaves temporary files inside atomic writes.
+  for name in (".tmp-a", "tables/.tmp-b", f"figures/{ACC_NAME}/.tmp-c"):
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text("partial")
+  report.write_report(root)
+  left = [f for _, _, files in os.walk(out) for f in files
+          if f.startswith(".tmp-")]
+  assert not left and (out / "report.md").is_file()
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(OptBenchError, match="cannot write the report into"):
+    report.write_report(root, str(blocker / "report"))

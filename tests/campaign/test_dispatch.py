@@ -1,4 +1,4 @@
-"""Work units, shards and the Ray backend (``train/dispatch.py``).
+"""Work units, shards and the Ray backend (``campaign/dispatch.py``).
 
 A tiny campaign (image_classification / digits / cnn_scratch, sgd and
 adam, seeds 0 and 1, one epoch, 64 training examples) is trained three ways into
@@ -19,7 +19,8 @@ import os
 import pytest
 
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import dispatch
+from optbench_jax.campaign import dispatch
+from optbench_jax.train.plan import make_plan
 from optbench_jax.train.settings import CampaignConfig
 from tests.train.helpers import read_history, without_times
 
@@ -36,7 +37,7 @@ def _config(output_dir, optimizers="sgd,adam", **overrides):
                 seeds=list(SEEDS), epochs=1, batch_size=32, max_samples=64,
                 output_dir=str(output_dir), quiet=True)
   values.update(overrides)
-  return CampaignConfig(**values)
+  return make_plan(CampaignConfig(**values))
 
 
 def _fake_plan(sizes):
@@ -70,7 +71,8 @@ def test_units_are_in_configuration_then_optimizer_order():
   assert [u.label for u in every] == [
       "config0/sgd", "config0/sgd_momentum", "config0/lars", "config1/sgd",
       "config1/sgd_momentum"]
-  assert every[0].config.epochs == 1 and every[3].config.epochs == 2
+  assert (every[0].plan.campaign.epochs == 1
+          and every[3].plan.campaign.epochs == 2)
 
 
 def test_the_deal_rotates_so_an_optimizer_moves_between_shards():
@@ -188,7 +190,7 @@ def test_two_shards_into_one_directory_equal_the_whole(sequential, tmp_path):
 
 def test_a_failing_unit_is_reported_and_the_others_go_on(tmp_path,
                                                          monkeypatch):
-  from optbench_jax.train import campaign
+  from optbench_jax.campaign import runner as campaign
   real = campaign.run_campaign
 
   def failing(cfg, optimizers=None, **kwargs):

@@ -27,15 +27,15 @@ def test_resume_loses_nothing_and_repeats_nothing(tmp_path, monkeypatch):
   real_train_runs = run_lib.train_runs
   epochs_trained = []
 
-  def interrupting(rcs, splits, run_dirs, *, on_epoch=None, kill_after=None,
+  def interrupting(runs, splits, *, on_epoch=None, kill_after=None,
                    **kwargs):
     def hook(index, record):
-      epochs_trained.append((rcs[index].optimizer, record["epoch"]))
+      epochs_trained.append((runs[index].config.optimizer, record["epoch"]))
       if on_epoch:
         on_epoch(index, record)
-      if kill_after and (rcs[index].optimizer, record["epoch"]) == kill_after:
+      if kill_after and (runs[index].config.optimizer, record["epoch"]) == kill_after:
         raise Interrupt()
-    return real_train_runs(rcs, splits, run_dirs, on_epoch=hook, **kwargs)
+    return real_train_runs(runs, splits, on_epoch=hook, **kwargs)
 
   monkeypatch.setattr(
       run_lib, "train_runs",
@@ -83,14 +83,14 @@ def test_resume_of_runs_trained_together(tmp_path, monkeypatch):
   real_train_runs = run_lib.train_runs
   trained = []
 
-  def interrupting(rcs, splits, run_dirs, *, on_epoch=None, kill=True,
+  def interrupting(runs, splits, *, on_epoch=None, kill=True,
                    **kwargs):
     def hook(index, record):
-      trained.append((rcs[index].seed, record["epoch"]))
+      trained.append((runs[index].config.seed, record["epoch"]))
       on_epoch(index, record)
-      if kill and (rcs[index].seed, record["epoch"]) == (1, 2):
+      if kill and (runs[index].config.seed, record["epoch"]) == (1, 2):
         raise Interrupt()
-    return real_train_runs(rcs, splits, run_dirs, on_epoch=hook, **kwargs)
+    return real_train_runs(runs, splits, on_epoch=hook, **kwargs)
 
   monkeypatch.setattr(run_lib, "train_runs", interrupting)
   with pytest.raises(Interrupt):

@@ -39,11 +39,11 @@ def _interrupted(root, monkeypatch, after_epoch, epochs=3):
   """Trains until ``after_epoch`` is written, then 'kills' the campaign."""
   real = run_lib.train_runs
 
-  def interrupting(rcs, splits, run_dirs, *, on_epoch=None, **kwargs):
+  def interrupting(runs, splits, *, on_epoch=None, **kwargs):
     def hook(index, record):
       if record["epoch"] == after_epoch:
         raise Interrupt()
-    return real(rcs, splits, run_dirs, on_epoch=hook, **kwargs)
+    return real(runs, splits, on_epoch=hook, **kwargs)
 
   monkeypatch.setattr(run_lib, "train_runs", interrupting)
   with pytest.raises(Interrupt):

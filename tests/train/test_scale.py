@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 
 from optbench_jax import cli, data
-from optbench_jax.train import campaign
+from optbench_jax.campaign import runner as campaign
+from optbench_jax.train.plan import plan_runs
 from optbench_jax.train.run import RunConfig, run_one, train_runs
+from optbench_jax.workload import Workload
 from tests.train.helpers import read_history, small_run_args
 
 COMPARED = ("train_loss", "val_loss", "accuracy", "grad_norm",
@@ -36,7 +38,8 @@ def splits():
   # Programs of equal shapes (every test's single adam run) compile once.
   campaign.enable_compile_cache(campaign.default_compile_cache())
   raw = data.load("image_classification", "synthetic", None)
-  return data.prepare(raw, seed=0, max_samples=64)
+  return Workload.of(_config()).fit(data.prepare(raw, seed=0, max_samples=64),
+                                    _config())
 
 
 def _config(**changes):
@@ -44,6 +47,14 @@ def _config(**changes):
                  model="cnn_scratch", optimizer="adam", learning_rate=1e-3,
                  epochs=2, batch_size=32, checkpoint=False, devices=1)
   return dataclasses.replace(rc, **changes)
+
+
+def _train(rcs, splits, run_dirs, **kwargs):
+  return train_runs(plan_runs(rcs, run_dirs), splits, **kwargs)
+
+
+def _one(rc, splits, run_dir):
+  return run_one(plan_runs([rc], [run_dir])[0], splits)
 
 
 def _max_relative_difference(a, b):
@@ -60,9 +71,9 @@ def test_runs_trained_together_equal_runs_trained_alone(splits, tmp_path):
   # Two runs differing in seed and learning rate.
   rcs = [_config(seed=0, learning_rate=1e-3),
          _config(seed=1, learning_rate=3e-3)]
-  together = train_runs(rcs, splits, [tmp_path / "t0", tmp_path / "t1"])
+  together = _train(rcs, splits, [tmp_path / "t0", tmp_path / "t1"])
   assert [m["runs_in_program"] for _, m in together] == [2, 2]
-  alone = run_one(rcs[1], splits, tmp_path / "alone")
+  alone = _one(rcs[1], splits, tmp_path / "alone")
   assert alone[1]["runs_in_program"] == 1
   # Measured 1.6e-7 (float32; the batched convolutions sum in another order).
   assert _max_relative_difference(together[1][0], alone[0]) < 1e-5
@@ -76,22 +87,22 @@ def test_chunks_and_padding_give_the_same_results(splits, tmp_path):
   # The programs (2 runs; 1 run) are those of the test above: cached.
   rcs = [_config(seed=s, learning_rate=1e-3 * (s + 1)) for s in range(3)]
   # Chunks of two: (0, 1) then (2, padding).
-  chunked = train_runs(rcs, splits, [tmp_path / f"c{s}" for s in range(3)],
+  chunked = _train(rcs, splits, [tmp_path / f"c{s}" for s in range(3)],
                        max_together=2)
   assert [m["runs_in_program"] for _, m in chunked] == [2, 2, 2]
   assert not (tmp_path / "c3").exists()
-  alone = run_one(rcs[2], splits, tmp_path / "alone")
+  alone = _one(rcs[2], splits, tmp_path / "alone")
   # Measured 1.2e-7.
   assert _max_relative_difference(chunked[2][0], alone[0]) < 1e-5
 
 
 def test_memory_budget_picks_fewer_runs_per_program(splits, tmp_path):
   rcs = [_config(seed=s) for s in range(4)]
-  first = train_runs(rcs[:1], splits, [tmp_path / "probe"])
+  first = _train(rcs[:1], splits, [tmp_path / "probe"])
   one_run = first[0][1]["program_bytes"]
   assert one_run and one_run > 0
   # A budget for about two runs' worth (data shared, so a bit more).
-  results = train_runs(rcs, splits, [tmp_path / f"m{s}" for s in range(4)],
+  results = _train(rcs, splits, [tmp_path / f"m{s}" for s in range(4)],
                        memory_budget=int(2.5 * one_run))
   sizes = {m["runs_in_program"] for _, m in results}
   # Two runs (about 2 × one run's bytes, the data shared) fit the budget,
@@ -103,16 +114,16 @@ def test_memory_budget_picks_fewer_runs_per_program(splits, tmp_path):
 
 
 def test_streamed_epoch_equals_scanned_epoch(splits, tmp_path):
-  scanned = run_one(_config(), splits, tmp_path / "device")
-  streamed = run_one(_config(data_placement="host"), splits, tmp_path / "host")
+  scanned = _one(_config(), splits, tmp_path / "device")
+  streamed = _one(_config(data_placement="host"), splits, tmp_path / "host")
   assert scanned[1]["data_on_device"] and not streamed[1]["data_on_device"]
   # Same batches, same keys, same compiled step: bitwise equal.
   assert _max_relative_difference(streamed[0], scanned[0]) == 0.0
 
 
 def test_bf16_trains_finite_and_close_to_fp32(splits, tmp_path):
-  fp32 = run_one(_config(), splits, tmp_path / "fp32")[0]
-  bf16 = run_one(_config(precision="bf16"), splits, tmp_path / "bf16")[0]
+  fp32 = _one(_config(), splits, tmp_path / "fp32")[0]
+  bf16 = _one(_config(precision="bf16"), splits, tmp_path / "bf16")[0]
   losses = [h["train_loss"] for h in bf16]
   # Measured (PyTorch initialisation): train loss 2.2900 → 1.8778 (bf16),
   # 2.2902 → 1.8791 (fp32).
@@ -128,11 +139,11 @@ _DATA_PARALLEL = textwrap.dedent("""
     import dataclasses, json, sys
     import jax
     from optbench_jax import data
-    from optbench_jax.train import campaign
+    from optbench_jax.campaign import runner as campaign
+    from optbench_jax.train.plan import plan_runs
     from optbench_jax.train.run import RunConfig, run_one, train_runs
+    from optbench_jax.workload import Workload
     campaign.enable_compile_cache(campaign.default_compile_cache())
-    from optbench_jax import tasks
-    from optbench_jax.train import settings
     from optbench_jax.train.run import RunSetup, _Member
     assert jax.local_device_count() == 4, jax.devices()
     out, model = sys.argv[1], sys.argv[2]
@@ -142,19 +153,22 @@ _DATA_PARALLEL = textwrap.dedent("""
                    model=model, optimizer="sgd_momentum",
                    learning_rate=0.01, epochs=2, batch_size=32,
                    checkpoint=False, devices=1)
-    one = run_one(rc, splits, out + "/one")
+    splits = Workload.of(rc).fit(splits, rc)
+    train = lambda rcs, dirs: train_runs(plan_runs(rcs, dirs), splits)
+    one_run = lambda rc, d: run_one(plan_runs([rc], [d])[0], splits)
+    one = one_run(rc, out + "/one")
     # The yardstick: one device, the same run beside a second one in a
     # vmapped program (only the order of float32 sums changes).
-    one_vmapped = train_runs([rc, dataclasses.replace(rc, seed=1)], splits,
-                             [out + "/o0", out + "/o1"])
+    one_vmapped = train([rc, dataclasses.replace(rc, seed=1)],
+                  [out + "/o0", out + "/o1"])
     rc4 = dataclasses.replace(rc, devices=4)
-    four = run_one(rc4, splits, out + "/four")
-    both = train_runs([rc4, dataclasses.replace(rc4, seed=1)], splits,
-                      [out + "/v0", out + "/v1"])
+    four = one_run(rc4, out + "/four")
+    both = train([rc4, dataclasses.replace(rc4, seed=1)],
+                  [out + "/v0", out + "/v1"])
     host = dataclasses.replace(rc4, data_placement="host")
-    streamed = train_runs([host, dataclasses.replace(host, seed=1)], splits,
-                          [out + "/s0", out + "/s1"])
-    setup = RunSetup(settings.resolve(rc4, tasks.get(rc4.task)), splits)
+    streamed = train([host, dataclasses.replace(host, seed=1)],
+                  [out + "/s0", out + "/s1"])
+    setup = RunSetup(plan_runs([rc4], [out])[0].config, splits)
     program = setup.program(1)
     compiled = setup.compile(program, [_Member(rc4, None)],
                              setup.data(program, splits.train))
@@ -214,6 +228,9 @@ def test_nothing_recompiles_across_epochs(tmp_path):
   try:
     counts = []
     for epochs in (1, 3):
+      # Every trace counted afresh, whatever ran before in this process
+      # (eager operations are traced once per process and shape).
+      jax.clear_caches()
       compiles.clear()
       assert cli.main(small_run_args(tmp_path / str(epochs),
                                      optimizers="adam", epochs=epochs,

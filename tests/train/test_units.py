@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from optbench_jax import data
+from optbench_jax.analysis import seeds
 from optbench_jax.train import outputs, schedules
 
 
@@ -58,7 +59,7 @@ def test_over_seeds_is_mean_std_and_t_half_width():
            "optimizer": "adam", "learning_rate": 1e-3, "status": "completed",
            "best_primary": v} for v in (1.0, 2.0, 4.0)]
   rows.append({**rows[0], "status": "diverged", "best_primary": None})
-  (summary,) = outputs.over_seeds(rows)
+  (summary,) = seeds.over_seeds(rows)
   std = math.sqrt(7 / 3)
   assert summary["n_seeds"] == 4 and summary["n_diverged"] == 1
   assert summary["best_primary_mean"] == pytest.approx(7 / 3, rel=1e-12)

@@ -1,0 +1,144 @@
+"""Comparisons across configurations, each optimizer at its best learning
+rate: the average rank, and when each run reached its configuration's
+target (the time-to-target and performance-profile tables; the figures
+draw the same costs)."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+from optbench_jax import store
+from optbench_jax.analysis import statistics
+from optbench_jax.analysis.report.options import Options
+from optbench_jax.analysis.report.render import Table, format_number
+from optbench_jax.analysis.report.runs import Configuration, Run, completed
+from optbench_jax.analysis.report.tables import seed_values
+
+
+def _group_mean(runs: Sequence[Run], key: str) -> Optional[float]:
+  values = list(seed_values(runs, key).values())
+  return float(np.mean(values)) if values else None
+
+
+def _better(value: Optional[float], than: Optional[float],
+            higher_is_better: bool) -> bool:
+  if value is None:
+    return False
+  if than is None:
+    return True
+  return value > than if higher_is_better else value < than
+
+
+def best_groups(config: Configuration) -> dict:
+  """Per optimizer, its label (learning rate) with the best mean best
+  primary metric (an optimizer that only diverged keeps its first
+  label): ``{optimizer: (label, mean)}``."""
+  chosen: dict = {}
+  for label, runs in config.groups.items():
+    optimizer = runs[0].metadata.get("optimizer")
+    value = _group_mean(runs, "best_primary")
+    if optimizer not in chosen or _better(value, chosen[optimizer][1],
+                                          config.higher_is_better):
+      chosen[optimizer] = (label, value)
+  return chosen
+
+
+def ranking_table(configurations: Sequence[Configuration]) -> Table:
+  table = {c.name: {o: v for o, (_, v) in best_groups(c).items()}
+           for c in configurations}
+  ranking = statistics.average_ranks(
+      table, higher_is_better={c.name: c.higher_is_better
+                               for c in configurations})
+  names = [c.name for c in configurations]
+  headers = ["optimizer", "average rank", "configurations", "wins"] + names
+  cells = [[r["optimizer"], f"{r['average_rank']:.2f}",
+            str(r["configurations"]), str(r["wins"])]
+           + [f"{ranking.per_configuration[n][r['optimizer']]:g}"
+              for n in names] for r in ranking.rows]
+  csv_rows = [{**r, **{f"rank {n}": ranking.per_configuration[n][
+      r["optimizer"]] for n in names}} for r in ranking.rows]
+  return Table("ranking", "Average rank across configurations (1 = best, "
+               "by the mean best primary metric)", headers, cells,
+               ["optimizer", "average_rank", "configurations", "wins"]
+               + [f"rank {n}" for n in names], csv_rows)
+
+
+def target_costs(configurations: Sequence[Configuration], opts: Options):
+  """Per problem ``(configuration, seed)`` and optimizer (at its best
+  learning rate): when the run reached the configuration's target.
+  Returns ``(costs, targets)``: ``costs[problem][optimizer]`` a
+  :class:`statistics.Reached` or None; ``targets[configuration]`` the pair
+  ``(best, target)``."""
+  costs, targets = {}, {}
+  for config in configurations:
+    bests = [r.row["best_primary"] for r in completed(config.runs)
+             if r.row.get("best_primary") is not None]
+    if not bests:
+      continue
+    best = max(bests) if config.higher_is_better else min(bests)
+    target = statistics.target_value(best, opts.target_fraction,
+                                     config.higher_is_better)
+    targets[config.name] = (best, target)
+    chosen = best_groups(config)
+    seeds = sorted({r.seed for r in config.runs if r.state in store.FINISHED})
+    for seed in seeds:
+      row = {}
+      for optimizer, (label, _) in chosen.items():
+        run = next((r for r in config.groups[label]
+                    if r.seed == seed and r.state in store.FINISHED), None)
+        row[optimizer] = None if run is None else statistics.time_to_target(
+            run.history, target, metric=config.primary,
+            higher_is_better=config.higher_is_better)
+      costs[(config.name, seed)] = row
+  return costs, targets
+
+
+def cost_view(costs: dict, field: str) -> dict:
+  """``costs`` with one field of each :class:`statistics.Reached`
+  (``time_s`` or ``epoch``), None where the target was not reached."""
+  return {p: {s: None if c is None else getattr(c, field)
+              for s, c in row.items()} for p, row in costs.items()}
+
+
+def time_to_target_table(costs: dict, targets: dict,
+                         opts: Options) -> Table:
+  rows = []
+  for (name, seed), row in costs.items():
+    for optimizer, reached in row.items():
+      rows.append({"configuration": name, "seed": seed,
+                   "optimizer": optimizer, "best": targets[name][0],
+                   "target": targets[name][1],
+                   "epoch": reached and reached.epoch,
+                   "time_s": reached and reached.time_s})
+  cells = [[r["configuration"], str(r["seed"]), r["optimizer"],
+            format_number(r["target"]),
+            "not reached" if r["epoch"] is None else str(r["epoch"]),
+            format_number(r["time_s"], "time")] for r in rows]
+  return Table("time_to_target", "Epoch and training time at which each run "
+               f"first reached {opts.target_fraction:g} of its "
+               "configuration's best result",
+               ["configuration", "seed", "optimizer", "target", "epoch",
+                "training time (s)"], cells,
+               ["configuration", "seed", "optimizer", "best", "target",
+                "epoch", "time_s"], rows, align="lrlrrr")
+
+
+def profile_table(costs: dict) -> Table:
+  """ρ_s(1) (fastest) and ρ_s(∞) (solved) of both profiles."""
+  rows = []
+  for field, what in (("time_s", "time"), ("epoch", "epochs")):
+    profile = statistics.performance_profile(cost_view(costs, field),
+                                             [1.0, math.inf])
+    for optimizer, rho in profile.rho.items():
+      rows.append({"cost": what, "optimizer": optimizer,
+                   "fastest": float(rho[0]), "solved": float(rho[1])})
+  cells = [[r["cost"], r["optimizer"], f"{r['fastest']:.2f}",
+            f"{r['solved']:.2f}"] for r in rows]
+  return Table("performance_profile", "Performance profiles: fraction of "
+               "problems where the optimizer is fastest (ρ(1)) and where it "
+               "reaches the target at all (ρ(∞))",
+               ["cost", "optimizer", "ρ(1) fastest", "ρ(∞) solved"], cells,
+               ["cost", "optimizer", "fastest", "solved"], rows,
+               align="llrr")

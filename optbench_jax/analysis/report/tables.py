@@ -1,0 +1,267 @@
+"""The report's tables of one configuration (results per optimizer, test
+metrics, analyses, pairwise comparisons) and of the whole campaign (what
+was run, diverged and unfinished runs, every run): statistics over seeds
+into :class:`~optbench_jax.analysis.report.render.Table` objects."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Optional, Sequence
+
+from optbench_jax import store
+from optbench_jax.analysis import statistics
+from optbench_jax.analysis.report.options import Options
+from optbench_jax.analysis.report.render import (Table, format_interval,
+                                                 format_number)
+from optbench_jax.analysis.report.runs import Configuration, Run, completed
+from optbench_jax.train import outputs
+
+# Summary columns reported as mean ± interval over seeds, with their format.
+STAT_COLUMNS = (("best_primary", "best {primary}", "metric"),
+                ("best_val_loss", "best val loss", "metric"),
+                ("convergence_epoch", "convergence epoch", "epoch"),
+                ("time_to_convergence_s", "time to convergence (s)", "time"),
+                ("total_runtime_s", "total time (s)", "time"),
+                ("test_primary", "test {primary}", "metric"))
+
+
+def seed_values(runs: Sequence[Run], key: str) -> dict:
+  """``{seed: value}`` of a summary key over the completed runs."""
+  return {r.seed: float(r.row[key]) for r in completed(runs)
+          if r.row.get(key) is not None and math.isfinite(float(r.row[key]))}
+
+
+def summary_table(config: Configuration, opts: Options) -> Table:
+  """The source benchmark's cross-optimizer table, mean ± CI over seeds."""
+  has_test = any(r.row.get("test_primary") is not None
+                 for r in completed(config.runs))
+  columns = [c for c in STAT_COLUMNS
+             if c[0] != "test_primary" or has_test]
+  headers = (["optimizer", "learning rate", "seeds", "diverged"]
+             + [h.format(primary=config.primary) for _, h, _ in columns])
+  cells, csv_rows = [], []
+  for label, runs in config.groups.items():
+    done = completed(runs)
+    diverged = sum(r.state == "diverged" for r in runs)
+    lr = runs[0].metadata.get("learning_rate")
+    row = [label, format_number(lr, "metric"), str(len(done)), str(diverged)]
+    raw = {"optimizer": runs[0].metadata.get("optimizer"), "label": label,
+           "learning_rate": lr, "primary_metric": config.primary,
+           "n_completed": len(done), "n_diverged": diverged,
+           "ci_method": opts.ci_method, "confidence": opts.confidence}
+    for key, _, kind in columns:
+      ci = opts.interval([r.row.get(key) for r in done])
+      row.append(format_interval(ci, kind) if done else "diverged"
+                 if diverged else "unfinished")
+      if ci is not None:
+        raw.update({f"{key}_mean": ci.mean, f"{key}_std": ci.std,
+                    f"{key}_low": ci.low, f"{key}_high": ci.high,
+                    f"{key}_n": ci.n})
+    cells.append(row)
+    csv_rows.append(raw)
+  csv_columns = (["optimizer", "label", "learning_rate", "primary_metric",
+                  "n_completed", "n_diverged", "ci_method", "confidence"]
+                 + [f"{k}_{s}" for k, _, _ in columns
+                    for s in ("mean", "std", "low", "high", "n")])
+  return Table(f"{config.name}/summary",
+               f"{config.name}: results per optimizer (mean over completed "
+               f"seeds; {opts.ci_words})", headers, cells, csv_columns,
+               csv_rows, align="ll" + "r" * (len(headers) - 2))
+
+
+def table_of_test_metrics(config: Configuration, opts: Options
+                       ) -> Optional[Table]:
+  """Every test metric of the completed runs, mean ± CI per optimizer."""
+  keys = list(dict.fromkeys(
+      k for r in completed(config.runs)
+      for k, v in (r.metadata.get("test_metrics") or {}).items()
+      if isinstance(v, (int, float))))
+  if not keys:
+    return None
+  cells, csv_rows = [], []
+  for label, runs in config.groups.items():
+    done = [r for r in completed(runs) if r.metadata.get("test_metrics")]
+    if not done:
+      continue
+    row, raw = [label, str(len(done))], {"label": label, "n": len(done)}
+    for key in keys:
+      ci = opts.interval([r.metadata["test_metrics"].get(key) for r in done])
+      row.append(format_interval(ci, "metric"))
+      raw.update({f"{key}_mean": ci and ci.mean, f"{key}_low": ci and ci.low,
+                  f"{key}_high": ci and ci.high})
+    cells.append(row)
+    csv_rows.append(raw)
+  return Table(f"{config.name}/test_metrics",
+               f"{config.name}: test metrics ({opts.ci_words})",
+               ["optimizer", "runs"] + keys, cells,
+               ["label", "n"] + [f"{k}_{s}" for k in keys
+                                 for s in ("mean", "low", "high")], csv_rows)
+
+
+def _analysis_result(run: Run, name: str) -> Optional[dict]:
+  try:
+    return store.read_json_if_intact(
+        os.path.join(run.run_dir, store.ANALYSIS, f"{name}.json"), dict)
+  except store.DamagedFile:
+    return None
+
+
+def _path_barrier(path: dict) -> dict:
+  """The final loss and the barrier of a 1-D path ``{alphas, losses}``."""
+  points = list(zip(path["alphas"], path["losses"]))
+  inside = [l for a, l in points if 0.0 <= a <= 1.0 and l is not None]
+  ends = [l for a, l in points if a in (0.0, 1.0) and l is not None]
+  raw = {"final_loss": next((l for a, l in points if a == 1.0), None)}
+  if inside and len(ends) == 2:
+    raw["barrier"] = max(inside) - max(ends)
+  return raw
+
+
+def analysis_table(config: Configuration) -> Optional[Table]:
+  """Per analysed run (``python -m optbench_jax analyze``): the Hessian's
+  largest eigenvalue and trace (± its standard error), the loss at the
+  final parameters on the analysis subset, and the barrier on the straight
+  path from the initial parameters, ``max_{0≤α≤1} L(α) − max(L(0), L(1))``
+  (0 when the path is monotone: Goodfellow et al. 2015)."""
+  cells, csv_rows = [], []
+  for label, runs in config.groups.items():
+    for run in runs:
+      spectrum = _analysis_result(run, "hessian") or {}
+      path = (_analysis_result(run, "landscape1d") or {}).get(
+          "curves", {}).get("initial → final")
+      if not spectrum and not path:
+        continue
+      raw = {"label": label, "seed": run.seed,
+             "lambda_max": (spectrum.get("top_eigenvalues") or [None])[0],
+             "trace": spectrum.get("trace"),
+             "trace_stderr": spectrum.get("trace_stderr")}
+      if path:
+        raw.update(_path_barrier(path))
+      trace = format_number(raw["trace"])
+      if raw["trace_stderr"] is not None:
+        trace += f" ± {format_number(raw['trace_stderr'])}"
+      cells.append([label, str(run.seed), format_number(raw["lambda_max"]),
+                    trace, format_number(raw.get("final_loss")),
+                    format_number(raw.get("barrier"))])
+      csv_rows.append(raw)
+  if not cells:
+    return None
+  return Table(f"{config.name}/analysis",
+               f"{config.name}: Hessian and 1-D path at the final parameters "
+               f"(analysis subset)",
+               ["optimizer", "seed", "λ_max", "trace", "final loss",
+                "barrier on the path from the initial parameters"], cells,
+               ["label", "seed", "lambda_max", "trace", "trace_stderr",
+                "final_loss", "barrier"], csv_rows)
+
+
+def pairwise_table(config: Configuration, opts: Options) -> Table:
+  """Every pair of optimizers on the best primary metric."""
+  comparisons = statistics.pairwise_tests(
+      {label: seed_values(runs, "best_primary")
+       for label, runs in config.groups.items()},
+      higher_is_better=config.higher_is_better, confidence=opts.confidence)
+  headers = ["A", "B", "test", "n (A, B)", "mean difference A - B",
+             f"{opts.percent} CI", "p", "Holm p", "better"]
+  cells = [[c.a, c.b, c.test, f"{c.n_a}, {c.n_b}",
+            format_number(c.difference, "metric"),
+            "–" if c.low is None else
+            f"[{format_number(c.low)}, {format_number(c.high)}]",
+            format_number(c.p, "p"), format_number(c.p_holm, "p"),
+            c.better or "–"] for c in comparisons]
+  columns = [f.name for f in dataclasses.fields(statistics.Comparison)]
+  return Table(f"{config.name}/pairwise",
+               f"{config.name}: pairwise comparisons of the best "
+               f"{config.primary}", headers, cells, columns,
+               [dataclasses.asdict(c) for c in comparisons],
+               align="lllrrrrrl")
+
+
+def distinct(values: Sequence) -> list:
+  """``values`` without repeats, in order."""
+  return list(dict.fromkeys(values))
+
+
+def overview_table(configurations: Sequence[Configuration]) -> Table:
+  """Per configuration: optimizers, learning rates, seeds, epochs, runs."""
+  cells, rows = [], []
+  for c in configurations:
+    meta = [r.metadata for r in c.runs]
+    row = {"configuration": c.name, "primary_metric": c.primary,
+           "higher_is_better": c.higher_is_better,
+           "optimizers": " ".join(distinct(str(m.get("optimizer"))
+                                           for m in meta)),
+           "learning_rates": " ".join(f"{float(lr):g}" for lr in distinct(
+               m.get("learning_rate") for m in meta) if lr is not None),
+           "seeds": " ".join(str(s) for s in sorted(distinct(
+               r.seed for r in c.runs))),
+           "epochs": " ".join(str(e) for e in distinct(
+               m.get("epochs") for m in meta)),
+           "completed": sum(r.state == "completed" for r in c.runs),
+           "diverged": sum(r.state == "diverged" for r in c.runs),
+           "unfinished": sum(r.state == "unfinished" for r in c.runs)}
+    rows.append(row)
+    cells.append([row["configuration"], c.primary_label,
+                  row["optimizers"].replace(" ", ", "),
+                  row["learning_rates"].replace(" ", ", "),
+                  row["seeds"].replace(" ", ", "), row["epochs"],
+                  f"{row['completed']} / {row['diverged']} / "
+                  f"{row['unfinished']}"])
+  return Table("overview", "What was run", [
+      "configuration", "primary metric", "optimizers", "learning rates",
+      "seeds", "epochs", "runs: completed / diverged / unfinished"], cells,
+      list(rows[0]) if rows else ["configuration"], rows, align="lllllrr")
+
+
+def problems_table(runs: Sequence[Run], report_dir: str) -> Optional[Table]:
+  """Diverged, unfinished and unreadable runs."""
+  rows = []
+  for r in runs:
+    if r.state == "completed":
+      continue
+    diverged_at = next((h.get("epoch") for h in r.history
+                        if h.get("status") == "diverged"), None)
+    rows.append({"configuration": r.configuration if r.metadata else "?",
+                 "optimizer": r.metadata.get("optimizer", "?"),
+                 "seed": r.metadata.get("seed"),
+                 "learning_rate": r.metadata.get("learning_rate"),
+                 "state": r.state, "status": r.metadata.get("status"),
+                 "epochs_recorded": len(r.history),
+                 "epochs": r.metadata.get("epochs"),
+                 "diverged_at_epoch": diverged_at,
+                 "run_dir": os.path.relpath(r.run_dir, report_dir)})
+  if not rows:
+    return None
+  cells = [[row["configuration"], str(row["optimizer"]), str(row["seed"]),
+            format_number(row["learning_rate"]), row["state"],
+            f"{row['epochs_recorded']} / {row['epochs'] or '?'}",
+            "–" if row["diverged_at_epoch"] is None
+            else str(row["diverged_at_epoch"]), f"`{row['run_dir']}`"]
+           for row in rows]
+  return Table("diverged_and_unfinished", "Diverged and unfinished runs", [
+      "configuration", "optimizer", "seed", "learning rate", "state",
+      "epochs recorded / planned", "diverged at epoch", "directory"],
+      cells, list(rows[0]), rows, align="llrrlrrl")
+
+
+def runs_table(runs: Sequence[Run], report_dir: str) -> Table:
+  """Every readable run's summary row (the merged ``summary.csv``)."""
+  rows = [{**r.row, "state": r.state,
+           "run_dir": os.path.relpath(r.run_dir, report_dir)}
+          for r in runs if r.row]
+  columns = list(outputs.SUMMARY_COLUMNS) + ["state", "run_dir"]
+  shown = ("optimizer", "seed", "learning_rate", "state", "best_primary",
+           "best_val_loss", "convergence_epoch", "time_to_convergence_s",
+           "total_runtime_s")
+  kinds = {"best_primary": "metric", "best_val_loss": "metric",
+           "learning_rate": "metric", "convergence_epoch": "epoch",
+           "time_to_convergence_s": "time", "total_runtime_s": "time"}
+  headers = ["configuration", "optimizer", "seed", "learning rate", "state",
+             "best primary", "best val loss", "convergence epoch",
+             "time to convergence (s)", "total time (s)"]
+  cells = [["/".join(str(row.get(k)) for k in ("task", "dataset", "model"))]
+           + [format_number(row.get(k), kinds[k]) if k in kinds
+              else str(row.get(k)) for k in shown] for row in rows]
+  return Table("runs", "Every run", headers, cells,
+               columns, rows, align="llrrl" + "r" * 5)

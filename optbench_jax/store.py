@@ -1,0 +1,284 @@
+"""The run store: the one owner of the on-disk format of results.
+
+Everything the benchmark writes lives in one tree::
+
+  <output_dir>/<task>/<dataset>/<model>/          a campaign (campaign_dir)
+      summary.csv  epochs.csv  seeds.csv           campaign files
+      vocabulary.json  .campaign.lock              fitted vocabulary, lock
+      <optimizer>[/lr_<lr>][/seed_<s>]/            a run (run_dir)
+          run_metadata.json  history.json          settings+status, epochs
+          samples/<name>.json  checkpoints/        task samples, Orbax
+          analysis/                                ``analyze``'s files
+      report/                                      ``report``'s files
+
+This module spells every file name once, writes every file atomically
+(:func:`atomic_path`: a temporary ``.tmp-*`` file renamed into place, so a
+reader never sees half a file and a kill leaves only a ``.tmp-*`` file that
+:func:`remove_partial_writes` deletes), says when a run is finished
+(:func:`read_run`: both files intact, a finished status and one history
+record per epoch run) and finds runs below a directory (:func:`find_runs`).
+``train``, ``analysis``, ``tasks`` (the vocabulary cache) and the campaign
+runner all go through it; it imports nothing of the package but its errors.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterator, Optional, Sequence
+
+from optbench_jax.errors import OptBenchError
+
+# -- names ---------------------------------------------------------------------
+METADATA = "run_metadata.json"
+HISTORY = "history.json"
+SAMPLES = "samples"
+CHECKPOINTS = "checkpoints"
+ANALYSIS = "analysis"
+REPORT = "report"
+SUMMARY = "summary.csv"
+EPOCHS = "epochs.csv"
+SEEDS = "seeds.csv"
+VOCABULARY = "vocabulary.json"
+LOCK = ".campaign.lock"
+TMP_PREFIX = ".tmp-"
+# Directories below a run or a campaign that never hold runs.
+NOT_RUNS = (CHECKPOINTS, SAMPLES, ANALYSIS, REPORT)
+
+FINISHED = ("completed", "diverged")
+
+
+def campaign_dir(output_dir: str, task: str, dataset: str, model: str) -> str:
+  """``<output_dir>/<task>/<dataset>/<model>``."""
+  return os.path.join(output_dir, task, dataset, model)
+
+
+def run_dir(output_dir: str, task: str, dataset: str, model: str,
+            optimizer: str, *, learning_rate: Optional[float] = None,
+            seed: Optional[int] = None) -> str:
+  """``<campaign_dir>/<optimizer>[/lr_<lr>][/seed_<s>]``: ``learning_rate``
+  when the campaign trains a grid, ``seed`` when it trains several seeds."""
+  parts = [campaign_dir(output_dir, task, dataset, model), optimizer]
+  if learning_rate is not None:
+    parts.append(f"lr_{learning_rate:g}")
+  if seed is not None:
+    parts.append(f"seed_{seed}")
+  return os.path.join(*parts)
+
+
+def run_label(optimizer: str, *, learning_rate: Optional[float] = None,
+              seed: Optional[int] = None) -> str:
+  """How a run is named in plots and tables (the directory's words)."""
+  label = optimizer
+  if learning_rate is not None:
+    label += f" lr={learning_rate:g}"
+  if seed is not None:
+    label += f" seed={seed}"
+  return label
+
+
+def is_run_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, METADATA))
+
+
+# -- atomic writes -------------------------------------------------------------
+def _is_primary() -> bool:
+  """Only process 0 writes when several processes train together."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_index() == 0
+
+
+def umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+  """Yields a temporary path beside ``path``; on success it is renamed to
+  ``path`` (readers never see a partial file; a kill leaves a ``.tmp-*``
+  file that :func:`remove_partial_writes` deletes), with the permissions the
+  umask gives ordinary files."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
+  os.close(fd)
+  try:
+    os.chmod(tmp, 0o666 & ~umask())  # as an ordinary file (mkstemp: 0600)
+    yield tmp
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` atomically; only process 0 writes."""
+  if not _is_primary():
+    return
+  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def remove_partial_writes(directory: str, *, recursive: bool = False) -> None:
+  """Deletes what a kill inside :func:`atomic_path` left (``.tmp-*``) in
+  ``directory`` (and, with ``recursive``, in every directory below it)."""
+  if not _is_primary() or not os.path.isdir(directory):
+    return
+  walk = os.walk(directory) if recursive else [
+      (directory, [], os.listdir(directory))]
+  for root, _, files in walk:
+    for name in files:
+      if name.startswith(TMP_PREFIX):
+        try:
+          os.unlink(os.path.join(root, name))
+        except FileNotFoundError:
+          pass  # another process cleaned it first
+
+
+# -- JSON and CSV --------------------------------------------------------------
+class DamagedFile(Exception):
+  """A result file that exists but cannot be read (truncated, empty, or
+  valid JSON of the wrong kind)."""
+
+
+def _finite_or_none(x):
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def _json_safe(obj):
+  if isinstance(obj, dict):
+    return {k: _json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_json_safe(v) for v in obj]
+  return _finite_or_none(obj)
+
+
+def _describe(obj) -> str:
+  """Non-JSON values (a mask function, a dtype) are written by name."""
+  return getattr(obj, "__name__", None) or repr(obj)
+
+
+def as_json(value: Any) -> Any:
+  """``value`` as it reads back from a JSON file (tuples as lists, ...)."""
+  return json.loads(json.dumps(_json_safe(value), default=_describe))
+
+
+def write_json(path: str, obj: Any) -> None:
+  """JSON with NaN/inf written as null (standard JSON has neither)."""
+  write_text(path, json.dumps(_json_safe(obj), indent=2, default=_describe))
+
+
+def read_json(path: str) -> Any:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def read_json_if_intact(path: str, kind: Optional[type] = None) -> Any:
+  """The JSON in ``path``; None if absent; :class:`DamagedFile` if it
+  cannot be parsed or (with ``kind``) is not a ``kind``."""
+  if not os.path.exists(path):
+    return None
+  try:
+    value = read_json(path)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise DamagedFile(f"{path}: {e}") from None
+  if kind is not None and not isinstance(value, kind):
+    raise DamagedFile(f"{path}: holds a JSON {type(value).__name__}, not a "
+                      f"{kind.__name__}")
+  return value
+
+
+def write_csv(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(columns),
+                          extrasaction="ignore")
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({k: ("" if row.get(k) is None else row.get(k))
+                     for k in columns})
+  write_text(path, buffer.getvalue())
+
+
+# -- runs ----------------------------------------------------------------------
+@dataclasses.dataclass
+class StoredRun:
+  """A run directory as it is on disk.
+
+  ``state``: ``completed`` or ``diverged`` (finished), ``unfinished`` (still
+  training, or killed), or ``unreadable`` (a damaged or missing
+  ``run_metadata.json``, or a damaged ``history.json``).
+  """
+  run_dir: str
+  metadata: dict
+  history: list
+  state: str
+  problem: Optional[str] = None   # what is damaged, for ``unreadable``
+
+  @property
+  def finished(self) -> bool:
+    return self.state in FINISHED
+
+  @property
+  def seed(self) -> int:
+    return self.metadata.get("seed", 0)
+
+  @property
+  def configuration(self) -> str:
+    return "/".join(str(self.metadata.get(k)) for k in ("task", "dataset",
+                                                         "model"))
+
+
+def read_run(path: str) -> StoredRun:
+  """The run in ``path`` (never raises for damaged files: they make it
+  ``unreadable``, with the reason in ``problem``)."""
+  try:
+    meta = read_json_if_intact(os.path.join(path, METADATA), dict)
+  except DamagedFile as e:
+    return StoredRun(path, {}, [], "unreadable", str(e))
+  try:
+    history = read_json_if_intact(os.path.join(path, HISTORY), list)
+  except DamagedFile as e:
+    return StoredRun(path, meta or {}, [], "unreadable", str(e))
+  if not meta:
+    return StoredRun(path, {}, history or [], "unreadable",
+                     f"{os.path.join(path, METADATA)}: missing or empty")
+  history = history or []
+  finished = (meta.get("status") in FINISHED
+              and len(history) == meta.get("epochs_run"))
+  return StoredRun(path, meta, history,
+                   meta["status"] if finished else "unfinished")
+
+
+def read_finished(path: str) -> Optional[StoredRun]:
+  """The run in ``path`` if it is finished, else None (also when a file is
+  damaged: the run is then trained again)."""
+  run = read_run(path)
+  return run if run.finished else None
+
+
+def find_runs(directory: str, *, flag: str = "directory") -> list[str]:
+  """``directory`` itself if it is a run, else every run directory below it
+  (one holding ``run_metadata.json`` or ``history.json``), in path order.
+  One-line errors name ``flag`` when there is none."""
+  if not os.path.isdir(directory):
+    raise OptBenchError(f"{flag} {directory} is not a directory")
+  found = []
+  for root, dirs, files in os.walk(directory):
+    dirs[:] = sorted(d for d in dirs if d not in NOT_RUNS)
+    if METADATA in files or HISTORY in files:
+      found.append(root)
+      dirs[:] = []
+  if not found:
+    raise OptBenchError(f"{flag} {directory} holds no run (no {METADATA} "
+                        f"below it)")
+  return found

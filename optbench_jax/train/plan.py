@@ -1,0 +1,227 @@
+"""The plan: a campaign's settings resolved and checked once, at the edge.
+
+The command line, the Python API, the experiment scripts and ``analyze``
+turn what they were given into a frozen :class:`Plan` through
+:func:`make_plan` (a campaign) or :func:`plan_runs` (runs given one by one,
+or rebuilt from their metadata): the settings checked (``settings.check``,
+pure), the task's, dataset's and model's defaults resolved
+(``settings.resolve``), the optimizers and learning rates chosen, the
+devices counted, and one :class:`RunSpec` per run with its directory and
+label. Nothing below the plan resolves or checks again: the engine trains
+what the plan says (as Flax's examples lock one config into
+``train_and_evaluate``).
+
+:func:`check_store` then compares the plan with the results already on
+disk, for the whole campaign and before anything is loaded, trained or
+written: ``--resume`` refuses runs trained with other settings, and a
+campaign without ``--resume`` or ``--overwrite`` refuses to write over
+runs it finds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Any, Optional, Sequence
+
+from optbench_jax import store, transforms
+from optbench_jax.errors import OptBenchError
+from optbench_jax.train import distributed, settings
+from optbench_jax.train.settings import CampaignConfig, RunConfig
+from optbench_jax.workload import Workload
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One run of a plan: its resolved settings, directory and label."""
+  config: RunConfig
+  run_dir: str
+  label: str
+
+  @property
+  def workload(self) -> Workload:
+    return Workload.of(self.config)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A campaign, resolved: every run it trains, in the campaign's order
+  (optimizers, then learning rates, then seeds)."""
+  campaign: CampaignConfig        # task defaults resolved
+  optimizers: tuple[str, ...]
+  runs: tuple[RunSpec, ...]
+
+  @property
+  def directory(self) -> str:
+    c = self.campaign
+    return store.campaign_dir(c.output_dir, c.task, c.dataset, c.model)
+
+  @property
+  def workload(self) -> Workload:
+    return Workload.of(self.campaign)
+
+  def runs_of(self, optimizer: str) -> tuple[RunSpec, ...]:
+    return tuple(r for r in self.runs if r.config.optimizer == optimizer)
+
+  @property
+  def several_seeds(self) -> bool:
+    return len(self.campaign.seed_list) > 1
+
+
+# -- optimizers and learning rates --------------------------------------------
+def resolve_optimizers(names: Sequence[str] | str) -> list[str]:
+  """``"all"`` or names → validated registry names (in registry order)."""
+  if isinstance(names, str):
+    names = [n.strip() for n in names.split(",") if n.strip()]
+  if list(names) == ["all"]:
+    return list(transforms.available())
+  if not names:
+    raise OptBenchError("--optimizers is empty; give 'all' or a comma list")
+  for name in names:
+    transforms.get(name)
+  return list(names)
+
+
+def learning_rates(cfg: CampaignConfig, optimizer: str) -> list[float]:
+  """The grid if one is given, else the optimizer's one learning rate:
+  ``--lr-overrides``, else ``--lr`` (``--lr-policy fixed``), else the
+  registry's default."""
+  if cfg.lr_grid:
+    return [float(lr) for lr in cfg.lr_grid]
+  if optimizer in cfg.lr_overrides:
+    return [float(cfg.lr_overrides[optimizer])]
+  if cfg.lr_policy == "fixed":
+    if cfg.lr is None:
+      raise OptBenchError("--lr-policy fixed needs --lr")
+    return [float(cfg.lr)]
+  if cfg.lr is not None:
+    raise OptBenchError("--lr is used with --lr-policy fixed; for one "
+                        "optimizer use --lr-overrides name=lr")
+  return [transforms.get(optimizer).default_lr]
+
+
+# -- building plans ------------------------------------------------------------
+def check_output_dir(path: str, flag: str = "--output-dir") -> None:
+  """The output directory can be created and written (one-line errors)."""
+  probe = os.path.abspath(path)
+  while not os.path.exists(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  if not os.path.isdir(probe):
+    what = ("is an existing file" if probe == os.path.abspath(path)
+            else f"is below {probe}, which is a file")
+    raise OptBenchError(f"{flag} {path} {what}; give a directory")
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise OptBenchError(f"{flag} {path} is not writable "
+                        f"({e.strerror}); give a directory you can write "
+                        f"to") from None
+
+
+def _check_devices(config: Any) -> None:
+  devices = distributed.data_parallel_size(config.devices)
+  if devices > 1 and config.batch_size % devices:
+    raise OptBenchError(f"--batch-size {config.batch_size} is not divisible "
+                        f"by the {devices} data-parallel devices; change it "
+                        f"or --devices")
+
+
+def make_plan(cfg: CampaignConfig) -> Plan:
+  """The campaign ``cfg`` checked, resolved and laid out into runs; every
+  error is one line, raised before any data is loaded or anything is
+  compiled or written."""
+  if isinstance(cfg, Plan):
+    return cfg
+  settings.check(cfg)
+  optimizers = resolve_optimizers(cfg.optimizers)
+  repeated = sorted({o for o in optimizers if optimizers.count(o) > 1})
+  if repeated:
+    raise OptBenchError(f"--optimizers repeats {', '.join(repeated)}")
+  for name in cfg.lr_overrides:
+    if name not in optimizers:
+      raise OptBenchError(f"--lr-overrides names {name!r}, which is not in "
+                          f"--optimizers ({', '.join(optimizers)})")
+  grid, several = cfg.lr_grid is not None, len(cfg.seed_list) > 1
+  resolved = settings.resolve(cfg)
+  runs = []
+  for optimizer in optimizers:
+    for lr in learning_rates(cfg, optimizer):
+      if settings.positive_finite(lr):
+        raise OptBenchError(f"the learning rate of {optimizer} "
+                            f"{settings.positive_finite(lr)}")
+      for seed in cfg.seed_list:
+        rc = RunConfig(**settings.protocol_of(resolved), optimizer=optimizer,
+                       learning_rate=lr, seed=seed)
+        where = {"learning_rate": lr if grid else None,
+                 "seed": seed if several else None}
+        runs.append(RunSpec(rc, store.run_dir(
+            cfg.output_dir, cfg.task, cfg.dataset, cfg.model, optimizer,
+            **where), store.run_label(optimizer, **where)))
+  _check_devices(resolved)
+  return Plan(campaign=resolved, optimizers=tuple(optimizers),
+              runs=tuple(runs))
+
+
+def plan_runs(configs: Sequence[RunConfig], run_dirs: Sequence[str],
+              labels: Optional[Sequence[str]] = None) -> list[RunSpec]:
+  """Runs given one by one (the Python API's ``train_runs``, a run rebuilt
+  from its metadata): each checked and resolved, as :func:`make_plan` does
+  for a campaign's."""
+  specs = []
+  for i, (rc, run_dir) in enumerate(zip(configs, run_dirs)):
+    settings.check(rc)
+    rc = settings.resolve(rc)
+    _check_devices(rc)
+    specs.append(RunSpec(rc, str(run_dir),
+                         labels[i] if labels else rc.optimizer))
+  return specs
+
+
+def run_config(metadata: dict) -> RunConfig:
+  """A run's settings from its stored metadata (settings added since the
+  run was trained take their defaults)."""
+  fields = {f.name for f in dataclasses.fields(RunConfig)}
+  return RunConfig(**{k: v for k, v in metadata.items() if k in fields})
+
+
+# -- the plan against the store -----------------------------------------------
+def check_store(plan: Plan, optimizers: Optional[Sequence[str]] = None
+                ) -> None:
+  """Compares the runs of ``plan`` (of ``optimizers`` only, when given)
+  with what is on disk, before anything is loaded, trained or written;
+  the output directory must be writable.
+
+  With ``--resume``, a run whose stored settings differ in anything that
+  changes its numbers is refused (the first such run is named, with every
+  difference). Without ``--resume`` or ``--overwrite``, a run directory
+  that already holds a run is refused: results are never replaced
+  silently. A damaged ``run_metadata.json`` is no result: it is retrained.
+  """
+  cfg = plan.campaign
+  check_output_dir(cfg.output_dir)
+  chosen = [r for r in plan.runs
+            if optimizers is None or r.config.optimizer in optimizers]
+  found = []
+  for spec in chosen:
+    run = store.read_run(spec.run_dir)
+    if not run.metadata:
+      continue
+    if cfg.resume:
+      changed = settings.differences(run.metadata, spec.config)
+      if changed:
+        raise OptBenchError(
+            f"--resume: {spec.run_dir} was trained with other settings "
+            f"({'; '.join(changed)}); resume with the settings it was "
+            f"started with, or give a new --output-dir")
+    else:
+      found.append(spec)
+  if found and not cfg.overwrite:
+    raise OptBenchError(
+        f"{cfg.output_dir} already holds {len(found)} run(s) of this "
+        f"campaign (e.g. {found[0].run_dir}); give --resume to continue "
+        f"them, a new --output-dir, or --overwrite to train them again")
