@@ -37,7 +37,7 @@ from rouge_score import rouge_scorer
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
-def _check(hypotheses: Sequence[str], *others: Sequence[str]) -> None:
+def _same_lengths(hypotheses: Sequence[str], *others: Sequence[str]) -> None:
   if not hypotheses:
     raise ValueError("no hypotheses to score")
   if any(len(o) != len(hypotheses) for o in others):
@@ -62,7 +62,7 @@ def translation_scores(hypotheses: Sequence[str],
   Returns:
     ``{"bleu", "chrf", "ter"}`` as Python floats.
   """
-  _check(hypotheses, references)
+  _same_lengths(hypotheses, references)
   hyps, refs = list(hypotheses), [list(references)]
   return {"bleu": _bleu(hyps, references),
           "chrf": float(sacrebleu.corpus_chrf(hyps, refs).score),
@@ -85,7 +85,7 @@ def signatures() -> dict[str, str]:
 def compression_ratio(hypotheses: Sequence[str],
                       sources: Sequence[str]) -> float:
   """``mean_i |words(source_i)| / max(1, |words(hypothesis_i)|)``."""
-  _check(hypotheses, sources)
+  _same_lengths(hypotheses, sources)
   return float(np.mean([len(s.split()) / max(1, len(h.split()))
                         for h, s in zip(hypotheses, sources)]))
 
@@ -108,7 +108,7 @@ def _wordnet_available() -> bool:
 def meteor(hypotheses: Sequence[str], references: Sequence[str]) -> float:
   """Mean METEOR over examples (NLTK, whitespace tokens); NaN when NLTK's
   WordNet data is not installed."""
-  _check(hypotheses, references)
+  _same_lengths(hypotheses, references)
   if not _wordnet_available():
     return float("nan")
   from nltk.translate.meteor_score import meteor_score
@@ -130,7 +130,7 @@ def summary_scores(hypotheses: Sequence[str], references: Sequence[str],
     "meteor", "meteor_available"}`` as Python floats (ROUGE 0-1, BLEU
     0-100; ``meteor`` NaN and ``meteor_available`` 0.0 without WordNet).
   """
-  _check(hypotheses, references, sources)
+  _same_lengths(hypotheses, references, sources)
   scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
   rows = [scorer.score(r, h) for h, r in zip(hypotheses, references)]
   out = {k: float(np.mean([row[k].fmeasure for row in rows]))
