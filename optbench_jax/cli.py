@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
   process.add_argument("--distributed", action="store_true",
                        help="several processes (hosts) train together: "
                        "jax.distributed.initialize, a mesh over all their "
-                       "devices; see optbench_jax/train/distributed.py")
+                       "devices; see optbench_jax/engine/distributed.py")
   process.add_argument("--coordinator", default=None,
                        help="with --distributed: HOST:PORT of process 0 "
                        "(default: detected from the cluster manager)")
@@ -171,7 +171,7 @@ _PROCESS_OPTIONS = ("command", "distributed", "coordinator", "num_processes",
 
 
 def cmd_run(args) -> int:
-  from optbench_jax.train import distributed
+  from optbench_jax.engine import distributed
   from optbench_jax.campaign.runner import run_campaign
   if args.distributed:
     distributed.initialize(args.coordinator, args.num_processes,

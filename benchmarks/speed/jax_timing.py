@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from optbench_jax import tasks, transforms
-from optbench_jax.train import optimizer as optimizer_lib
-from optbench_jax.train.program import Hyper, Program
+from optbench_jax.engine import optimizer as optimizer_lib
+from optbench_jax.engine.program import Hyper, Program
 from optbench_jax.transforms.base import RUN_AXIS
 
 from speed.clock import Timing, repeat

@@ -8,24 +8,8 @@ float64 when ``jax.enable_x64`` is on and the parameters are float64).
 * **Hessian-vector product** (Pearlmutter 1994), forward-over-reverse:
   ``Hv = d/dε ∇L(θ + εv)|ε=0``, i.e. ``jax.jvp(jax.grad(L), (θ,), (v,))``,
   at the cost of about two gradients.
-* **Lanczos** (Lanczos 1950, "An iteration method for the solution of the
-  eigenvalue problem of linear differential and integral operators", J. Res.
-  Nat. Bur. Standards 45): from ``q₁ = v/‖v‖``,
-  ``β_j q_{j+1} = H q_j − α_j q_j − β_{j−1} q_{j−1}``, ``α_j = q_jᵀ H q_j``,
-  so that ``Qᵀ H Q = T`` is tridiagonal (``α`` on the diagonal, ``β`` beside
-  it). Here, after the three-term recurrence, every new vector is
-  orthogonalised against all previous ones (full reorthogonalisation by
-  classical Gram-Schmidt, a second pass when the first removed much of it),
-  which keeps ``Q`` orthonormal to rounding and prevents the spurious copies
-  of converged eigenvalues ("ghosts") of the plain recurrence. When ``β_j``
-  falls to rounding level (``≤ 100 ε · max(|α|, β)``: the Krylov space is
-  invariant, e.g. fewer distinct eigenvalues than iterations) the iteration
-  continues from a fresh random vector orthogonal to ``Q`` with ``β_j = 0``,
-  so repeated eigenvalues are found once the iterations reach their
-  multiplicity. Memory: the basis ``Q`` holds ``iterations`` vectors of the
-  parameter size (``iterations · n`` numbers: 40 × 5 M float32 = 0.8 GB,
-  90 × 5 M = 1.8 GB), besides one HVP's activations; each step costs one HVP
-  and about ``4 · iterations · n`` flops of reorthogonalisation.
+* **Lanczos** with full reorthogonalisation (``analysis/lanczos.py``):
+  ``Qᵀ H Q = T`` tridiagonal, one HVP per step.
 * **Top eigenvalues**: the Ritz values ``θ_i`` (eigenvalues of ``T``),
   largest first; Ritz vectors ``Q s_i`` on request.
 * **Trace** (Hutchinson 1990, "A stochastic estimator of the trace of the
@@ -69,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from optbench_jax.analysis import lanczos
 from optbench_jax.errors import OptBenchError
 from optbench_jax.kernels.convolution import forward_mode_autodiff
 from optbench_jax.transforms.extras import hvp as transforms_hvp
@@ -141,9 +126,9 @@ def top_eigenvalues(loss_fn: LossFn, params: Any, k: int, key: jax.Array, *,
   loss, consts = _hoist(loss_fn, params)
 
   def run(params, key, consts):
-    alphas, betas, basis = _lanczos(_flat_hvp(loss(consts), params), n,
-                                    flat.dtype, iterations, key)
-    values, vectors = jnp.linalg.eigh(_tridiagonal(alphas, betas))
+    alphas, betas, basis = lanczos.lanczos(
+        _flat_hvp(loss(consts), params), n, flat.dtype, iterations, key)
+    values, vectors = jnp.linalg.eigh(lanczos.tridiagonal(alphas, betas))
     values, vectors = values[::-1][:k], vectors[:, ::-1][:, :k]
     if not return_eigenvectors:
       return values, None
@@ -234,10 +219,10 @@ def lanczos_quadrature(loss_fn: LossFn, params: Any, key: jax.Array, *,
   def run(params, key, consts):
     start_key, lanczos_key = jax.random.split(key)
     start = _draw(probe, start_key, n, flat.dtype)
-    alphas, betas, _ = _lanczos(_flat_hvp(loss(consts), params), n,
-                                flat.dtype, iterations, lanczos_key,
-                                start=start)
-    nodes, vectors = jnp.linalg.eigh(_tridiagonal(alphas, betas))
+    alphas, betas, _ = lanczos.lanczos(
+        _flat_hvp(loss(consts), params), n, flat.dtype, iterations,
+        lanczos_key, start=start)
+    nodes, vectors = jnp.linalg.eigh(lanczos.tridiagonal(alphas, betas))
     return nodes, vectors[0] ** 2
 
   compiled = jax.jit(run)
@@ -393,69 +378,3 @@ def _flat_hvp(loss_fn: LossFn, params):
   flat, unravel = ravel_pytree(params)
   return lambda x: ravel_pytree(hvp(loss_fn, params, unravel(x)))[0].astype(
       flat.dtype)
-
-
-def _tridiagonal(alphas, betas):
-  return (jnp.diag(alphas) + jnp.diag(betas[:-1], 1)
-          + jnp.diag(betas[:-1], -1))
-
-
-def _project_out(basis, w):
-  return w - basis.T @ (basis @ w)
-
-
-def _orthogonalise(basis, w):
-  """``w`` minus its projection on the rows of ``basis`` (classical
-  Gram-Schmidt), repeated once when the first pass removed more than
-  ``1 − 1/√2`` of its norm ("twice is enough": Daniel, Gragg, Kaufman &
-  Stewart 1976)."""
-  projected = _project_out(basis, w)
-  return jax.lax.cond(
-      jnp.linalg.norm(projected) < jnp.linalg.norm(w) / math.sqrt(2),
-      _project_out, lambda _, v: v, basis, projected)
-
-
-def _lanczos(matvec, n: int, dtype, iterations: int, key, start=None):
-  """``iterations`` Lanczos steps with full reorthogonalisation.
-
-  Returns ``(alphas, betas, basis)``: ``T``'s diagonal, its off-diagonal
-  (``betas[j]`` couples steps ``j`` and ``j + 1``; the last is unused) and
-  the orthonormal basis, one row per step. Rows not yet filled are zero, so
-  projecting on the whole ``basis`` projects on the filled rows.
-  """
-  start_key, restart_key = jax.random.split(key)
-  if start is None:
-    start = jax.random.normal(start_key, (n,), dtype)
-  eps = jnp.finfo(dtype).eps
-  # A residual this small (relative to ‖T‖ so far) is rounding noise: the
-  # Krylov space is invariant and the iteration restarts. Dropping a true
-  # coupling this small moves eigenvalues by at most as much (Weyl).
-  breakdown = 100 * eps
-
-  def step(j, carry):
-    basis, alphas, betas, q, norm = carry
-    previous = betas[j - 1] * basis[j - 1]   # zero at j = 0 (row unfilled)
-    basis = basis.at[j].set(q)
-    w = matvec(q)
-    alpha = q @ w
-    w = _orthogonalise(basis, w - alpha * q - previous)
-    beta = jnp.linalg.norm(w)
-    norm = jnp.maximum(norm, jnp.maximum(jnp.abs(alpha), beta))
-
-    def restart(_):
-      z = jax.random.normal(jax.random.fold_in(restart_key, j), (n,), dtype)
-      z = _project_out(basis, _project_out(basis, z))
-      return z / jnp.maximum(jnp.linalg.norm(z), jnp.finfo(dtype).tiny), \
-          jnp.zeros((), dtype)
-
-    def proceed(_):
-      return w / beta, beta
-
-    q, beta = jax.lax.cond(beta <= breakdown * norm, restart, proceed, None)
-    return (basis, alphas.at[j].set(alpha), betas.at[j].set(beta), q, norm)
-
-  carry = (jnp.zeros((iterations, n), dtype), jnp.zeros(iterations, dtype),
-           jnp.zeros(iterations, dtype), start / jnp.linalg.norm(start),
-           jnp.zeros((), dtype))
-  basis, alphas, betas, _, _ = jax.lax.fori_loop(0, iterations, step, carry)
-  return alphas, betas, basis

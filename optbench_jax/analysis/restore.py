@@ -38,11 +38,11 @@ from optbench_jax import data as data_lib
 from optbench_jax import store
 from optbench_jax.errors import OptBenchError
 from optbench_jax.train import checkpoint as checkpoint_lib
-from optbench_jax.train.epoch import batches
+from optbench_jax.engine.epoch import batches
 from optbench_jax.train.plan import plan_runs, run_config
 from optbench_jax.train.run import RunSetup
 from optbench_jax.train.settings import RunConfig
-from optbench_jax.train.state import TrainState, run_slice
+from optbench_jax.engine.state import TrainState, run_slice
 from optbench_jax.transforms.base import RUN_AXIS
 
 BN_MODES = ("running", "batch")

@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 from optbench_jax import store
 from optbench_jax.analysis import seeds as seeds_lib
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import distributed, outputs, plots, settings
+from optbench_jax.train import outputs, plots, settings
+from optbench_jax.engine import distributed
 from optbench_jax.train import run as run_lib
 from optbench_jax.train.plan import Plan, check_store, make_plan
 from optbench_jax.train.settings import CampaignConfig

@@ -1,9 +1,10 @@
-"""Training: the compiled program (``program``, ``epoch``, ``state``,
-``evaluation``, ``optimizer``, ...) and the host's side of runs (settings,
-the plan, ``run``, ``resume``, checkpoints, plots). Task- and
-optimizer-agnostic; campaigns of runs are ``optbench_jax.campaign``."""
+"""The host's side of runs: settings, the plan, ``run`` (chunks of runs
+through a compiled program, files), ``resume``, checkpoints, metadata and
+plots. What is compiled is :mod:`optbench_jax.engine`; campaigns of runs
+are :mod:`optbench_jax.campaign`; the files' format is
+:mod:`optbench_jax.store`."""
 from optbench_jax.train.plan import Plan, make_plan, plan_runs
-from optbench_jax.train.program import Hyper, Program, TrainState
+from optbench_jax.engine.program import Hyper, Program, TrainState
 from optbench_jax.train.run import run_one, train_runs
 from optbench_jax.train.settings import CampaignConfig, RunConfig
 

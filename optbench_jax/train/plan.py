@@ -26,7 +26,8 @@ from typing import Any, Optional, Sequence
 
 from optbench_jax import store, transforms
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import distributed, settings
+from optbench_jax.train import settings
+from optbench_jax.engine import distributed
 from optbench_jax.train.settings import CampaignConfig, RunConfig
 from optbench_jax.workload import Workload
 

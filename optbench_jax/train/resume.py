@@ -15,10 +15,10 @@ from typing import Optional
 
 from optbench_jax import store
 from optbench_jax.errors import one_line
-from optbench_jax.train import distributed
+from optbench_jax.engine import distributed
 from optbench_jax.train.checkpoint import Checkpoints
-from optbench_jax.train.program import Program
-from optbench_jax.train.state import run_slice, stack_runs, unalias
+from optbench_jax.engine.program import Program
+from optbench_jax.engine.state import run_slice, stack_runs, unalias
 
 
 def usable_epochs(checkpoints: Optional[Checkpoints], run_dir: str

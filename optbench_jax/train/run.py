@@ -1,7 +1,7 @@
 """Runs: the host's side of training — chunking, resume and files.
 
 ``train_runs`` trains runs that differ only in seed and learning rate
-together, in one compiled :class:`~optbench_jax.train.program.Program`
+together, in one compiled :class:`~optbench_jax.engine.program.Program`
 (everything compiled lives there). How many go together is chosen from the
 compiled program's memory footprint and the device's free memory; the rest
 follow in further chunks of the same size (a short last chunk is padded with
@@ -35,15 +35,16 @@ from optbench_jax import data as data_lib
 from optbench_jax import store, transforms
 from optbench_jax.data.base import Splits
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import distributed, memory, outputs, plots
+from optbench_jax.train import outputs, plots
+from optbench_jax.engine import distributed, memory
 from optbench_jax.train import resume as resume_lib
 from optbench_jax.train import metadata as metadata_lib
-from optbench_jax.train import optimizer as optimizer_lib
+from optbench_jax.engine import optimizer as optimizer_lib
 from optbench_jax.train.checkpoint import Checkpoints
 from optbench_jax.train.plan import RunSpec
-from optbench_jax.train.program import Compiled, Hyper, Program
+from optbench_jax.engine.program import Compiled, Hyper, Program
 from optbench_jax.train.settings import RunConfig
-from optbench_jax.train.state import run_slice, unalias
+from optbench_jax.engine.state import run_slice, unalias
 from optbench_jax.workload import Workload
 
 SAMPLES = "samples"   # finalize's key for sample outputs (not a metric)

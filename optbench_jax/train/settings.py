@@ -136,12 +136,12 @@ def name_values(text: str) -> dict[str, float]:
 
 
 def _schedulers():
-  from optbench_jax.train import schedules
+  from optbench_jax.engine import schedules
   return schedules.SCHEDULERS
 
 
 def _precisions():
-  from optbench_jax.train import precision
+  from optbench_jax.engine import precision
   return tuple(precision.PRECISIONS)
 
 

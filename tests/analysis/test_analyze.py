@@ -18,7 +18,7 @@ from optbench_jax import cli
 from optbench_jax.analysis import analyze, report, restore
 from optbench_jax.campaign import runner as campaign
 from optbench_jax.train import settings
-from optbench_jax.train.state import run_slice
+from optbench_jax.engine.state import run_slice
 
 EPOCHS = 2
 

@@ -16,8 +16,8 @@ import pytest
 from optbench_jax import transforms
 from optbench_jax.data.base import DatasetInfo
 from optbench_jax.tasks.base import Task
-from optbench_jax.train import optimizer as optimizer_lib
-from optbench_jax.train.program import Hyper, Program
+from optbench_jax.engine import optimizer as optimizer_lib
+from optbench_jax.engine.program import Hyper, Program
 
 STEPS = 3
 

@@ -6,7 +6,8 @@ import pytest
 
 from optbench_jax import data
 from optbench_jax.analysis import seeds
-from optbench_jax.train import outputs, schedules
+from optbench_jax.train import outputs
+from optbench_jax.engine import schedules
 
 
 @pytest.mark.parametrize("losses, expected", [

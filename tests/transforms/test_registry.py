@@ -20,7 +20,7 @@ import pytest
 
 from optbench_jax import transforms
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import optimizer as run_optimizer
+from optbench_jax.engine import optimizer as run_optimizer
 from optbench_jax.transforms import base
 from tests.transforms import torch_reference as ref
 

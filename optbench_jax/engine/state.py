@@ -12,7 +12,7 @@ import jax.numpy as jnp
 class TrainState:
   """Everything a run carries from step to step.
 
-  Inside a :class:`~optbench_jax.train.program.Program` every leaf has a
+  Inside a :class:`~optbench_jax.engine.program.Program` every leaf has a
   leading axis of runs (``R ≥ 1``).
   """
   step: jax.Array

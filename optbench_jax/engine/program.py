@@ -43,14 +43,14 @@ from optbench_jax.data.base import DatasetInfo
 from optbench_jax.errors import OptBenchError
 from optbench_jax.nn.curvature import KFAC_INPUTS, PERTURBATIONS, layer_statistics
 from optbench_jax.tasks.base import Task
-from optbench_jax.train import distributed, memory, schedules
-from optbench_jax.train import optimizer as optimizer_lib
-from optbench_jax.train.evaluation import Evaluation
-from optbench_jax.train.epoch import (Example, accumulate, batches,
-                                      epoch_metrics, num_examples, zero_totals)
-from optbench_jax.train.precision import to_float32, with_compute_dtype
-from optbench_jax.train.state import TrainState, unalias
-from optbench_jax.train.streaming import prefetch
+from optbench_jax.engine import distributed, memory, schedules
+from optbench_jax.engine import optimizer as optimizer_lib
+from optbench_jax.engine.evaluation import Evaluation
+from optbench_jax.engine.epoch import (Example, accumulate, batches,
+                                       epoch_metrics, num_examples, zero_totals)
+from optbench_jax.engine.precision import to_float32, with_compute_dtype
+from optbench_jax.engine.state import TrainState, unalias
+from optbench_jax.engine.streaming import prefetch
 from optbench_jax.transforms import OptimizerSpec, build_extras
 from optbench_jax.transforms.base import RUN_AXIS
 

@@ -1,6 +1,6 @@
 """Evaluation of a program's runs: the task's statistics over a split.
 
-A part of :class:`~optbench_jax.train.program.Program` (it owns the compiled
+A part of :class:`~optbench_jax.engine.program.Program` (it owns the compiled
 functions ``eval_batch`` and ``eval_streamed_batch``): one compiled batch
 step whatever the split's size, totals summed on the device, per-example
 stats gathered, and the task's ``finalize`` per run on the host.
@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optbench_jax.train import distributed
-from optbench_jax.train import optimizer as optimizer_lib
-from optbench_jax.train.epoch import batches, num_examples
-from optbench_jax.train.state import TrainState
-from optbench_jax.train.streaming import prefetch
+from optbench_jax.engine import distributed
+from optbench_jax.engine import optimizer as optimizer_lib
+from optbench_jax.engine.epoch import batches, num_examples
+from optbench_jax.engine.state import TrainState
+from optbench_jax.engine.streaming import prefetch
 
 
 class Evaluation:
