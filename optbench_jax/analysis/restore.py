@@ -155,6 +155,22 @@ class Run:
     masked), so the function is jit-, vmap- and jvp-able; ``model_state``
     supplies the running statistics for ``bn="running"`` (usually the final
     checkpoint's: ``run.state().model_state``).
+
+    Args:
+      model_state: the non-parameter collections (``batch_stats``) the
+        model is applied with; ``{}`` for models without any.
+      split: ``"train"``, ``"val"`` or ``"test"`` (the run's own split,
+        fitted preprocessing applied).
+      samples: how many of the split's first examples define the loss
+        (capped at the split's size).
+      batch_size: examples per scanned batch (default: the run's
+        evaluation batch size); changes memory, not the value.
+      bn: ``"running"`` (batch norm with ``model_state``'s running
+        statistics, eval mode) or ``"batch"`` (each batch's own statistics).
+
+    Returns:
+      ``loss_fn(params) -> scalar``, the mean loss over the subset, for
+      parameters with the structure of ``run.initial_params()``.
     """
     if bn not in BN_MODES:
       raise OptBenchError(f"unknown batch-norm mode {bn!r}; valid: "

@@ -79,6 +79,9 @@ class Task(abc.ABC):
       default_beam_size, default_length_penalty: the task's defaults of
       these settings (None: the setting does not apply, and a value given
       is refused).
+    sample_unit: what one raw example of its datasets is, which
+      ``--max-samples`` counts (``"examples"``; language modelling:
+      ``"documents"``, before they are cut into sequences).
     reference_loss: the dotted path of the PyTorch reference of ``loss``
       (a class of ``optbench_jax.reference.torch_losses``), resolved lazily
       by ``torch_losses.for_task``: torch stays a test and benchmark
@@ -97,6 +100,7 @@ class Task(abc.ABC):
   default_target_length: Optional[int] = None
   default_beam_size: Optional[int] = None
   default_length_penalty: Optional[float] = None
+  sample_unit: str = "examples"
   reference_loss: Optional[str] = None
 
   @abc.abstractmethod

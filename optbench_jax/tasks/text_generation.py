@@ -49,6 +49,7 @@ class LanguageModelling(Task):
   default_max_length = 64
   default_vocab_size = 30_000
   default_eval_batch_size = 64   # logits are batch × length × vocabulary
+  sample_unit = "documents"      # --max-samples caps documents, not sequences
   reference_loss = "optbench_jax.reference.torch_losses.LanguageModelLoss"
 
   def model_inputs(self, batch):

@@ -174,7 +174,9 @@ class Protocol:
       "the task's: 512, 64 for tasks with vocabulary-sized outputs)",
       parse=optional_int, check=at_least(1), numeric=False)
   max_samples: Optional[int] = setting(
-      None, "cap on the training split", parse=optional_int,
+      None, "cap on the training split's raw examples (language "
+      "modelling: documents, before they are cut into sequences; "
+      "run_metadata.json's max_samples_unit says which)", parse=optional_int,
       check=at_least(1))
   split_seed: int = setting(
       0, "seed of the train/validation split, independent of the run seeds "

@@ -54,6 +54,9 @@ def test_generation_campaign_learns_and_writes_its_files(tmp_path, task,
       "samples"}
   assert "samples" not in history[-1]
   assert set(METRICS[task]) <= set(meta["test_metrics"])
+  assert "object at 0x" not in json.dumps(meta["dataset_info"])
+  assert meta["max_samples_unit"] == (
+      "documents" if task == "text_generation" else "examples")
   if task == "text_generation":
     assert history[-1]["perplexity"] == pytest.approx(
         math.exp(history[-1]["val_loss"]))

@@ -78,6 +78,13 @@ def test_text_campaign_learns_and_writes_its_files(tmp_path, task, model):
     assert 0.0 <= history[-1][key] <= 1.0, key
   meta = json.loads((run / "run_metadata.json").read_text())
   assert meta["status"] == "completed" and meta["grad_clip"] == 1.0
+  # Dataset facts as data, not object reprs: the vocabulary by its size,
+  # per-example references by their count.
+  stats = meta["dataset_info"]["stats"]
+  assert "object at 0x" not in json.dumps(stats)
+  if "vocabulary" in stats:
+    assert stats["vocabulary"]["vocabulary_size"] > 3
+  assert meta["max_samples_unit"] == "examples"
   assert meta["scheduler"] == "plateau"
   assert meta["max_length"] == data.get(task, "synthetic").defaults[
       "max_length"]
