@@ -176,16 +176,24 @@ def optimizers_page(transforms) -> str:
          "agreement with each reference: "
          "[Optimizers](../user-guide/optimizers.md). `needs`: the extras the "
          "engine passes to `update` beyond the gradient "
-         "(`optbench_jax/transforms/base.py`).\n\n"]
+         "(`optbench_jax/transforms/base.py`). `default weight decay`: "
+         "what a run without `--weight-decay` (and `make` without "
+         "`weight_decay`) uses, the default of the entry's PyTorch "
+         "reference (0 where the reference has none); a wrapper's is its "
+         "base's (`transforms.default_weight_decay`).\n\n"]
   rows = []
   for name, spec in specs.items():
     optax_name = public_name(getattr(spec, "optax_function", None))
+    decay = f"{transforms.default_weight_decay(name):g}"
+    if spec.weight_decay == "base":
+      decay += f" (base {code(spec.hyperparameters['base'])})"
     rows.append([code(name), spec.family, f"{spec.default_lr:g}",
-                 spec.weight_decay, ", ".join(sorted(spec.needs)) or "–",
+                 spec.weight_decay, decay,
+                 ", ".join(sorted(spec.needs)) or "–",
                  spec.paper, code(spec.reference) if spec.reference else "–",
                  code(optax_name) if optax_name else "–"])
   out.append(table(["name", "family", "default LR", "weight decay",
-                    "needs", "paper", "PyTorch reference",
+                    "default weight decay", "needs", "paper", "PyTorch reference",
                     "optax function"], rows))
   out.append("\n## Hyperparameter defaults\n\n"
              "The keywords of `make(name, ...)` beyond `learning_rate`, "

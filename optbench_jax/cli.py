@@ -248,10 +248,15 @@ def cmd_list(args) -> int:
     print(f"    primary:  {task.primary_metric} ({direction} is better); "
           f"scheduler {task.default_scheduler}")
   print("\nOptimizers:")
-  print(f"  {'name':<22}{'family':<20}{'default lr':>11}  needs")
+  print(f"  {'name':<22}{'family':<20}{'default lr':>11}"
+        f"{'default wd':>11}  needs")
   for name, spec in transforms.available().items():
     needs = ", ".join(sorted(spec.needs)) or "-"
-    print(f"  {name:<22}{spec.family:<20}{spec.default_lr:>11.3g}  {needs}")
+    decay = transforms.default_weight_decay(name)
+    print(f"  {name:<22}{spec.family:<20}{spec.default_lr:>11.3g}"
+          f"{decay:>11.3g}  {needs}")
+  print("  (default wd: the weight decay without --weight-decay, the "
+        "PyTorch reference's default)")
   return 0
 
 

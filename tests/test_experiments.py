@@ -115,6 +115,11 @@ def test_thesis_campaign_has_the_sources_32_rows_and_16_optimizers(
              for c in configs)
   assert configs[18].max_length == 256 and configs[16].max_length == 384
   assert configs[12].vocab_size == 30_000 and configs[14].vocab_size == 40_000
+  # Weight decay (§4.3): stated for the sentiment-analysis rows, none
+  # elsewhere -- every row states one, so no optimizer's own default (AdamW's
+  # 1e-2) applies.
+  assert [c.weight_decay for c in configs[8:12]] == [1e-5, 0.01, 1e-5, 0.01]
+  assert {c.weight_decay for c in configs[:8] + configs[12:]} == {0.0}
   assert len(dispatch.units([(n, make_plan(c)) for n, c in plan.items()])
              ) == 32 * 16
 

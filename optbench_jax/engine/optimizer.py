@@ -28,7 +28,8 @@ def _injected(path, value) -> bool:
   return getattr(path[-1], "tuple_name", None) == _INJECTED
 
 
-def build(name: str, learning_rate: float, *, weight_decay: float = 0.0,
+def build(name: str, learning_rate: float, *,
+          weight_decay: Optional[float] = None,
           grad_clip: Optional[float] = None,
           hyperparameters: Optional[Mapping[str, Any]] = None,
           exclude_bias_norm: bool = False
@@ -38,7 +39,8 @@ def build(name: str, learning_rate: float, *, weight_decay: float = 0.0,
   Args:
     name: a registered optimizer.
     learning_rate: the initial learning rate (the engine sets each step's).
-    weight_decay: passed to :func:`optbench_jax.transforms.make`.
+    weight_decay: passed to :func:`optbench_jax.transforms.make` (None:
+      the optimizer's default).
     grad_clip: clip the global gradient norm to this value (None: no clip).
     hyperparameters: the optimizer's keywords.
     exclude_bias_norm: exempt 1-D tensors from weight decay and trust ratios

@@ -156,8 +156,11 @@ def make_plan(cfg: CampaignConfig) -> Plan:
         raise OptBenchError(f"the learning rate of {optimizer} "
                             f"{settings.positive_finite(lr)}")
       for seed in cfg.seed_list:
-        rc = RunConfig(**settings.protocol_of(resolved), optimizer=optimizer,
-                       learning_rate=lr, seed=seed)
+        # Resolved from the settings given (as the campaign; resolving twice
+        # differs): the task's defaults, the optimizer's weight decay.
+        rc = settings.resolve(RunConfig(
+            **settings.protocol_of(cfg), optimizer=optimizer,
+            learning_rate=lr, seed=seed))
         where = {"learning_rate": lr if grid else None,
                  "seed": seed if several else None}
         runs.append(RunSpec(rc, store.run_dir(

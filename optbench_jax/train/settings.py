@@ -15,8 +15,9 @@ line and the Python API alike.
   (optimizers, seeds, learning rates) and where it writes them.
 
 Task defaults (``scheduler``, ``grad_clip``, ``label_smoothing`` left at
-``None``) are resolved by :func:`resolve` into concrete values before a run
-starts, so the metadata records what was used.
+``None``) and a run's optimizer's default ``weight_decay`` are resolved by
+:func:`resolve` into concrete values before a run starts, so the metadata
+records what was used.
 """
 from __future__ import annotations
 
@@ -194,9 +195,10 @@ class Protocol:
   label_smoothing: Optional[float] = setting(
       None, "label smoothing of the training loss (default: the task's)",
       check=label_smoothing)
-  weight_decay: float = setting(0.0, "weight decay (decoupled or coupled as "
-                                "the optimizer's registry entry says)",
-                                check=non_negative)
+  weight_decay: Optional[float] = setting(
+      None, "weight decay of every optimizer, decoupled or coupled as its "
+      "registry entry says (default: each optimizer's own, its PyTorch "
+      "reference's: 0, AdamW 1e-2)", check=non_negative)
   exclude_bias_norm: bool = setting(
       False, "exclude biases and normalisation scales (1-D tensors) from "
       "weight decay and from LARS/LAMB trust ratios (default: every tensor, "
@@ -353,8 +355,12 @@ def resolve(config) -> Any:
   """``config`` with the defaults of its task, dataset and model in place of
   ``None``: scheduler, clipping, label smoothing (the task's), the
   :data:`TASK_SETTINGS` (the dataset's, else the task's) and the pretrained
-  weights (the model's). Called once, by ``train/plan.py``."""
-  from optbench_jax import data, models, tasks
+  weights (the model's); a run's weight decay (its optimizer's, see
+  ``transforms.default_weight_decay``; a campaign keeps ``None``: each of
+  its optimizers its own). Called by ``train/plan.py`` only: once for a
+  campaign and once for each of its runs, from the settings given (resolving
+  twice is not the same: ``grad_clip`` 0 resolves to None)."""
+  from optbench_jax import data, models, tasks, transforms
   task = tasks.get(config.task)
   dataset = data.get(config.task, config.dataset)
   model = models.get(config.task, config.model)
@@ -362,6 +368,10 @@ def resolve(config) -> Any:
   pretrained = config.pretrained
   if pretrained is None and model.pretrained is not None:
     pretrained = model.pretrained.default
+  per_run = {}
+  if isinstance(config, RunConfig) and config.weight_decay is None:
+    per_run["weight_decay"] = transforms.default_weight_decay(
+        config.optimizer, **config.optimizer_hyperparameters)
   return dataclasses.replace(
       config, scheduler=config.scheduler or task.default_scheduler,
       eval_batch_size=config.eval_batch_size or task.default_eval_batch_size,
@@ -369,7 +379,7 @@ def resolve(config) -> Any:
       label_smoothing=(task.default_label_smoothing
                        if config.label_smoothing is None
                        else config.label_smoothing),
-      pretrained=pretrained,
+      pretrained=pretrained, **per_run,
       **{name: (getattr(config, name) if getattr(config, name) is not None
                 else dataset.defaults.get(name,
                                           getattr(task, f"default_{name}")))

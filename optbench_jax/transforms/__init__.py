@@ -14,8 +14,9 @@ import pkgutil
 
 from optbench_jax.transforms.base import (
     EXTRAS, FAMILIES, MASK_ROLES, OPTIMIZERS, RUN_AXIS, WEIGHT_DECAY_MODES,
-    OptimizerSpec, any_run, available, configure, exclude_bias_norm_mask, get,
-    make, missing_extra, register, sequential_on_cpu)
+    OptimizerSpec, any_run, available, configure, default_weight_decay,
+    exclude_bias_norm_mask, get, make, missing_extra, register,
+    sequential_on_cpu)
 from optbench_jax.transforms.extras import build_extras, hvp
 
 _NOT_OPTIMIZERS = {"base", "extras", "kfac_layers", "test_functions"}
@@ -25,5 +26,6 @@ for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
 
 __all__ = ["EXTRAS", "FAMILIES", "MASK_ROLES", "OPTIMIZERS", "RUN_AXIS",
            "WEIGHT_DECAY_MODES", "OptimizerSpec", "any_run", "available",
-           "build_extras", "configure", "exclude_bias_norm_mask", "get", "hvp",
+           "build_extras", "configure", "default_weight_decay",
+           "exclude_bias_norm_mask", "get", "hvp",
            "make", "missing_extra", "register", "sequential_on_cpu"]

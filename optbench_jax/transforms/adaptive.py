@@ -38,7 +38,8 @@ adamw, lion, adabelief (the authors' default ``weight_decouple=True``),
 adafactor (PyTorch's ``θ ← θ (1 − ηλ)``) and adan (the paper's proximal
 ``θ / (1 + ηλ)``). Every tensor is decayed unless the run sets
 ``exclude_bias_norm`` (or a mask keyword is given: ``mask``, or
-``weight_decay_mask`` where optax names it so).
+``weight_decay_mask`` where optax names it so). Without λ each uses its
+reference's default: 0, but 1e-2 for adamw (``torch.optim.AdamW``).
 
 Agreement with the PyTorch references (``tests/transforms/test_first_order.py``
 checks every one step by step in float64):
@@ -102,6 +103,7 @@ register(OptimizerSpec(
 register(OptimizerSpec(
     name="adamw", factory=configure(optax.adamw), family="adaptive",
     default_lr=1e-3, weight_decay="decoupled", masks={"weight_decay": "mask"},
+    default_weight_decay=1e-2,  # torch.optim.AdamW's (optax.adamw's: 1e-4)
     paper="Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization "
           "(ICLR)",
     reference="torch.optim.AdamW"))

@@ -30,12 +30,24 @@ engine builds only those (a data-driven choice, never a branch on a name):
 
 A transformation that needs an extra it was not given raises
 :func:`missing_extra`.
+
+Default weight decay
+--------------------
+An entry's ``default_weight_decay`` is the default of the PyTorch class its
+equivalence test compares it with (``reference``: ``torch.optim`` or
+``pytorch_optimizer``, whose defaults the source benchmark trained with),
+0 where the reference has none or takes it as a required argument; a
+wrapper (mode ``"base"``) decays by its base's default. Only AdamW's is not
+0 (``torch.optim.AdamW``: 1e-2; optax's ``adamw`` uses 1e-4).
+:func:`make` and a run without ``--weight-decay`` apply it
+(:func:`default_weight_decay`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import inspect
+import math
 import types
 from typing import Any, Callable, Mapping, Optional
 
@@ -140,6 +152,9 @@ class OptimizerSpec:
       :func:`configure` or the factory's own defaults).
     weight_decay: how ``make``'s ``weight_decay`` reaches the rule, one of
       :data:`WEIGHT_DECAY_MODES`.
+    default_weight_decay: λ when the run gives none: the default of
+      ``reference`` (see the module docstring); 0 for modes ``"none"`` and
+      ``"base"`` (a wrapper takes its base's, :func:`default_weight_decay`).
     masks: ``{role: keyword}`` for the factory keywords that take a
       parameter mask, ``role`` in :data:`MASK_ROLES` (e.g. ``{"weight_decay":
       "mask", "trust_ratio": "trust_ratio_mask"}``). With
@@ -164,6 +179,7 @@ class OptimizerSpec:
   default_lr: float
   hyperparameters: Optional[Mapping[str, Any]] = None
   weight_decay: str = "coupled"
+  default_weight_decay: float = 0.0
   masks: Mapping[str, str] = dataclasses.field(default_factory=dict)
   needs: frozenset = frozenset()
   paper: str = ""
@@ -177,6 +193,13 @@ class OptimizerSpec:
       raise ValueError(f"{self.name}: family {self.family!r} not in {FAMILIES}")
     if self.weight_decay not in WEIGHT_DECAY_MODES:
       raise ValueError(f"{self.name}: weight_decay {self.weight_decay!r}")
+    if not (math.isfinite(self.default_weight_decay)
+            and self.default_weight_decay >= 0):
+      raise ValueError(f"{self.name}: default_weight_decay "
+                       f"{self.default_weight_decay!r}")
+    if self.default_weight_decay and self.weight_decay in ("none", "base"):
+      raise ValueError(f"{self.name}: weight_decay={self.weight_decay!r} "
+                       f"takes no default_weight_decay of its own")
     unknown = set(self.needs) - set(EXTRAS)
     if unknown:
       raise ValueError(f"{self.name}: unknown extras {sorted(unknown)}")
@@ -184,7 +207,7 @@ class OptimizerSpec:
       raise ValueError(f"{self.name}: needs full_grad but has no epoch_start")
     parameters = set(inspect.signature(self.factory).parameters)
     takes = {"decoupled": {"weight_decay"}, "objective": {"weight_decay"},
-             "base": {"weight_decay", "exclude_bias_norm"}}
+             "base": {"weight_decay", "exclude_bias_norm", "base"}}
     missing = takes.get(self.weight_decay, set()) - parameters
     if missing:
       raise ValueError(f"{self.name}: weight_decay={self.weight_decay!r} "
@@ -264,8 +287,25 @@ def get(name: str) -> OptimizerSpec:
   return OPTIMIZERS.get(name)
 
 
+def default_weight_decay(name: str, **keywords) -> float:
+  """The weight decay of optimizer ``name`` when the run gives none.
+
+  The entry's ``default_weight_decay``; for a wrapper (mode ``"base"``),
+  that of its base (``keywords["base"]``, else the wrapper's default base).
+
+  Args:
+    name: a registered name.
+    **keywords: the optimizer's keywords (only ``base`` is read).
+  """
+  spec = get(name)
+  if spec.weight_decay == "base":
+    return default_weight_decay(keywords.get("base",
+                                             spec.hyperparameters["base"]))
+  return spec.default_weight_decay
+
+
 def make(name: str, learning_rate: Optional[optax.ScalarOrSchedule] = None,
-         weight_decay: float = 0.0, exclude_bias_norm: bool = False,
+         weight_decay: Optional[float] = None, exclude_bias_norm: bool = False,
          **keywords) -> optax.GradientTransformationExtraArgs:
   """Builds the optimizer registered as ``name``.
 
@@ -276,7 +316,9 @@ def make(name: str, learning_rate: Optional[optax.ScalarOrSchedule] = None,
   Args:
     name: a registered name (see :func:`available`).
     learning_rate: a float or an optax schedule; defaults to the registry's.
-    weight_decay: λ, applied as the entry's ``weight_decay`` mode says.
+    weight_decay: λ, applied as the entry's ``weight_decay`` mode says;
+      None: the entry's default (:func:`default_weight_decay`, its
+      reference's).
     exclude_bias_norm: exempt 1-D tensors (biases, normalisation scales) from
       weight decay and trust ratios: every mask keyword of the entry
       (``OptimizerSpec.masks``) gets :func:`exclude_bias_norm_mask`. A
@@ -304,6 +346,8 @@ def make(name: str, learning_rate: Optional[optax.ScalarOrSchedule] = None,
         f"optimizer {name!r}: pass either exclude_bias_norm=True or the mask "
         f"keyword(s) {explicit}, not both")
   lr = spec.default_lr if learning_rate is None else learning_rate
+  if weight_decay is None:
+    weight_decay = default_weight_decay(name, **keywords)
   kwargs = {**spec.hyperparameters, **keywords}
   if exclude_bias_norm:
     for keyword in spec.masks.values():

@@ -3,10 +3,14 @@ import csv
 import dataclasses
 import json
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from optbench_jax import cli
+from optbench_jax.train import optimizer as optimizer_lib
 from optbench_jax.train import settings
+from optbench_jax.train.plan import make_plan
 from tests.train.helpers import read_history, small_run_args
 
 
@@ -19,21 +23,22 @@ def test_every_setting_is_a_flag_and_every_run_setting_is_recorded(
     flag = settings.flag_of(field)
     if flag is not None:
       assert flag in help_text, flag
-  assert cli.main(small_run_args(tmp_path, optimizers="adam", epochs=3,
+  assert cli.main(small_run_args(tmp_path, optimizers="adamw", epochs=3,
                                  max_samples=64,
                                  extra=["--eval-every", "2",
                                         "--eval-max-samples", "20",
                                         "--init", "flax"])) == 0
   run = tmp_path / "image_classification" / "synthetic" / "cnn_scratch"
-  meta = json.loads((run / "adam" / "run_metadata.json").read_text())
+  meta = json.loads((run / "adamw" / "run_metadata.json").read_text())
   for field in settings.fields(settings.RunConfig):
     assert field.name in meta, field.name
   assert (meta["eval_every"], meta["eval_max_samples"], meta["init"],
           meta["n_val"]) == (2, 20, "flax", 20)
   assert meta["scheduler"] == "cosine"  # the task's default, resolved
+  assert meta["weight_decay"] == 1e-2   # the optimizer's default, resolved
 
   # --eval-every 2 over 3 epochs: epochs 2 and 3 (the last) are evaluated.
-  history = read_history(run / "adam")
+  history = read_history(run / "adamw")
   assert [h["val_loss"] is not None for h in history] == [False, True, True]
   assert "accuracy" not in history[0] and "accuracy" in history[1]
   with open(run / "summary.csv") as f:
@@ -110,3 +115,37 @@ def test_repeated_optimizers_and_unusable_output_dirs_are_refused(
     assert cli.main(args + extra) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and "\n" not in err, err
+
+
+def test_each_optimizer_decays_by_its_own_default_unless_one_is_given(
+    tmp_path):
+  campaign = dict(task="image_classification", dataset="synthetic",
+                  model="cnn_scratch", optimizers="adam,adamw",
+                  output_dir=str(tmp_path))
+  plan = make_plan(settings.CampaignConfig(**campaign))
+  assert plan.campaign.weight_decay is None  # each optimizer its own
+  runs = {r.config.optimizer: r.config for r in plan.runs}
+  assert {n: rc.weight_decay for n, rc in runs.items()} == {
+      "adam": 0.0, "adamw": 1e-2}  # torch.optim.Adam's, torch.optim.AdamW's
+  for given in (0.0, 0.1):
+    plan = make_plan(settings.CampaignConfig(**campaign, weight_decay=given))
+    assert [r.config.weight_decay for r in plan.runs] == [given, given]
+
+  # The optimizers built from the resolved runs, one step from θ on the same
+  # gradient: AdamW's is Adam's (same rule, same default learning rate η)
+  # minus its decoupled decay ηλθ.
+  params = {"w": jnp.full((3, 2), 2.0), "b": jnp.full(2, -1.0)}
+  grads = {"w": jnp.full((3, 2), 0.5), "b": jnp.full(2, 0.25)}
+
+  def step(rc):
+    tx = optimizer_lib.build(rc.optimizer, rc.learning_rate,
+                             weight_decay=rc.weight_decay,
+                             grad_clip=rc.grad_clip)
+    return tx.update(grads, tx.init(params), params)[0]
+
+  adam, adamw = step(runs["adam"]), step(runs["adamw"])
+  eta = runs["adamw"].learning_rate
+  assert eta == runs["adam"].learning_rate
+  for name, theta in params.items():
+    np.testing.assert_allclose(adamw[name] - adam[name], -eta * 1e-2 * theta,
+                               rtol=1e-4)

@@ -518,3 +518,26 @@ def test_adamw_defaults_decay_every_tensor_as_torch_and_optax(x64):
                               exclude_bias_norm=True), params, steps, grads)
   assert ref.relative_error(exempt[-1]["b"], torch_traj[-1]["b"]) > 1e-4
   assert ref.relative_error(exempt[-1]["w"], torch_traj[-1]["w"]) < 1e-12
+
+
+def test_adamw_without_weight_decay_decays_as_torch_adamw_by_default(x64):
+  # make("adamw", lr) -- no weight_decay, as a run without --weight-decay --
+  # is torch.optim.AdamW(params, lr) at its default decay (1e-2), and
+  # optax.adamw only with that decay (optax's own default is 1e-4). Fails
+  # on a default of 0 (measured 2.1e-3 from torch; with it 6.5e-16).
+  del x64
+  steps = 20
+  params = ref.make_params(4, shapes={"w": (3, 4), "b": (4,)})
+  grads = ref.noisy_quadratic(params, seed=5)
+  ours = ref.run_optax(make("adamw", 1e-2), params, steps, grads)
+  torch_traj = ref.run_torch(lambda t: torch.optim.AdamW(t.values(), lr=1e-2),
+                             params, steps, grads)
+  _check("adamw(no weight_decay) vs torch.optim.AdamW()", ref.step_errors(
+      ours, torch_traj), steps=steps)
+  optax_traj = ref.run_optax(optax.adamw(1e-2, weight_decay=1e-2), params,
+                             steps, grads)
+  _check("adamw(no weight_decay) vs optax.adamw(weight_decay=1e-2)",
+         ref.step_errors(ours, optax_traj), tol=0.0, steps=steps)
+  undecayed = ref.run_optax(make("adamw", 1e-2, weight_decay=0.0), params,
+                            steps, grads)
+  assert ref.step_errors(undecayed, torch_traj).max() > 1e-6

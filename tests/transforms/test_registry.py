@@ -9,8 +9,12 @@
   mask keywords by the data of its entry (``spec.masks``); an explicit mask
   together with it is refused.
 * Wrappers hand weight decay to their base (mode ``"base"``).
+* Without a weight decay each entry uses its reference's default (a
+  wrapper its base's).
 """
+import importlib
 import inspect
+import re
 
 import jax
 import jax.numpy as jnp
@@ -223,3 +227,63 @@ def test_lbfgs_linesearch_takes_optax_values_too():
     b = run(transforms.make("lbfgs", 0.5, linesearch=optax_value))
     assert ref.relative_error(a, b) == 0.0, ours
     assert ref.relative_error(a, params) > 1e-2
+
+
+def _reference_class(reference: str):
+  """The class a ``reference`` text names first (``torch.optim.AdamW``,
+  ``pytorch_optimizer.SAM(base_optimizer=...)``, ``dog.DoG (...)``), or None
+  for a reference that names none."""
+  match = re.match(r"([A-Za-z_][\w.]*)\.(\w+)", reference)
+  if match is None:
+    return None
+  try:
+    module = importlib.import_module(match.group(1))
+  except ImportError:
+    pytest.skip(f"{match.group(1)} is not installed")
+  return getattr(module, match.group(2))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_weight_decay_is_the_references(name):
+  # The default of the reference class the equivalence tests compare with
+  # (its signature's weight_decay; 0 where it has none or requires one); a
+  # wrapper's is its base's. Fails on a registry whose adamw default is 0.
+  spec = transforms.get(name)
+  default = transforms.default_weight_decay(name)
+  if spec.weight_decay == "base":
+    assert default == transforms.default_weight_decay(
+        spec.hyperparameters["base"])
+    return
+  cls = _reference_class(spec.reference)
+  parameter = (inspect.signature(cls).parameters.get("weight_decay")
+               if cls is not None else None)
+  expected = (0.0 if parameter is None or parameter.default is parameter.empty
+              else parameter.default)
+  assert default == expected, (name, spec.reference)
+
+
+def test_make_without_weight_decay_uses_the_default():
+  def step(name, **keywords):
+    tx = transforms.make(name, 0.1, **keywords)
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+    return tx.update(grads, tx.init(PARAMS), PARAMS)[0]["w"]
+
+  assert transforms.default_weight_decay("adamw") == 1e-2
+  np.testing.assert_array_equal(step("adamw"),
+                                step("adamw", weight_decay=1e-2))
+  assert not np.allclose(step("adamw"), step("adamw", weight_decay=0.0))
+  # A wrapper decays by its base's default.
+  assert transforms.default_weight_decay("lookahead") == 0.0
+  assert transforms.default_weight_decay("lookahead", base="adamw") == 1e-2
+  np.testing.assert_array_equal(
+      step("lookahead", base="adamw"),
+      step("lookahead", base="adamw", weight_decay=1e-2))
+
+
+def test_spec_refuses_unusable_default_weight_decays():
+  for mode, default in (("coupled", -1.0), ("coupled", float("nan")),
+                        ("none", 0.1)):
+    with pytest.raises(ValueError, match="default_weight_decay"):
+      transforms.OptimizerSpec(name="x", factory=optax.sgd, family="gd",
+                               default_lr=1.0, weight_decay=mode,
+                               default_weight_decay=default)
