@@ -39,7 +39,7 @@ from optbench_jax import store
 from optbench_jax.errors import OptBenchError
 from optbench_jax.train import checkpoint as checkpoint_lib
 from optbench_jax.engine.epoch import batches
-from optbench_jax.train.plan import plan_runs, run_config
+from optbench_jax.train.plan import stored_run
 from optbench_jax.train.run import RunSetup
 from optbench_jax.train.settings import RunConfig
 from optbench_jax.engine.state import TrainState, run_slice
@@ -211,7 +211,7 @@ class Run:
 def load_run(run_dir: str, *, data_dir: Optional[str] = None) -> Run:
   """Rebuilds the run in ``run_dir`` (module docstring); one-line errors for
   a directory that is not a run, damaged metadata or missing data. The
-  run's settings go through the plan's edge (``plan_runs``) and its data
+  run's settings go through the plan's edge (``stored_run``) and its data
   through the workload's one path, as when it was trained."""
   path = os.path.join(run_dir, store.METADATA)
   try:
@@ -221,7 +221,7 @@ def load_run(run_dir: str, *, data_dir: Optional[str] = None) -> Run:
   if metadata is None:
     raise OptBenchError(f"{run_dir} is not a run directory (no "
                         f"{store.METADATA})")
-  (spec,) = plan_runs([run_config(metadata)], [run_dir])
+  spec = stored_run(metadata, run_dir)
   rc = spec.config
   splits = spec.workload.splits(rc, data_dir=data_dir,
                                 cache_dir=_campaign_dir(run_dir, rc))

@@ -186,6 +186,22 @@ def plan_runs(configs: Sequence[RunConfig], run_dirs: Sequence[str],
   return specs
 
 
+def stored_run(metadata: dict, run_dir: str) -> RunSpec:
+  """The run stored in ``run_dir`` (``analyze``), from its metadata:
+  checked, and resolved only in the settings it does not record (added
+  since it was trained) — the others were resolved when it was planned,
+  and resolving twice is not the same (a run trained with ``--grad-clip 0``
+  stores None, which a second pass would turn into the task's clipping)."""
+  rc = run_config(metadata)
+  settings.check(rc)
+  resolved = settings.resolve(rc)
+  rc = dataclasses.replace(rc, **{
+      f.name: getattr(resolved, f.name) for f in dataclasses.fields(rc)
+      if f.name not in metadata})
+  _check_devices(rc)
+  return RunSpec(rc, str(run_dir), rc.optimizer)
+
+
 def run_config(metadata: dict) -> RunConfig:
   """A run's settings from its stored metadata (settings added since the
   run was trained take their defaults)."""

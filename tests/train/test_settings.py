@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optbench_jax import cli
-from optbench_jax.train import optimizer as optimizer_lib
+from optbench_jax import cli, store
+from optbench_jax.engine import optimizer as optimizer_lib
 from optbench_jax.train import settings
-from optbench_jax.train.plan import make_plan
+from optbench_jax.train.plan import make_plan, stored_run
 from tests.train.helpers import read_history, small_run_args
 
 
@@ -149,3 +149,19 @@ def test_each_optimizer_decays_by_its_own_default_unless_one_is_given(
   for name, theta in params.items():
     np.testing.assert_allclose(adamw[name] - adam[name], -eta * 1e-2 * theta,
                                rtol=1e-4)
+
+
+def test_a_stored_run_is_rebuilt_with_its_own_settings(tmp_path):
+  """``analyze`` rebuilds a run from its metadata without resolving it a
+  second time: a run trained with clipping off (``--grad-clip 0``) on a task
+  that clips by default stays unclipped, and a setting its metadata lacks
+  (added since) takes its resolved default."""
+  plan = make_plan(settings.CampaignConfig(
+      task="sentiment_analysis", dataset="synthetic", model="lstm_sentiment",
+      optimizers="adam", grad_clip=0.0, output_dir=str(tmp_path)))
+  (spec,) = plan.runs
+  assert spec.config.grad_clip is None   # off: the task's default is 1.0
+  metadata = store.as_json(dataclasses.asdict(spec.config))
+  assert stored_run(metadata, spec.run_dir).config == spec.config
+  del metadata["weight_decay"]           # as if recorded before it existed
+  assert stored_run(metadata, spec.run_dir).config.weight_decay == 0.0
