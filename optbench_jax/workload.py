@@ -53,9 +53,11 @@ class Workload:
     return models.get(self.task_name, self.model)
 
   # -- data --------------------------------------------------------------------
-  def load(self, data_dir: Optional[str] = None) -> RawDataset:
-    """The whole dataset (the loader's errors name what is missing)."""
-    return data.load(self.task_name, self.dataset, data_dir)
+  def load(self, data_dir: Optional[str] = None, *,
+           offline: bool = False) -> RawDataset:
+    """The whole dataset, downloaded first if missing and not ``offline``
+    (the loader's errors name what is missing)."""
+    return data.load(self.task_name, self.dataset, data_dir, offline=offline)
 
   @staticmethod
   def prepare(raw: RawDataset, protocol: Any) -> Splits:

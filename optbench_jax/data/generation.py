@@ -156,26 +156,29 @@ def _register_translation(name, sources, source_language, target_language,
                 "target_language": target_language})
 
 
+# Split sizes (``sizes=``): each source's dataset card (HFSource.card).
 _TRAIN_ONLY = {"train": "train"}
 _TRANSLATION = {"translation": "translation"}
 _register_translation(
     "europarl_bilingual",
     [HFSource(("Helsinki-NLP/europarl", "europarl_bilingual"), "de-en",
-              _TRAIN_ONLY, _TRANSLATION)],
+              _TRAIN_ONLY, _TRANSLATION, {"train": 1_920_209})],
     "de", "en",
     "Europarl German → English sentence pairs (training split only), from "
     "a local HF cache")
 _register_translation(
     "iwslt14_en_de",
-    [HFSource(("bbaaaa/iwslt14-de-en",), "de-en", columns=_TRANSLATION),
-     HFSource(("may-ohta/iwslt14",), None, columns=_TRANSLATION)],
+    [HFSource(("bbaaaa/iwslt14-de-en",), "de-en", columns=_TRANSLATION,
+              sizes={"train": 171_721, "test": 4_698}),
+     HFSource(("may-ohta/iwslt14",), None, columns=_TRANSLATION,
+              sizes={"train": 171_721, "test": 4_782})],
     "en", "de",
     "IWSLT 2014 TED talks English → German, 171,721 training pairs, from a "
     "local HF cache")
 _register_translation(
     "opus_books_en_de",
     [HFSource(("Helsinki-NLP/opus_books", "opus_books"), "de-en",
-              _TRAIN_ONLY, _TRANSLATION)],
+              _TRAIN_ONLY, _TRANSLATION, {"train": 51_467})],
     "en", "de",
     "OPUS Books English → German, 51,467 pairs (training split only), from "
     "a local HF cache")
@@ -183,13 +186,15 @@ _register_translation(
 _register_hf(
     "wikitext2", LM,
     [HFSource(("Salesforce/wikitext", "wikitext"), "wikitext-2-raw-v1",
-              columns={"text": "text"})],
+              columns={"text": "text"},
+              sizes={"train": 36_718, "test": 4_358})],
     _renamed(text="text"),
     "WikiText-2 (raw) lines, train and test, from a local HF cache")
 _register_hf(
     "ptb_text_only", LM,
     [HFSource(("ptb-text-only/ptb_text_only", "ptb_text_only"),
-              "penn_treebank", columns={"text": "sentence"})],
+              "penn_treebank", columns={"text": "sentence"},
+              sizes={"train": 42_068, "test": 3_761})],
     _renamed(text="text"),
     "Penn Treebank sentences (Mikolov's text-only version), 42,068 + 3,761, "
     "from a local HF cache")
@@ -197,14 +202,16 @@ _register_hf(
 _register_hf(
     "cnn_dailymail", SUM,
     [HFSource(("abisee/cnn_dailymail", "cnn_dailymail"), "3.0.0",
-              columns={"document": "article", "summary": "highlights"})],
+              columns={"document": "article", "summary": "highlights"},
+              sizes={"train": 287_113, "test": 11_490})],
     _renamed(document="document", summary="summary"),
     "CNN/Daily Mail 3.0.0 news articles and highlights, 287,113 + 11,490, "
     "from a local HF cache")
 _register_hf(
     "aeslc", SUM,
     [HFSource(("Yale-LILY/aeslc", "aeslc"), None,
-              columns={"document": "email_body", "summary": "subject_line"})],
+              columns={"document": "email_body", "summary": "subject_line"},
+              sizes={"train": 14_436, "test": 1_906})],
     _renamed(document="document", summary="summary"),
     "AESLC e-mail bodies and subject lines, 14,436 + 1,906, from a local HF "
     "cache")

@@ -71,15 +71,18 @@ def _build(name):
   return build
 
 
+# Split sizes (``sizes=``): each source's dataset card (HFSource.card).
 _COLUMNS = {"tokens": "tokens", "tags": "ner_tags"}
 register_cached(
     "conll2003", TASK,
-    [HFSource(("eriktks/conll2003", "conll2003"), None, columns=_COLUMNS)],
+    [HFSource(("eriktks/conll2003", "conll2003"), None, columns=_COLUMNS,
+              sizes={"train": 14_041, "test": 3_453})],
     _build("conll2003"),
     "CoNLL-2003 English NER, 14,041 + 3,453 sentences, from a local HF cache")
 register_cached(
     "wikiann_en", TASK,
-    [HFSource(("unimelb-nlp/wikiann", "wikiann"), "en", columns=_COLUMNS)],
+    [HFSource(("unimelb-nlp/wikiann", "wikiann"), "en", columns=_COLUMNS,
+              sizes={"train": 20_000, "test": 10_000})],
     _build("wikiann_en"),
     "WikiANN English NER, 20,000 + 10,000 sentences, from a local HF cache")
 

@@ -180,17 +180,20 @@ class NoSource:
     raise MissingDataError(self.note)
 
 
+# Split sizes (``sizes=``): each source's dataset card (HFSource.card).
 PET_SOURCES: Sequence = (
     HFSource(("tchevrou/oxford-iiit-pet",), None,
              {"train": "train", "test": "test"},
-             {"image": "image", "label": "label"}),
+             {"image": "image", "label": "label"},
+             {"train": 3_680, "test": 3_669}),
     TFDSSource("oxford_iiit_pet", {"train": "train", "test": "test"},
                {"image": "image", "label": "segmentation_mask"}),
 )
 VOC_SOURCES: Sequence = (
     HFSource(("nateraw/pascal-voc-2012",), None,
              {"train": "train", "test": "val"},
-             {"image": "image", "label": "mask"}),
+             {"image": "image", "label": "mask"},
+             {"train": 1_464, "val": 1_449}),
     NoSource("TensorFlow Datasets: not a source (its voc/2012 has detection "
              "boxes only, no segmentation masks)"),
 )

@@ -69,19 +69,24 @@ def _build(name):
   return build
 
 
+# Split sizes (``sizes=``): each source's dataset card (HFSource.card).
 _COLUMNS = {"text": "text", "label": "label"}
 register_cached(
     "imdb", TASK,
-    [HFSource(("stanfordnlp/imdb", "imdb"), "plain_text", columns=_COLUMNS),
+    [HFSource(("stanfordnlp/imdb", "imdb"), "plain_text", columns=_COLUMNS,
+              sizes={"train": 25_000, "test": 25_000}),
      TFDSSource("imdb_reviews/plain_text", columns=_COLUMNS)],
     _build("imdb"),
     "IMDB movie reviews, 25,000 + 25,000, from a local HF or TFDS cache")
 _SST2_SPLITS = {"train": "train", "test": "validation"}
 _SST2_COLUMNS = {"text": "sentence", "label": "label"}
+_SST2_SIZES = {"train": 67_349, "validation": 872}
 register_cached(
     "sst2", TASK,
-    [HFSource(("stanfordnlp/sst2", "sst2"), None, _SST2_SPLITS, _SST2_COLUMNS),
-     HFSource(("nyu-mll/glue", "glue"), "sst2", _SST2_SPLITS, _SST2_COLUMNS),
+    [HFSource(("stanfordnlp/sst2", "sst2"), None, _SST2_SPLITS, _SST2_COLUMNS,
+              _SST2_SIZES),
+     HFSource(("nyu-mll/glue", "glue"), "sst2", _SST2_SPLITS, _SST2_COLUMNS,
+              _SST2_SIZES),
      TFDSSource("glue/sst2", _SST2_SPLITS, _SST2_COLUMNS)],
     _build("sst2"),
     "GLUE SST-2 sentences, 67,349 + 872 (validation as test), from a local "

@@ -251,7 +251,8 @@ def _base_metadata(setup: RunSetup, rc: RunConfig) -> dict:
           "optimizer_needs": sorted(spec.needs),
           "dataset_info": {"num_classes": info.num_classes,
                            "input_shape": list(info.input_shape),
-                           "source": info.source, "stats": dict(info.stats)},
+                           "source": info.source, "stats": dict(info.stats),
+                           "provenance": dict(info.provenance)},
           "n_train": setup.n_train, "n_val": setup.n_val,
           "n_test": (data_lib.num_examples(splits.test)
                      if splits.test else 0),

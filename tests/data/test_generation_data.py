@@ -26,6 +26,10 @@ from tests.data.test_cached_loaders import isolated  # noqa: F401 (autouse)
 from tests.data.test_text_data import (assert_missing_cache_message,
                                       save_to_disk, write_hf_cache)
 
+# Tiny copies under real hub ids: their split sizes are not the published
+# ones (checked in test_download.py).
+pytestmark = pytest.mark.usefixtures("tiny_copies")
+
 MT, LM, SUM = "machine_translation", "text_generation", "text_summarization"
 
 
