@@ -98,6 +98,15 @@ class Workload:
     raw = self.load(data_dir) if raw is None else raw
     return self.fit(self.prepare(raw, protocol), protocol, cache_dir)
 
+  def fetch_pretrained(self, protocol: Any, *, offline: bool = False
+                       ) -> Optional[str]:
+    """The directory of the pretrained checkpoint ``protocol`` names,
+    downloaded first if missing and not ``offline`` (None: no checkpoint)."""
+    spec = self.model_spec.pretrained
+    if spec is None or protocol.pretrained in (None, "none"):
+      return None
+    return spec.locate(protocol.pretrained, download=not offline)
+
   # -- model -------------------------------------------------------------------
   def build_model(self, info: DatasetInfo, init: str = "torch"):
     return self.model_spec.build(info, init=init)

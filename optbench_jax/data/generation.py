@@ -79,6 +79,7 @@ import numpy as np
 
 from optbench_jax.data.base import DatasetInfo, DatasetSpec, RawDataset, register
 from optbench_jax.data.hf import Arrays, HFSource
+from optbench_jax.data import packaged
 from optbench_jax.data.packaged import read_package_file
 from optbench_jax.data.vision import register_cached
 from optbench_jax.errors import MissingDataError, OptBenchError
@@ -228,7 +229,7 @@ def load_lee_background(data_dir=None) -> RawDataset:
   name = "lee_background"
   blob, source = read_package_file(
       name, "gensim", f"{GENSIM_DATA}/lee_background.cor", data_dir,
-      install="pip install gensim")
+      install=packaged.TEXT_DATA_EXTRA)
   lines = blob.decode("utf-8").splitlines()
   return raw_dataset(name, LM, {"text": lines}, None, source)
 
@@ -265,13 +266,13 @@ def load_enwiki_sample(data_dir=None) -> RawDataset:
   name = "enwiki_sample"
   blob, source = read_package_file(
       name, "gensim", f"{GENSIM_DATA}/{ENWIKI_FILE}", data_dir,
-      install="pip install gensim")
+      install=packaged.TEXT_DATA_EXTRA)
   try:
     from gensim.corpora.wikicorpus import filter_wiki
   except ImportError as e:
     raise MissingDataError(
         f"dataset {name!r}: found {source} but stripping its wiki markup "
-        f"needs gensim (pip install gensim)") from e
+        f"needs gensim ({packaged.TEXT_DATA_EXTRA})") from e
   articles = wiki_articles(bz2.decompress(blob), filter_wiki)
   return raw_dataset(name, LM, {"text": articles}, None, source)
 
@@ -303,7 +304,7 @@ def load_aclsum(data_dir=None) -> RawDataset:
   for split in ("train", "val", "test"):
     blob, source = read_package_file(
         name, "aclsum", f"dataset/{split}.jsonl", data_dir,
-        install="pip install aclsum")
+        install=packaged.TEXT_DATA_EXTRA)
     splits[split] = aclsum_pairs(blob.decode("utf-8"))
     sources.append(source)
   train = {k: splits["train"][k] + splits["val"][k] for k in splits["train"]}

@@ -33,6 +33,7 @@ import numpy as np
 
 from optbench_jax.data.base import DatasetInfo, DatasetSpec, RawDataset, register
 from optbench_jax.data.hf import Arrays, HFSource
+from optbench_jax.data import packaged
 from optbench_jax.data.packaged import read_package_file
 from optbench_jax.data.tfds import TFDSSource
 from optbench_jax.data.vision import register_cached
@@ -113,7 +114,7 @@ def load_pang_lee_polarity(data_dir=None) -> RawDataset:
   name = "pang_lee_polarity"
   blob, source = read_package_file(
       name, "gensim", "test/test_data/pang_lee_polarity.cor", data_dir,
-      install="pip install gensim")
+      install=packaged.TEXT_DATA_EXTRA)
   text, label = [], []
   for line in blob.decode("latin-1").splitlines():
     tag, _, sentence = line.partition(" ")

@@ -81,6 +81,7 @@ def caches(tmp_path, monkeypatch):
   for var in download.OFFLINE_ENV + ("HF_DATASETS_CACHE",):
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # as at import:
   monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
   return tmp_path
 
