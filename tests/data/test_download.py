@@ -314,3 +314,21 @@ def test_run_records_what_it_read(hub, tmp_path):
   assert meta["dataset_info"]["provenance"] == {
       "hub_id": HUB_ID, "config": "plain_text", "revision": hub.sha,
       "split_sizes": TINY, "published_sizes": TINY}
+
+
+@pytest.mark.usefixtures("tiny_published")
+def test_experiment_script_prepares_what_its_configurations_need(
+    hub, tmp_path, capsys):
+  from tests.test_experiments import _main, _script
+  module = _script("thesis_campaign")
+  argv = ["--configs", "imdb_lstm", "--data-dir", str(tmp_path / "data"),
+          "--output-dir", str(tmp_path / "out")]
+  assert _main(module, argv + ["--prepare"]) == 0
+  out = capsys.readouterr().out
+  assert f"dataset imdb: {HUB_ID}, published train 10, test 4" in out
+  assert f"imdb: downloaded {HUB_ID} at revision {hub.sha}" in out
+  assert not (tmp_path / "out").exists()   # nothing trained
+  before = list(hub.requests)
+  assert _main(module, argv + ["--prepare", "--offline"]) == 0
+  assert "imdb: cached" in capsys.readouterr().out
+  assert hub.requests == before
