@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import os
 import sys
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from optbench_jax.data.hf import (INSTALL_HINT, HFSource, cache_dir_for,
                                   cache_entry_name, cached_entries)
@@ -100,14 +100,18 @@ def cache_lock(cache_dir: str, key: str, what: str) -> Iterator[None]:
   another process."""
   import filelock
   folder = os.path.join(cache_dir, LOCKS)
-  os.makedirs(folder, exist_ok=True)
   lock = filelock.FileLock(os.path.join(folder, f"{key}.lock"))
   try:
-    lock.acquire(blocking=False)
-  except filelock.Timeout:
-    print(f"waiting for another process preparing {what} (lock "
-          f"{lock.lock_file})", file=sys.stderr, flush=True)
-    lock.acquire()
+    os.makedirs(folder, exist_ok=True)
+    try:
+      lock.acquire(blocking=False)
+    except filelock.Timeout:
+      print(f"waiting for another process preparing {what} (lock "
+            f"{lock.lock_file})", file=sys.stderr, flush=True)
+      lock.acquire()
+  except OSError as e:
+    raise DownloadError(f"{what}: cannot lock the cache {cache_dir} to "
+                        f"download into it ({one_line(e, 160)})") from None
   try:
     yield
   finally:
@@ -143,18 +147,18 @@ class HubDownload:
     cache = cache_dir_for(data_dir)
     return [e for h in self.source.hub_ids for e in cached_entries(cache, h)]
 
-  def fetch(self, data_dir: Optional[str] = None, *, offline: bool = False,
-            on_download: Optional[Callable[[str], None]] = None) -> dict:
+  def fetch(self, data_dir: Optional[str] = None, *, offline: bool = False
+            ) -> dict:
     """Makes sure a checked copy is in the cache; returns its provenance
     (and ``path``, ``downloaded``).
 
     A cached copy is checked, not downloaded again; a missing one is
-    downloaded under :func:`cache_lock` unless :func:`refusal` says no.
+    downloaded under :func:`cache_lock` unless :func:`refusal` says no
+    (a process that waited for the lock reads the copy made meanwhile).
 
     Args:
       data_dir: ``--data-dir``, or None for the standard cache.
       offline: ``--offline``.
-      on_download: called with the hub id just before a download.
 
     Raises:
       MissingDataError: missing and the network forbidden.
@@ -164,19 +168,20 @@ class HubDownload:
     cache = cache_dir_for(data_dir)
     hub_id = self.source.hub_id
     datasets = _import_datasets(self.what)
+    found = self._cached_copy(datasets, cache)
+    if found is not None:   # no lock needed to read (a read-only cache)
+      return found
+    reason = refusal(offline)
+    if reason:
+      raise MissingDataError(
+          f"{self.what} is not in the cache {cache} and {reason}; prepare "
+          f"it where the network is allowed (python -m optbench_jax data "
+          f"prepare --dataset {self.name})")
     with cache_lock(cache, cache_entry_name(hub_id), self.what):
-      for cached_id in self.source.hub_ids:
-        if cached_entries(cache, cached_id):
-          return self._checked(datasets, cached_id, cache, downloaded=False)
-      reason = refusal(offline)
-      if reason:
-        raise MissingDataError(
-            f"{self.what} is not in the cache {cache} and {reason}; prepare "
-            f"it where the network is allowed (python -m optbench_jax data "
-            f"prepare --dataset {self.name})")
+      found = self._cached_copy(datasets, cache)
+      if found is not None:   # prepared by another process meanwhile
+        return found
       commit = hub_commit(self.what, hub_id, "dataset").sha
-      if on_download is not None:
-        on_download(hub_id)
       try:
         datasets.load_dataset(hub_id, self.source.config, cache_dir=cache,
                               revision=commit)
@@ -187,9 +192,21 @@ class HubDownload:
         ) from None
       return self._checked(datasets, hub_id, cache, downloaded=True)
 
+  def _cached_copy(self, datasets, cache: str) -> Optional[dict]:
+    for hub_id in self.source.hub_ids:
+      if cached_entries(cache, hub_id):
+        return self._checked(datasets, hub_id, cache, downloaded=False)
+    return None
+
   def _checked(self, datasets, hub_id: str, cache: str, downloaded: bool
                ) -> dict:
-    dataset = self.source.open_cache(datasets, hub_id, cache)
+    """The provenance of the cached copy, its sizes checked."""
     path = os.path.join(cache, cache_entry_name(hub_id))
+    try:
+      dataset = self.source.open_cache(datasets, hub_id, cache)
+    except Exception as e:  # pylint: disable=broad-except
+      raise DownloadError(
+          f"{self.what}: found {path} but could not read it "
+          f"({one_line(e, 160)}); delete it to download it again") from None
     provenance = self.source.check_sizes(self.name, dataset, hub_id, path)
     return {**provenance, "path": path, "downloaded": downloaded}

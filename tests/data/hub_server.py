@@ -14,8 +14,8 @@ Misses answer 404 with the ``X-Error-Code`` the Hub sends
 (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``). Every request
 is recorded (:attr:`TinyHub.requests`); :attr:`TinyHub.status` makes every
 answer that status (a server in trouble), :attr:`TinyHub.cut_after` closes
-the connection after that many bytes of a file body (a download killed
-half-way). The server runs in a daemon thread on an ephemeral loopback port
+the connection after that many bytes of the next :attr:`TinyHub.cuts` file
+bodies (a transfer broken half-way). The server runs in a daemon thread on an ephemeral loopback port
 and stops when the ``with`` block ends or after ``lifetime`` seconds.
 """
 from __future__ import annotations
@@ -53,6 +53,7 @@ class TinyHub:
     requests: ``(method, path)`` of every request answered.
     status: answer every request with this HTTP status (None: serve).
     cut_after: end file bodies after this many bytes (None: whole files).
+    cuts: how many more file bodies to cut.
   """
 
   def __init__(self, lifetime: float = 120.0):
@@ -60,6 +61,7 @@ class TinyHub:
     self.requests: list[tuple[str, str]] = []
     self.status: Optional[int] = None
     self.cut_after: Optional[int] = None
+    self.cuts = 0
     self.lifetime = lifetime
     self._lock = threading.Lock()
     self._server: Optional[http.server.ThreadingHTTPServer] = None
@@ -227,7 +229,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     payload = body[start:]
     headers["Content-Length"] = str(len(payload))
     cut = self.tiny_hub.cut_after
-    if cut is not None and not head:
+    with self.tiny_hub._lock:  # pylint: disable=protected-access
+      if cut is not None and not head and self.tiny_hub.cuts > 0:
+        self.tiny_hub.cuts -= 1
+      else:
+        cut = None
+    if cut is not None:
       self.send_response(status)
       for key, value in headers.items():
         self.send_header(key, value)

@@ -332,3 +332,43 @@ def test_experiment_script_prepares_what_its_configurations_need(
   assert _main(module, argv + ["--prepare", "--offline"]) == 0
   assert "imdb: cached" in capsys.readouterr().out
   assert hub.requests == before
+
+
+@pytest.mark.usefixtures("tiny_published")
+def test_a_transfer_broken_half_way_is_resumed_not_read(hub, tmp_path):
+  """The first file body (the README) ends half-way (the connection
+  drops): the Hub client resumes it, and the copy read is whole."""
+  hub.cut_after, hub.cuts = 100, 1
+  raw = data.load(TASK, NAME, str(tmp_path / "data"))
+  assert hub.cuts == 0
+  assert list(raw.train["text"]) == hub.rows["train"]["text"]
+  assert list(raw.test["text"]) == hub.rows["test"]["text"]
+  assert len(hub.downloads("/README.md")) == 2   # cut, then resumed
+  assert len(hub.downloads(".parquet")) == len(TINY)
+
+
+@pytest.mark.usefixtures("tiny_published")
+def test_a_damaged_copy_is_one_line_without_a_request(hub, tmp_path):
+  where = tmp_path / "data"
+  raw = data.load(TASK, NAME, str(where))
+  os.remove(os.path.join(raw.info.source, "imdb-train.arrow"))
+  before = list(hub.requests)
+  with pytest.raises(download.DownloadError) as e:
+    data.load(TASK, NAME, str(where))
+  message = str(e.value)
+  assert "\n" not in message
+  assert (f"dataset 'imdb': found {where / ENTRY} but could not read it"
+          in message and message.endswith("delete it to download it again"))
+  assert hub.requests == before
+
+
+def test_run_offline_refuses_in_one_line(hub, tmp_path, capsys):
+  args = ["run", "--task", TASK, "--dataset", NAME, "--model",
+          "lstm_sentiment", "--optimizers", "adam", "--epochs", "1",
+          "--quiet", "--offline", "--data-dir", str(tmp_path / "data"),
+          "--output-dir", str(tmp_path / "out")]
+  assert cli.main(args) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: dataset 'imdb' is not")
+  assert err[0].endswith("not downloaded: --offline is set.")
+  assert hub.requests == []
