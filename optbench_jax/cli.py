@@ -288,7 +288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     from optbench_jax.data import commands as data_commands
     return {"run": cmd_run, "list": cmd_list, "analyze": cmd_analyze,
-            "report": cmd_report, "data": data_commands.main}[args.command](args)
+            "report": cmd_report,
+            "data": data_commands.main}[args.command](args)
   except OptBenchError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -15,8 +15,9 @@ Misses answer 404 with the ``X-Error-Code`` the Hub sends
 is recorded (:attr:`TinyHub.requests`); :attr:`TinyHub.status` makes every
 answer that status (a server in trouble), :attr:`TinyHub.cut_after` closes
 the connection after that many bytes of the next :attr:`TinyHub.cuts` file
-bodies (a transfer broken half-way). The server runs in a daemon thread on an ephemeral loopback port
-and stops when the ``with`` block ends or after ``lifetime`` seconds.
+bodies (a transfer broken half-way). The server runs in a daemon thread
+on an ephemeral loopback port and stops when the ``with`` block ends or
+after ``lifetime`` seconds.
 """
 from __future__ import annotations
 
