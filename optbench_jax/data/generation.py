@@ -9,7 +9,7 @@ dropped and every string is stripped of surrounding whitespace:
   concatenates and chunks);
 * ``text_summarization``: ``document`` and ``summary``.
 
-From local Hugging Face caches (never downloaded; each Hub translation
+From the Hugging Face Hub (downloaded on first use; each Hub translation
 dataset has a ``translation`` column of ``{language: sentence}`` dicts):
 
 * ``europarl_bilingual``: Europarl German-English, German → English,
@@ -166,7 +166,7 @@ _register_translation(
               _TRAIN_ONLY, _TRANSLATION, {"train": 1_920_209})],
     "de", "en",
     "Europarl German → English sentence pairs (training split only), from "
-    "a local HF cache")
+    "the HF Hub")
 _register_translation(
     "iwslt14_en_de",
     [HFSource(("bbaaaa/iwslt14-de-en",), "de-en", columns=_TRANSLATION,
@@ -174,15 +174,15 @@ _register_translation(
      HFSource(("may-ohta/iwslt14",), None, columns=_TRANSLATION,
               sizes={"train": 171_721, "test": 4_782})],
     "en", "de",
-    "IWSLT 2014 TED talks English → German, 171,721 training pairs, from a "
-    "local HF cache")
+    "IWSLT 2014 TED talks English → German, 171,721 training pairs, from the "
+    "HF Hub")
 _register_translation(
     "opus_books_en_de",
     [HFSource(("Helsinki-NLP/opus_books", "opus_books"), "de-en",
               _TRAIN_ONLY, _TRANSLATION, {"train": 51_467})],
     "en", "de",
     "OPUS Books English → German, 51,467 pairs (training split only), from "
-    "a local HF cache")
+    "the HF Hub")
 
 _register_hf(
     "wikitext2", LM,
@@ -190,7 +190,7 @@ _register_hf(
               columns={"text": "text"},
               sizes={"train": 36_718, "test": 4_358})],
     _renamed(text="text"),
-    "WikiText-2 (raw) lines, train and test, from a local HF cache")
+    "WikiText-2 (raw) lines, train and test, from the HF Hub")
 _register_hf(
     "ptb_text_only", LM,
     [HFSource(("ptb-text-only/ptb_text_only", "ptb_text_only"),
@@ -198,7 +198,7 @@ _register_hf(
               sizes={"train": 42_068, "test": 3_761})],
     _renamed(text="text"),
     "Penn Treebank sentences (Mikolov's text-only version), 42,068 + 3,761, "
-    "from a local HF cache")
+    "from the HF Hub")
 
 _register_hf(
     "cnn_dailymail", SUM,
@@ -207,15 +207,15 @@ _register_hf(
               sizes={"train": 287_113, "test": 11_490})],
     _renamed(document="document", summary="summary"),
     "CNN/Daily Mail 3.0.0 news articles and highlights, 287,113 + 11,490, "
-    "from a local HF cache")
+    "from the HF Hub")
 _register_hf(
     "aeslc", SUM,
     [HFSource(("Yale-LILY/aeslc", "aeslc"), None,
               columns={"document": "email_body", "summary": "subject_line"},
               sizes={"train": 14_436, "test": 1_906})],
     _renamed(document="document", summary="summary"),
-    "AESLC e-mail bodies and subject lines, 14,436 + 1,906, from a local HF "
-    "cache")
+    "AESLC e-mail bodies and subject lines, 14,436 + 1,906, from the HF "
+    "Hub")
 
 
 # -- real text shipped in installed wheels -----------------------------------

@@ -2,7 +2,7 @@
 ``answers`` (a list of gold answer strings) and ``answer_starts`` (their
 character offsets in the context, -1 where the dataset gives none).
 
-From local caches (never downloaded):
+From the Hugging Face Hub (downloaded on first use, then cached):
 
 * ``squad_v1``: SQuAD v1.1, 87,599 training and 10,570 validation
   questions (the validation split, with its several gold answers, is the
@@ -88,7 +88,7 @@ register_cached(
                "answers": "answers"},
               sizes={"train": 87_599, "validation": 10_570})],
     build_squad,
-    "SQuAD v1.1, 87,599 + 10,570 questions, from a local HF cache")
+    "SQuAD v1.1, 87,599 + 10,570 questions, from the HF Hub")
 register_cached(
     "tweet_qa", TASK,
     [HFSource(("ucsbnlp/tweet_qa", "tweet_qa"), None, _EVAL_AS_TEST,
@@ -97,4 +97,4 @@ register_cached(
               sizes={"train": 10_692, "validation": 1_086})],
     build_tweet_qa,
     "TweetQA, 10,692 + 1,086 questions on tweets (free-text answers), from "
-    "a local HF cache", defaults={"max_length": 256})
+    "the HF Hub", defaults={"max_length": 256})

@@ -1,6 +1,6 @@
 """Sentiment-analysis datasets: ``text`` (str) and ``label`` (int) columns.
 
-From local caches (never downloaded):
+From the Hugging Face Hub (downloaded on first use, then cached):
 
 * ``imdb``: 25,000 + 25,000 movie reviews, 2 classes (``stanfordnlp/imdb``;
   TFDS ``imdb_reviews/plain_text``).
@@ -78,7 +78,7 @@ register_cached(
               sizes={"train": 25_000, "test": 25_000}),
      TFDSSource("imdb_reviews/plain_text", columns=_COLUMNS)],
     _build("imdb"),
-    "IMDB movie reviews, 25,000 + 25,000, from a local HF or TFDS cache")
+    "IMDB movie reviews, 25,000 + 25,000, from the HF Hub or a TFDS cache")
 _SST2_SPLITS = {"train": "train", "test": "validation"}
 _SST2_COLUMNS = {"text": "sentence", "label": "label"}
 _SST2_SIZES = {"train": 67_349, "validation": 872}
@@ -90,8 +90,8 @@ register_cached(
               _SST2_SIZES),
      TFDSSource("glue/sst2", _SST2_SPLITS, _SST2_COLUMNS)],
     _build("sst2"),
-    "GLUE SST-2 sentences, 67,349 + 872 (validation as test), from a local "
-    "HF or TFDS cache")
+    "GLUE SST-2 sentences, 67,349 + 872 (validation as test), from the HF Hub "
+    "or a TFDS cache")
 
 
 def load_rotten_tomatoes_snippets(data_dir=None) -> RawDataset:

@@ -166,7 +166,7 @@ register_image_classification(
      TFDSSource("mnist", _SPLITS, {"image": "image", "label": "label"})],
     num_classes=10, input_shape=(28, 28, 1),
     augment=augment_lib.rotate_images,
-    description="MNIST, 60,000 + 10,000 28x28 digits, from a local HF or "
+    description="MNIST, 60,000 + 10,000 28x28 digits, from the HF Hub or a "
     "TFDS cache")
 register_image_classification(
     "cifar10",
@@ -175,8 +175,8 @@ register_image_classification(
      TFDSSource("cifar10", _SPLITS, {"image": "image", "label": "label"})],
     num_classes=10, input_shape=(32, 32, 3),
     augment=augment_lib.crop_flip_images,
-    description="CIFAR-10, 50,000 + 10,000 32x32 colour images, from a local "
-    "HF or TFDS cache")
+    description="CIFAR-10, 50,000 + 10,000 32x32 colour images, from the HF "
+    "Hub or a TFDS cache")
 register_image_classification(
     "cifar100",
     [HFSource(("uoft-cs/cifar100", "cifar100"), "cifar100", _SPLITS,
@@ -185,4 +185,4 @@ register_image_classification(
     num_classes=100, input_shape=(32, 32, 3),
     augment=augment_lib.crop_flip_images,
     description="CIFAR-100, 50,000 + 10,000 32x32 colour images, 100 fine "
-    "classes, from a local HF or TFDS cache")
+    "classes, from the HF Hub or a TFDS cache")
