@@ -30,11 +30,11 @@ import os
 import sys
 from typing import Any, Iterator, Optional
 
-from optbench_jax.data.hf import (INSTALL_HINT, HFSource, cache_dir_for,
-                                  cache_entry_name, cached_entries)
+from optbench_jax.data.hf import (INSTALL_HINT, OFFLINE_ENV, HFSource,
+                                  cache_dir_for, cache_entry_name,
+                                  cached_entries)
 from optbench_jax.errors import MissingDataError, OptBenchError, one_line
 
-OFFLINE_ENV = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 _TRUE = ("1", "ON", "YES", "TRUE")
 LOCKS = ".optbench_locks"  # the folder of lock files inside a cache
 

@@ -65,7 +65,7 @@ class Loaded(NamedTuple):
 class SizeMismatchError(OptBenchError):
   """A copy of a dataset whose split sizes are not the published ones."""
 
-_OFFLINE_ENV = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+OFFLINE_ENV = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 INSTALL_HINT = "pip install 'optbench_jax[data]'"
 CARDS = "https://huggingface.co/datasets"  # where dataset cards are published
 
@@ -117,7 +117,7 @@ def offline(datasets) -> Iterator[None]:
   variables themselves, and restores everything afterwards.
   """
   import huggingface_hub.constants as hub_constants
-  saved_env = {k: os.environ.get(k) for k in _OFFLINE_ENV}
+  saved_env = {k: os.environ.get(k) for k in OFFLINE_ENV}
   saved_flags = [(datasets.config, "HF_HUB_OFFLINE"),
                  (datasets.config, "HF_DATASETS_OFFLINE"),
                  (hub_constants, "HF_HUB_OFFLINE")]
@@ -125,7 +125,7 @@ def offline(datasets) -> Iterator[None]:
   verbosity = datasets.utils.logging.get_verbosity()
   bars = datasets.is_progress_bar_enabled()
   try:
-    os.environ.update({k: "1" for k in _OFFLINE_ENV})
+    os.environ.update({k: "1" for k in OFFLINE_ENV})
     for module, attr in saved_flags:
       setattr(module, attr, True)
     datasets.utils.logging.set_verbosity_error()
