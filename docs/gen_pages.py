@@ -107,6 +107,18 @@ def tasks_page(tasks, data, models) -> str:
   return "".join(out)
 
 
+def download_source(spec) -> str:
+  """The Hub id (config) a dataset downloads from, linked to its card, and
+  the split sizes the card publishes; "–" for no download."""
+  download = getattr(spec, "download", None)
+  if download is None:
+    return "–"
+  source = download.source
+  config = f" `{source.config}`" if source.config else ""
+  sizes = ", ".join(f"{split} {n:,}" for split, n in source.sizes.items())
+  return f"[`{source.hub_id}`]({source.card}){config} ({sizes})"
+
+
 def datasets_page(tasks, data) -> str:
   out = ["# Datasets\n\n",
          GENERATED.format(source="`optbench_jax.data` (`names_for`, `get`)"),
@@ -122,11 +134,13 @@ def datasets_page(tasks, data) -> str:
       augment = getattr(spec, "augment", None)
       defaults = getattr(spec, "defaults", None) or {}
       rows.append([code(name), getattr(spec, "description", ""),
+                   download_source(spec),
                    code(augment.__name__) if augment else "–",
                    ", ".join(f"`{k}={v}`" for k, v in defaults.items())
                    or "–"])
-    out.append(table(["dataset", "description", "augmentation",
-                      "setting defaults"], rows) + "\n")
+    out.append(table(["dataset", "description",
+                      "downloaded from (published split sizes)",
+                      "augmentation", "setting defaults"], rows) + "\n")
   return "".join(out)
 
 

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
   process.add_argument("--process-id", type=int, default=None)
 
   sub.add_parser("list", help="tasks, datasets, models and optimizers")
+  from optbench_jax.data import commands as data_commands
+  data_commands.add_parser(sub)
   _add_analyze(sub)
   report = sub.add_parser("report", help="a Markdown report (tables also as "
                           "CSV and LaTeX, figures) of a finished campaign")
@@ -289,8 +291,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   previous = {s: signal.signal(s, interrupts.request_stop)
               for s in (signal.SIGTERM, signal.SIGINT)}
   try:
+    from optbench_jax.data import commands as data_commands
     return {"run": cmd_run, "list": cmd_list, "analyze": cmd_analyze,
-            "report": cmd_report}[args.command](args)
+            "report": cmd_report,
+            "data": data_commands.main}[args.command](args)
   except OptBenchError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -40,7 +40,7 @@ from optbench_jax.train.settings import CampaignConfig
 
 # What the command line of every script sets; a configuration may not.
 COMMAND_LINE_SETTINGS = ("optimizers", "seed", "seeds", "output_dir",
-                         "data_dir", "resume", "overwrite", "quiet")
+                         "data_dir", "offline", "resume", "overwrite", "quiet")
 
 
 class Configuration:
@@ -152,6 +152,11 @@ def build_parser(script: str, description: Optional[str] = None,
   add("--output-dir", default=os.path.join("results", stem),
       help="where results are written (default: %(default)s)")
   add("--data-dir", default=None, help="dataset cache directory")
+  add("--offline", action="store_true", help="never download: a dataset "
+      "or checkpoint missing from the local cache is an error")
+  add("--prepare", action="store_true", help="download and check every "
+      "dataset and checkpoint the selected configurations need, then exit "
+      "(before a sharded or Ray campaign)")
   add("--resume", action=argparse.BooleanOptionalAction, default=True,
       help="skip finished runs and continue unfinished ones from their last "
       "checkpoint (default); --no-resume trains them again from the start")
@@ -181,7 +186,8 @@ def campaigns(configurations: Sequence[Configuration],
   """``(name, CampaignConfig)`` of each configuration ``args`` selects,
   with the command line's overrides and ``extra`` settings applied."""
   overrides = {"seeds": list(args.seeds), "output_dir": args.output_dir,
-               "data_dir": args.data_dir, "resume": args.resume,
+               "data_dir": args.data_dir, "offline": args.offline,
+               "resume": args.resume,
                "overwrite": not args.resume, "quiet": args.quiet,
                **(extra or {})}
   if args.epochs is not None:
@@ -217,6 +223,32 @@ def print_plan(configurations: Sequence[Configuration],
   print(f"work units (configuration/optimizer; {total_units} in all{part}):")
   for unit in todo:
     print(f"  {unit.label}")
+
+
+def prepare(plans: Sequence[tuple[str, Plan]], data_dir: Optional[str],
+            offline: bool) -> int:
+  """``--prepare``: lists, then fetches and checks, every dataset and
+  pretrained checkpoint the configurations need, each once."""
+  from optbench_jax.data import commands
+  specs = {(p.workload.task_name, p.workload.dataset): p.workload.dataset_spec
+           for _, p in plans}
+  checkpoints = {p.campaign.pretrained: p for _, p in plans
+                 if p.workload.model_spec.pretrained is not None
+                 and p.campaign.pretrained not in (None, "none")}
+  print("to prepare:")
+  for spec in specs.values():
+    source = spec.download.source if spec.download else None
+    print(f"  dataset {spec.name}: " + (
+        f"{source.hub_id}, published "
+        + ", ".join(f"{s} {n:,}" for s, n in source.sizes.items())
+        if source else "no download"))
+  for name in checkpoints:
+    print(f"  checkpoint {name}")
+  commands.prepare(list(specs.values()), data_dir, offline)
+  for name, plan in checkpoints.items():
+    directory = plan.workload.fetch_pretrained(plan.campaign, offline=offline)
+    print(f"{name}: {directory}")
+  return 0
 
 
 def _report(outcome) -> None:
@@ -276,6 +308,8 @@ def main(configurations: Sequence[Configuration], optimizers: Sequence[str],
     if args.list:
       print_plan(configurations, plans, todo, len(every), args.shard)
       return 0
+    if args.prepare:
+      return prepare(plans, args.data_dir, args.offline)
     touched = [(name, plan) for name, plan in plans
                if any(u.plan is plan for u in todo)]
     for _, plan in touched:  # every refusal before anything is trained

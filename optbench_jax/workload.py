@@ -53,9 +53,11 @@ class Workload:
     return models.get(self.task_name, self.model)
 
   # -- data --------------------------------------------------------------------
-  def load(self, data_dir: Optional[str] = None) -> RawDataset:
-    """The whole dataset (the loader's errors name what is missing)."""
-    return data.load(self.task_name, self.dataset, data_dir)
+  def load(self, data_dir: Optional[str] = None, *,
+           offline: bool = False) -> RawDataset:
+    """The whole dataset, downloaded first if missing and not ``offline``
+    (the loader's errors name what is missing)."""
+    return data.load(self.task_name, self.dataset, data_dir, offline=offline)
 
   @staticmethod
   def prepare(raw: RawDataset, protocol: Any) -> Splits:
@@ -95,6 +97,15 @@ class Workload:
     dataset."""
     raw = self.load(data_dir) if raw is None else raw
     return self.fit(self.prepare(raw, protocol), protocol, cache_dir)
+
+  def fetch_pretrained(self, protocol: Any, *, offline: bool = False
+                       ) -> Optional[str]:
+    """The directory of the pretrained checkpoint ``protocol`` names,
+    downloaded first if missing and not ``offline`` (None: no checkpoint)."""
+    spec = self.model_spec.pretrained
+    if spec is None or protocol.pretrained in (None, "none"):
+      return None
+    return spec.locate(protocol.pretrained, download=not offline)
 
   # -- model -------------------------------------------------------------------
   def build_model(self, info: DatasetInfo, init: str = "torch"):

@@ -226,9 +226,10 @@ def test_lr_sensitivity_runs_end_to_end_and_draws_its_figure(tmp_path,
                  "history.json").st_mtime == stamp
 
 
-def test_units_whose_data_is_missing_fail_alone_with_status_1(tmp_path,
-                                                              capsys):
+def test_units_whose_data_is_missing_fail_alone_with_status_1(
+    tmp_path, capsys, monkeypatch):
   from optbench_jax.errors import MissingDataError
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # missing, and not downloaded
   try:
     data.load("image_classification", "mnist")
     pytest.skip("MNIST is in the local cache here; this test needs it absent")

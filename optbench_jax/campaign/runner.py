@@ -91,7 +91,9 @@ def load_splits(plan: Plan):
   the vocabulary cached in the campaign directory), once for all of its
   optimizers."""
   plan = make_plan(plan)
-  raw = plan.workload.load(plan.campaign.data_dir)
+  raw = plan.workload.load(plan.campaign.data_dir,
+                           offline=plan.campaign.offline)
+  plan.workload.fetch_pretrained(plan.campaign, offline=plan.campaign.offline)
   with campaign_lock(plan) as out_dir:
     store.remove_partial_writes(out_dir)
     return plan.workload.splits(plan.campaign, raw=raw, cache_dir=out_dir)

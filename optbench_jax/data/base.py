@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from optbench_jax.errors import OptBenchError
+from optbench_jax.data import download as download_lib
+from optbench_jax.errors import MissingDataError, OptBenchError
 from optbench_jax.registry import Registry
 
 Arrays = dict[str, np.ndarray]  # each value has the examples on axis 0
@@ -35,6 +36,8 @@ class DatasetInfo:
       (``Task.fit``), e.g. per-channel ``mean`` and ``std``.
     augment: ``augment(batch, key) -> batch``, the dataset's random training
       augmentation on the device (from its :class:`DatasetSpec`), or None.
+    provenance: where the copy read came from (hub id, revision, split
+      sizes found), recorded in the run metadata; empty when unknown.
   """
   name: str
   task: str
@@ -45,6 +48,7 @@ class DatasetInfo:
   stats: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   augment: Optional[Callable[[Mapping, Any], dict]] = dataclasses.field(
       default=None, compare=False)
+  provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -74,6 +78,9 @@ class DatasetSpec:
   is the random training augmentation (on the device, inside jit; see
   ``data/augment.py``), None for none. ``defaults`` are the dataset's values
   of run settings left unset (``{"max_length": 384}``: SQuAD contexts).
+  ``download`` fills the local cache through the library that owns the
+  dataset (a :class:`~optbench_jax.data.download.HubDownload`), None for a
+  dataset that is never downloaded (bundled, packaged, synthetic).
   """
   name: str
   task: str
@@ -81,6 +88,7 @@ class DatasetSpec:
   augment: Optional[Callable[[Mapping, Any], dict]] = None
   description: str = ""
   defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  download: Optional[Any] = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -105,12 +113,50 @@ def get(task: str, name: str) -> DatasetSpec:
       f"Valid choices: {', '.join(names_for(task))}.")
 
 
-def load(task: str, name: str, data_dir: Optional[str] = None) -> RawDataset:
-  """Loads a registered dataset, its augmentation attached to its info."""
+def load(task: str, name: str, data_dir: Optional[str] = None, *,
+         offline: bool = False) -> RawDataset:
+  """Loads a registered dataset, its augmentation attached to its info.
+
+  A dataset missing from the local cache is downloaded first (its
+  :attr:`DatasetSpec.download`), unless ``offline`` or the libraries' own
+  ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` forbid the network; the copy is
+  then read through the cache as any other.
+
+  Raises:
+    MissingDataError: not cached and not downloadable (or not allowed to).
+    OptBenchError: a download that failed, or a copy whose split sizes are
+      not the published ones (one line each).
+  """
   spec = get(task, name)
-  raw = spec.load(data_dir)
+  try:
+    raw = spec.load(data_dir)
+  except MissingDataError as missing:
+    if spec.download is None:
+      raise
+    refusal = download_lib.refusal(offline)
+    if refusal:
+      raise MissingDataError(f"{str(missing).rstrip('.')}; not downloaded: "
+                             f"{refusal}.") from None
+    spec.download.fetch(data_dir)
+    raw = spec.load(data_dir)
   return dataclasses.replace(raw, info=dataclasses.replace(
       raw.info, augment=spec.augment))
+
+
+def fetch(task: str, name: str, data_dir: Optional[str] = None, *,
+          offline: bool = False) -> dict:
+  """Makes sure a dataset is in the local cache (downloading it if it may)
+  and checked; returns its provenance (``data prepare``).
+
+  Raises:
+    MissingDataError: not cached and not downloadable (or not allowed to).
+    OptBenchError: as :func:`load`.
+  """
+  spec = get(task, name)
+  if spec.download is None:
+    raw = spec.load(data_dir)
+    return {"source": raw.info.source, **raw.info.provenance}
+  return spec.download.fetch(data_dir, offline=offline)
 
 
 def num_examples(arrays: Arrays) -> int:

@@ -9,7 +9,7 @@ dropped and every string is stripped of surrounding whitespace:
   concatenates and chunks);
 * ``text_summarization``: ``document`` and ``summary``.
 
-From local Hugging Face caches (never downloaded; each Hub translation
+From the Hugging Face Hub (downloaded on first use; each Hub translation
 dataset has a ``translation`` column of ``{language: sentence}`` dicts):
 
 * ``europarl_bilingual``: Europarl German-English, German → English,
@@ -79,6 +79,7 @@ import numpy as np
 
 from optbench_jax.data.base import DatasetInfo, DatasetSpec, RawDataset, register
 from optbench_jax.data.hf import Arrays, HFSource
+from optbench_jax.data import packaged
 from optbench_jax.data.packaged import read_package_file
 from optbench_jax.data.vision import register_cached
 from optbench_jax.errors import MissingDataError, OptBenchError
@@ -156,58 +157,65 @@ def _register_translation(name, sources, source_language, target_language,
                 "target_language": target_language})
 
 
+# Split sizes (``sizes=``): each source's dataset card (HFSource.card).
 _TRAIN_ONLY = {"train": "train"}
 _TRANSLATION = {"translation": "translation"}
 _register_translation(
     "europarl_bilingual",
     [HFSource(("Helsinki-NLP/europarl", "europarl_bilingual"), "de-en",
-              _TRAIN_ONLY, _TRANSLATION)],
+              _TRAIN_ONLY, _TRANSLATION, {"train": 1_920_209})],
     "de", "en",
     "Europarl German → English sentence pairs (training split only), from "
-    "a local HF cache")
+    "the HF Hub")
 _register_translation(
     "iwslt14_en_de",
-    [HFSource(("bbaaaa/iwslt14-de-en",), "de-en", columns=_TRANSLATION),
-     HFSource(("may-ohta/iwslt14",), None, columns=_TRANSLATION)],
+    [HFSource(("bbaaaa/iwslt14-de-en",), "de-en", columns=_TRANSLATION,
+              sizes={"train": 171_721, "test": 4_698}),
+     HFSource(("may-ohta/iwslt14",), None, columns=_TRANSLATION,
+              sizes={"train": 171_721, "test": 4_782})],
     "en", "de",
-    "IWSLT 2014 TED talks English → German, 171,721 training pairs, from a "
-    "local HF cache")
+    "IWSLT 2014 TED talks English → German, 171,721 training pairs, from the "
+    "HF Hub")
 _register_translation(
     "opus_books_en_de",
     [HFSource(("Helsinki-NLP/opus_books", "opus_books"), "de-en",
-              _TRAIN_ONLY, _TRANSLATION)],
+              _TRAIN_ONLY, _TRANSLATION, {"train": 51_467})],
     "en", "de",
     "OPUS Books English → German, 51,467 pairs (training split only), from "
-    "a local HF cache")
+    "the HF Hub")
 
 _register_hf(
     "wikitext2", LM,
     [HFSource(("Salesforce/wikitext", "wikitext"), "wikitext-2-raw-v1",
-              columns={"text": "text"})],
+              columns={"text": "text"},
+              sizes={"train": 36_718, "test": 4_358})],
     _renamed(text="text"),
-    "WikiText-2 (raw) lines, train and test, from a local HF cache")
+    "WikiText-2 (raw) lines, train and test, from the HF Hub")
 _register_hf(
     "ptb_text_only", LM,
     [HFSource(("ptb-text-only/ptb_text_only", "ptb_text_only"),
-              "penn_treebank", columns={"text": "sentence"})],
+              "penn_treebank", columns={"text": "sentence"},
+              sizes={"train": 42_068, "test": 3_761})],
     _renamed(text="text"),
     "Penn Treebank sentences (Mikolov's text-only version), 42,068 + 3,761, "
-    "from a local HF cache")
+    "from the HF Hub")
 
 _register_hf(
     "cnn_dailymail", SUM,
     [HFSource(("abisee/cnn_dailymail", "cnn_dailymail"), "3.0.0",
-              columns={"document": "article", "summary": "highlights"})],
+              columns={"document": "article", "summary": "highlights"},
+              sizes={"train": 287_113, "test": 11_490})],
     _renamed(document="document", summary="summary"),
     "CNN/Daily Mail 3.0.0 news articles and highlights, 287,113 + 11,490, "
-    "from a local HF cache")
+    "from the HF Hub")
 _register_hf(
     "aeslc", SUM,
     [HFSource(("Yale-LILY/aeslc", "aeslc"), None,
-              columns={"document": "email_body", "summary": "subject_line"})],
+              columns={"document": "email_body", "summary": "subject_line"},
+              sizes={"train": 14_436, "test": 1_906})],
     _renamed(document="document", summary="summary"),
-    "AESLC e-mail bodies and subject lines, 14,436 + 1,906, from a local HF "
-    "cache")
+    "AESLC e-mail bodies and subject lines, 14,436 + 1,906, from the HF "
+    "Hub")
 
 
 # -- real text shipped in installed wheels -----------------------------------
@@ -221,7 +229,7 @@ def load_lee_background(data_dir=None) -> RawDataset:
   name = "lee_background"
   blob, source = read_package_file(
       name, "gensim", f"{GENSIM_DATA}/lee_background.cor", data_dir,
-      install="pip install gensim")
+      install=packaged.TEXT_DATA_EXTRA)
   lines = blob.decode("utf-8").splitlines()
   return raw_dataset(name, LM, {"text": lines}, None, source)
 
@@ -258,13 +266,13 @@ def load_enwiki_sample(data_dir=None) -> RawDataset:
   name = "enwiki_sample"
   blob, source = read_package_file(
       name, "gensim", f"{GENSIM_DATA}/{ENWIKI_FILE}", data_dir,
-      install="pip install gensim")
+      install=packaged.TEXT_DATA_EXTRA)
   try:
     from gensim.corpora.wikicorpus import filter_wiki
   except ImportError as e:
     raise MissingDataError(
         f"dataset {name!r}: found {source} but stripping its wiki markup "
-        f"needs gensim (pip install gensim)") from e
+        f"needs gensim ({packaged.TEXT_DATA_EXTRA})") from e
   articles = wiki_articles(bz2.decompress(blob), filter_wiki)
   return raw_dataset(name, LM, {"text": articles}, None, source)
 
@@ -296,7 +304,7 @@ def load_aclsum(data_dir=None) -> RawDataset:
   for split in ("train", "val", "test"):
     blob, source = read_package_file(
         name, "aclsum", f"dataset/{split}.jsonl", data_dir,
-        install="pip install aclsum")
+        install=packaged.TEXT_DATA_EXTRA)
     splits[split] = aclsum_pairs(blob.decode("utf-8"))
     sources.append(source)
   train = {k: splits["train"][k] + splits["val"][k] for k in splits["train"]}

@@ -1,4 +1,4 @@
-"""Hugging Face datasets read from the local cache, never from the network.
+"""Hugging Face datasets read from the local cache.
 
 A :class:`HFSource` names a dataset on the Hugging Face Hub (``ylecun/mnist``)
 and how its splits and columns map onto ours. :meth:`HFSource.load` looks, in
@@ -19,8 +19,15 @@ Columns come back as numpy arrays: ``Image`` columns decoded to ``uint8``
 (stacked when all images share a shape, else an object array of arrays),
 scalar columns as numeric arrays, strings and nested values as object arrays.
 When nothing is cached, :meth:`HFSource.load` raises
-:class:`~optbench_jax.errors.MissingDataError` at once (no network call is
-ever made) naming every directory it looked in and how to fill one.
+:class:`~optbench_jax.errors.MissingDataError` at once (reading makes no
+network call) naming every directory it looked in and how to fill one;
+``data/download.py`` then fills the cache through ``datasets`` itself.
+
+Every copy read is checked against the split sizes the dataset card
+publishes (:attr:`HFSource.sizes`): a copy that differs (a changed Hub copy,
+a wrong id, a truncated download) is refused in one line
+(:class:`SizeMismatchError`), and what was read is described in
+:attr:`Loaded.provenance` (hub id, revision, split sizes found).
 """
 from __future__ import annotations
 
@@ -30,19 +37,37 @@ import glob
 import io
 import os
 import re
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, NamedTuple, Optional
 
 import numpy as np
 
-from optbench_jax.errors import MissingDataError, one_line
+from optbench_jax.errors import MissingDataError, OptBenchError, one_line
 
 Arrays = dict[str, np.ndarray]
-# (our split -> our column -> array, the path it was read from,
-#  our column -> class names for label columns)
-Loaded = tuple[dict[str, Arrays], str, dict[str, list[str]]]
 
-_OFFLINE_ENV = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+
+class Loaded(NamedTuple):
+  """What a source read.
+
+  Attributes:
+    splits: our split -> our column -> array.
+    source: the path it was read from.
+    class_names: our column -> class names, for label columns.
+    provenance: where the copy came from (``hub_id``, ``config``,
+      ``revision``, ``split_sizes`` found); empty when unknown.
+  """
+  splits: dict[str, Arrays]
+  source: str
+  class_names: dict[str, list[str]]
+  provenance: Optional[Mapping[str, Any]] = None
+
+
+class SizeMismatchError(OptBenchError):
+  """A copy of a dataset whose split sizes are not the published ones."""
+
+OFFLINE_ENV = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 INSTALL_HINT = "pip install 'optbench_jax[data]'"
+CARDS = "https://huggingface.co/datasets"  # where dataset cards are published
 
 
 def default_cache_dir() -> str:
@@ -76,9 +101,11 @@ def cache_entry_name(hub_id: str) -> str:
 def cached_entries(cache_dir: str, hub_id: str) -> list[str]:
   """Prepared cache entries (``<config>/<version>/<hash>`` folders)."""
   root = os.path.join(cache_dir, cache_entry_name(hub_id))
+  # ``datasets`` prepares into ``<hash>.incomplete`` and renames it when
+  # done: such a folder is a killed preparation, never read.
   return sorted(p for p in glob.glob(os.path.join(root, "*", "*", "*"))
-                if os.path.isdir(p) and os.path.exists(
-                    os.path.join(p, "dataset_info.json")))
+                if os.path.isdir(p) and not p.endswith(".incomplete")
+                and os.path.exists(os.path.join(p, "dataset_info.json")))
 
 
 @contextlib.contextmanager
@@ -90,7 +117,7 @@ def offline(datasets) -> Iterator[None]:
   variables themselves, and restores everything afterwards.
   """
   import huggingface_hub.constants as hub_constants
-  saved_env = {k: os.environ.get(k) for k in _OFFLINE_ENV}
+  saved_env = {k: os.environ.get(k) for k in OFFLINE_ENV}
   saved_flags = [(datasets.config, "HF_HUB_OFFLINE"),
                  (datasets.config, "HF_DATASETS_OFFLINE"),
                  (hub_constants, "HF_HUB_OFFLINE")]
@@ -98,7 +125,7 @@ def offline(datasets) -> Iterator[None]:
   verbosity = datasets.utils.logging.get_verbosity()
   bars = datasets.is_progress_bar_enabled()
   try:
-    os.environ.update({k: "1" for k in _OFFLINE_ENV})
+    os.environ.update({k: "1" for k in OFFLINE_ENV})
     for module, attr in saved_flags:
       setattr(module, attr, True)
     datasets.utils.logging.set_verbosity_error()
@@ -127,25 +154,35 @@ def _import_datasets():
 
 @dataclasses.dataclass(frozen=True)
 class HFSource:
-  """A Hugging Face Hub dataset, read only from local caches.
+  """A Hugging Face Hub dataset, read from local caches.
 
   Attributes:
-    hub_ids: repository ids, preferred first; later ones are older names
-      whose caches are accepted too (``("ylecun/mnist", "mnist")``).
+    hub_ids: repository ids, preferred first (the one downloaded); later
+      ones are older names whose caches are accepted too (``("ylecun/mnist",
+      "mnist")``).
     config: the configuration name (``"mnist"``, ``"plain_text"``); None for
       the only one cached.
     splits: our split name -> the dataset's split name.
     columns: our column name -> the dataset's column name.
+    sizes: the dataset's split name -> the number of examples its dataset
+      card (:attr:`card`) publishes, for the splits read; every copy read
+      must have them (empty: not checked).
   """
   hub_ids: tuple[str, ...]
   config: Optional[str] = None
   splits: Mapping[str, str] = dataclasses.field(
       default_factory=lambda: {"train": "train", "test": "test"})
   columns: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def hub_id(self) -> str:
     return self.hub_ids[0]
+
+  @property
+  def card(self) -> str:
+    """The dataset card, where :attr:`sizes` are published."""
+    return f"{CARDS}/{self.hub_id}"
 
   def looked_in(self, name: str, data_dir: Optional[str]) -> str:
     """Where :meth:`load` looks, in words, for messages."""
@@ -185,6 +222,8 @@ class HFSource:
     Raises:
       MissingDataError: no local copy (the message says where it looked,
         why a copy found could not be used, and how to fill the cache).
+      SizeMismatchError: the copy found has other split sizes than
+        :attr:`sizes`.
     """
     cache = cache_dir_for(data_dir)
     saved = os.path.join(cache, name)
@@ -201,8 +240,10 @@ class HFSource:
       for path, hub_id in candidates:
         try:
           if hub_id is None:
-            return self._from_disk(datasets, path)
-          return self._from_cache(datasets, hub_id, cache)
+            return self._from_disk(datasets, path, name)
+          return self._from_cache(datasets, hub_id, cache, name)
+        except SizeMismatchError:
+          raise
         except Exception as e:  # pylint: disable=broad-except
           problems.append(f"found {path} but could not read it "
                           f"({one_line(e)})")
@@ -211,7 +252,9 @@ class HFSource:
         f"Hugging Face cache: {self.looked_in(name, data_dir)}{note}. To fill "
         f"it, on a machine with internet: {self.fill_hint(name, data_dir)}")
 
-  def _from_cache(self, datasets, hub_id: str, cache: str) -> Loaded:
+  def open_cache(self, datasets, hub_id: str, cache: str):
+    """The cached ``DatasetDict`` of ``hub_id`` (memory-mapped Arrow),
+    through ``datasets`` in offline mode."""
     # A local folder named like the id would take precedence in
     # load_dataset; the hf:// form goes straight to the Hub/cache resolution.
     path = hub_id if not os.path.exists(hub_id) else f"hf://datasets/{hub_id}"
@@ -219,24 +262,57 @@ class HFSource:
     config = self.config if self.config and os.path.isdir(
         os.path.join(root, self.config)) else None
     with offline(datasets):
-      dataset = datasets.load_dataset(
-          path, config, cache_dir=cache,
-          download_mode="reuse_dataset_if_exists")
-    return self._convert(dataset, fallback_source=root)
+      return datasets.load_dataset(path, config, cache_dir=cache,
+                                   download_mode="reuse_dataset_if_exists")
 
-  def _from_disk(self, datasets, path: str) -> Loaded:
+  def check_sizes(self, name: str, dataset, hub_id: Optional[str],
+                  where: str) -> dict[str, Any]:
+    """The provenance of ``dataset`` (a ``DatasetDict``) after checking its
+    split sizes against :attr:`sizes`.
+
+    Raises:
+      SizeMismatchError: (one line) the sizes differ; names the dataset,
+        the expected and found sizes, the hub id and where the copy is.
+    """
+    missing = [s for s in self.splits.values() if s not in dataset]
+    if missing:
+      raise ValueError(f"no split {', '.join(missing)} (has "
+                       f"{', '.join(dataset)})")
+    found = {s: dataset[s].num_rows for s in self.splits.values()}
+    revision = _revision_of(dataset) if hub_id else None
+    expected = {s: n for s, n in self.sizes.items() if s in found}
+    if any(found[s] != n for s, n in expected.items()):
+      show = lambda sizes: ", ".join(f"{s} {n:,}" for s, n in sizes.items())
+      raise SizeMismatchError(
+          f"dataset {name!r}: the copy of {hub_id or self.hub_id}"
+          + (f" at revision {revision}" if revision else "")
+          + f" in {where} has {show(found)} examples, but its dataset card"
+          f" ({self.card}) publishes {show(expected)} (a changed Hub copy, "
+          f"a wrong hub id or an interrupted download); delete {where} to "
+          f"download it again")
+    return {"hub_id": hub_id, "config": self.config, "revision": revision,
+            "split_sizes": found, "published_sizes": dict(self.sizes)}
+
+  def _from_cache(self, datasets, hub_id: str, cache: str, name: str
+                  ) -> Loaded:
+    dataset = self.open_cache(datasets, hub_id, cache)
+    root = os.path.join(cache, cache_entry_name(hub_id))
+    provenance = self.check_sizes(name, dataset, hub_id, root)
+    return self._convert(dataset, fallback_source=root,
+                         provenance=provenance)
+
+  def _from_disk(self, datasets, path: str, name: str) -> Loaded:
     with offline(datasets):
       dataset = datasets.load_from_disk(path)
     if not isinstance(dataset, datasets.DatasetDict):
       raise ValueError(f"{path} holds one Dataset; save a DatasetDict with "
                        f"splits {', '.join(self.splits.values())}")
-    return self._convert(dataset, fallback_source=path)
+    provenance = self.check_sizes(name, dataset, None, path)
+    return self._convert(dataset, fallback_source=path,
+                         provenance=provenance)
 
-  def _convert(self, dataset, fallback_source: str) -> Loaded:
-    missing = [s for s in self.splits.values() if s not in dataset]
-    if missing:
-      raise ValueError(f"no split {', '.join(missing)} (has "
-                       f"{', '.join(dataset)})")
+  def _convert(self, dataset, fallback_source: str,
+               provenance: Mapping[str, Any]) -> Loaded:
     splits, names, source = {}, {}, fallback_source
     for ours, theirs in self.splits.items():
       split = dataset[theirs]
@@ -255,7 +331,17 @@ class HFSource:
           names[k] = class_names
       if split.cache_files:
         source = os.path.dirname(split.cache_files[0]["filename"])
-    return splits, source, names
+    return Loaded(splits, source, names, provenance)
+
+
+def _revision_of(dataset) -> Optional[str]:
+  """The Hub commit a cached ``DatasetDict`` was prepared from: the name
+  of its cache folder (``.../<config>/<version>/<commit>/``)."""
+  for split in dataset.values():
+    if split.cache_files:
+      return os.path.basename(os.path.dirname(
+          split.cache_files[0]["filename"]))
+  return None
 
 
 def _is_saved_to_disk(path: str) -> bool:

@@ -2,7 +2,7 @@
 sentence) and ``tags`` (a list of tag ids), tag names in
 ``info.extra["tag_names"]`` (``"O"`` among them).
 
-From local caches (never downloaded):
+From the Hugging Face Hub (downloaded on first use, then cached):
 
 * ``conll2003``: CoNLL-2003 English, 14,041 + 3,453 sentences, IOB2 tags of
   4 types (``eriktks/conll2003``, formerly ``conll2003``).
@@ -71,17 +71,20 @@ def _build(name):
   return build
 
 
+# Split sizes (``sizes=``): each source's dataset card (HFSource.card).
 _COLUMNS = {"tokens": "tokens", "tags": "ner_tags"}
 register_cached(
     "conll2003", TASK,
-    [HFSource(("eriktks/conll2003", "conll2003"), None, columns=_COLUMNS)],
+    [HFSource(("eriktks/conll2003", "conll2003"), None, columns=_COLUMNS,
+              sizes={"train": 14_041, "test": 3_453})],
     _build("conll2003"),
-    "CoNLL-2003 English NER, 14,041 + 3,453 sentences, from a local HF cache")
+    "CoNLL-2003 English NER, 14,041 + 3,453 sentences, from the HF Hub")
 register_cached(
     "wikiann_en", TASK,
-    [HFSource(("unimelb-nlp/wikiann", "wikiann"), "en", columns=_COLUMNS)],
+    [HFSource(("unimelb-nlp/wikiann", "wikiann"), "en", columns=_COLUMNS,
+              sizes={"train": 20_000, "test": 10_000})],
     _build("wikiann_en"),
-    "WikiANN English NER, 20,000 + 10,000 sentences, from a local HF cache")
+    "WikiANN English NER, 20,000 + 10,000 sentences, from the HF Hub")
 
 
 def parse_conll_columns(text: str) -> tuple[list[list[str]], list[list[str]]]:

@@ -23,6 +23,11 @@ from typing import Optional
 from optbench_jax.errors import MissingDataError
 
 
+# The optional extra that installs the packages whose wheels ship datasets
+# (gensim, aclsum): named in the errors of the datasets they ship.
+TEXT_DATA_EXTRA = 'pip install -e ".[text-data]"'
+
+
 def default_data_dir() -> str:
   return os.path.expanduser(os.environ.get(
       "OPTBENCH_DATA_DIR", os.path.join("~", ".cache", "optbench_jax", "data")))
@@ -54,7 +59,7 @@ def read_package_file(name: str, package: str, relpath: str,
     relpath: the file's path inside the package.
     data_dir: ``--data-dir``.
     install: how to install the package, when that is the advice
-      (``"pip install gensim"``); empty when it must not be installed.
+      (:data:`TEXT_DATA_EXTRA`); empty when it must not be installed.
   """
   path = installed_path(package, relpath)
   if path is not None:

@@ -2,7 +2,7 @@
 ``answers`` (a list of gold answer strings) and ``answer_starts`` (their
 character offsets in the context, -1 where the dataset gives none).
 
-From local caches (never downloaded):
+From the Hugging Face Hub (downloaded on first use, then cached):
 
 * ``squad_v1``: SQuAD v1.1, 87,599 training and 10,570 validation
   questions (the validation split, with its several gold answers, is the
@@ -79,19 +79,22 @@ def build_tweet_qa(splits, source, class_names) -> RawDataset:
                     info=_info("tweet_qa", source))
 
 
+# Split sizes (``sizes=``): each source's dataset card (HFSource.card).
 _EVAL_AS_TEST = {"train": "train", "test": "validation"}
 register_cached(
     "squad_v1", TASK,
     [HFSource(("rajpurkar/squad", "squad"), "plain_text", _EVAL_AS_TEST,
               {"context": "context", "question": "question",
-               "answers": "answers"})],
+               "answers": "answers"},
+              sizes={"train": 87_599, "validation": 10_570})],
     build_squad,
-    "SQuAD v1.1, 87,599 + 10,570 questions, from a local HF cache")
+    "SQuAD v1.1, 87,599 + 10,570 questions, from the HF Hub")
 register_cached(
     "tweet_qa", TASK,
     [HFSource(("ucsbnlp/tweet_qa", "tweet_qa"), None, _EVAL_AS_TEST,
               {"context": "Tweet", "question": "Question",
-               "answers": "Answer"})],
+               "answers": "Answer"},
+              sizes={"train": 10_692, "validation": 1_086})],
     build_tweet_qa,
     "TweetQA, 10,692 + 1,086 questions on tweets (free-text answers), from "
-    "a local HF cache", defaults={"max_length": 256})
+    "the HF Hub", defaults={"max_length": 256})

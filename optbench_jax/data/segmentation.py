@@ -1,4 +1,4 @@
-"""Semantic segmentation datasets read from local caches; nothing downloaded.
+"""Semantic segmentation datasets from the Hugging Face Hub or a TFDS cache.
 
 Both datasets give ``image`` uint8 ``(N, 256, 256, 3)`` and ``label`` uint8
 ``(N, 256, 256)`` class indices, ``255`` marking pixels without a class
@@ -180,17 +180,20 @@ class NoSource:
     raise MissingDataError(self.note)
 
 
+# Split sizes (``sizes=``): each source's dataset card (HFSource.card).
 PET_SOURCES: Sequence = (
     HFSource(("tchevrou/oxford-iiit-pet",), None,
              {"train": "train", "test": "test"},
-             {"image": "image", "label": "label"}),
+             {"image": "image", "label": "label"},
+             {"train": 3_680, "test": 3_669}),
     TFDSSource("oxford_iiit_pet", {"train": "train", "test": "test"},
                {"image": "image", "label": "segmentation_mask"}),
 )
 VOC_SOURCES: Sequence = (
     HFSource(("nateraw/pascal-voc-2012",), None,
              {"train": "train", "test": "val"},
-             {"image": "image", "label": "mask"}),
+             {"image": "image", "label": "mask"},
+             {"train": 1_464, "val": 1_449}),
     NoSource("TensorFlow Datasets: not a source (its voc/2012 has detection "
              "boxes only, no segmentation masks)"),
 )
@@ -199,9 +202,9 @@ register_cached(
     "oxford_iiit_pet", "semantic_segmentation", PET_SOURCES,
     make_build("oxford_iiit_pet", trimap_labels, PET_CLASSES),
     "Oxford-IIIT Pet trimaps as pet/background (outline ignored), 256x256, "
-    "from a local HF or TFDS cache", augment=augment.flip_scale_crop)
+    "from the HF Hub or a TFDS cache", augment=augment.flip_scale_crop)
 register_cached(
     "voc2012", "semantic_segmentation", VOC_SOURCES,
     make_build("voc2012", voc_labels, VOC_CLASSES),
     "PASCAL VOC 2012 segmentation, 21 classes (boundaries ignored), 256x256, "
-    "from a local HF cache", augment=augment.flip_scale_crop)
+    "from the HF Hub", augment=augment.flip_scale_crop)

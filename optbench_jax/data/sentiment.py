@@ -1,6 +1,6 @@
 """Sentiment-analysis datasets: ``text`` (str) and ``label`` (int) columns.
 
-From local caches (never downloaded):
+From the Hugging Face Hub (downloaded on first use, then cached):
 
 * ``imdb``: 25,000 + 25,000 movie reviews, 2 classes (``stanfordnlp/imdb``;
   TFDS ``imdb_reviews/plain_text``).
@@ -33,6 +33,7 @@ import numpy as np
 
 from optbench_jax.data.base import DatasetInfo, DatasetSpec, RawDataset, register
 from optbench_jax.data.hf import Arrays, HFSource
+from optbench_jax.data import packaged
 from optbench_jax.data.packaged import read_package_file
 from optbench_jax.data.tfds import TFDSSource
 from optbench_jax.data.vision import register_cached
@@ -69,23 +70,28 @@ def _build(name):
   return build
 
 
+# Split sizes (``sizes=``): each source's dataset card (HFSource.card).
 _COLUMNS = {"text": "text", "label": "label"}
 register_cached(
     "imdb", TASK,
-    [HFSource(("stanfordnlp/imdb", "imdb"), "plain_text", columns=_COLUMNS),
+    [HFSource(("stanfordnlp/imdb", "imdb"), "plain_text", columns=_COLUMNS,
+              sizes={"train": 25_000, "test": 25_000}),
      TFDSSource("imdb_reviews/plain_text", columns=_COLUMNS)],
     _build("imdb"),
-    "IMDB movie reviews, 25,000 + 25,000, from a local HF or TFDS cache")
+    "IMDB movie reviews, 25,000 + 25,000, from the HF Hub or a TFDS cache")
 _SST2_SPLITS = {"train": "train", "test": "validation"}
 _SST2_COLUMNS = {"text": "sentence", "label": "label"}
+_SST2_SIZES = {"train": 67_349, "validation": 872}
 register_cached(
     "sst2", TASK,
-    [HFSource(("stanfordnlp/sst2", "sst2"), None, _SST2_SPLITS, _SST2_COLUMNS),
-     HFSource(("nyu-mll/glue", "glue"), "sst2", _SST2_SPLITS, _SST2_COLUMNS),
+    [HFSource(("stanfordnlp/sst2", "sst2"), None, _SST2_SPLITS, _SST2_COLUMNS,
+              _SST2_SIZES),
+     HFSource(("nyu-mll/glue", "glue"), "sst2", _SST2_SPLITS, _SST2_COLUMNS,
+              _SST2_SIZES),
      TFDSSource("glue/sst2", _SST2_SPLITS, _SST2_COLUMNS)],
     _build("sst2"),
-    "GLUE SST-2 sentences, 67,349 + 872 (validation as test), from a local "
-    "HF or TFDS cache")
+    "GLUE SST-2 sentences, 67,349 + 872 (validation as test), from the HF Hub "
+    "or a TFDS cache")
 
 
 def load_rotten_tomatoes_snippets(data_dir=None) -> RawDataset:
@@ -108,7 +114,7 @@ def load_pang_lee_polarity(data_dir=None) -> RawDataset:
   name = "pang_lee_polarity"
   blob, source = read_package_file(
       name, "gensim", "test/test_data/pang_lee_polarity.cor", data_dir,
-      install="pip install gensim")
+      install=packaged.TEXT_DATA_EXTRA)
   text, label = [], []
   for line in blob.decode("latin-1").splitlines():
     tag, _, sentence = line.partition(" ")

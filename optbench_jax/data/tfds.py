@@ -1,4 +1,4 @@
-"""TensorFlow Datasets read from a local ``data_dir``, never downloaded.
+"""TensorFlow Datasets read from a local ``data_dir`` (not downloaded).
 
 A :class:`TFDSSource` names a prepared TFDS dataset (``mnist``,
 ``imdb_reviews/plain_text``) and how its splits and features map onto ours.
@@ -163,7 +163,11 @@ class TFDSSource:
       class_names = _class_names(builder.info.features[theirs])
       if class_names:
         names[ours] = class_names
-    return splits, path, names
+    found = {theirs: _count(splits[ours])
+             for ours, theirs in self.splits.items()}
+    return Loaded(splits, path, names, {
+        "tfds_name": self.name, "version": os.path.basename(path),
+        "split_sizes": found})
 
   def _columns(self, builder) -> Mapping[str, str]:
     return self.columns or {k: k for k in builder.info.features.keys()}
@@ -184,6 +188,10 @@ class TFDSSource:
     data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
     return {ours: _to_numpy(list(data[theirs]))
             for ours, theirs in self._columns(builder).items()}
+
+
+def _count(arrays: dict[str, np.ndarray]) -> int:
+  return len(next(iter(arrays.values()))) if arrays else 0
 
 
 def _to_numpy(values: list[Any]) -> np.ndarray:

@@ -1,12 +1,14 @@
-"""Real datasets read from the user's local caches; nothing is downloaded.
+"""Real datasets read from the user's local caches, downloaded when missing.
 
 Each dataset lists its sources, tried in order: the Hugging Face ``datasets``
 cache (:class:`~optbench_jax.data.hf.HFSource`, which also accepts a
 ``save_to_disk`` folder at ``<data-dir>/<name>``), then a TensorFlow Datasets
 ``data_dir`` (:class:`~optbench_jax.data.tfds.TFDSSource`). When no source
-has the data, loading raises one
+has the data, reading raises one
 :class:`~optbench_jax.errors.MissingDataError` naming the dataset, every
-directory looked in and how to fill one.
+directory looked in and how to fill one, and :func:`optbench_jax.data.load`
+downloads the first Hugging Face source (``data/download.py``) unless the
+network is forbidden.
 
 * ``mnist``: 60,000 + 10,000 28×28 grey digits (``ylecun/mnist``; TFDS
   ``mnist``).
@@ -30,12 +32,14 @@ the numpy columns into a :class:`RawDataset`, e.g.::
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
 from optbench_jax.data import augment as augment_lib
 from optbench_jax.data.base import DatasetInfo, DatasetSpec, RawDataset, register
+from optbench_jax.data.download import HubDownload
 from optbench_jax.data.hf import Arrays, HFSource, Loaded
 from optbench_jax.data.tfds import TFDSSource
 from optbench_jax.errors import MissingDataError, OptBenchError
@@ -78,8 +82,7 @@ def load_cached(name: str, sources: Sequence[Source],
     except MissingDataError as e:
       notes.append(str(e).rstrip("."))
   raise MissingDataError(
-      f"dataset {name!r} is not in any local cache (optbench_jax never "
-      f"downloads data). {'. '.join(notes)}.")
+      f"dataset {name!r} is not in any local cache. {'. '.join(notes)}.")
 
 
 def register_cached(name: str, task: str, sources: Sequence[Source],
@@ -88,14 +91,20 @@ def register_cached(name: str, task: str, sources: Sequence[Source],
                     defaults: Optional[dict] = None) -> DatasetSpec:
   """Registers a dataset read by :func:`load_cached` and shaped by ``build``
   (``augment``: its training augmentation, see ``data/augment.py``;
-  ``defaults``: its values of unset run settings)."""
+  ``defaults``: its values of unset run settings); its first
+  :class:`HFSource` is the one downloaded when no source has it."""
 
   def load(data_dir: Optional[str] = None) -> RawDataset:
-    return build(*load_cached(name, sources, data_dir))
+    loaded = load_cached(name, sources, data_dir)
+    raw = build(loaded.splits, loaded.source, loaded.class_names)
+    return dataclasses.replace(raw, info=dataclasses.replace(
+        raw.info, provenance=dict(loaded.provenance or {})))
 
-  return register(DatasetSpec(name=name, task=task, load=load,
-                              augment=augment, description=description,
-                              defaults=dict(defaults or {})))
+  hub = next((s for s in sources if isinstance(s, HFSource)), None)
+  return register(DatasetSpec(
+      name=name, task=task, load=load, augment=augment,
+      description=description, defaults=dict(defaults or {}),
+      download=HubDownload(name, hub) if hub is not None else None))
 
 
 def image_split(name: str, arrays: Arrays, input_shape: tuple,
@@ -146,31 +155,34 @@ def register_image_classification(
 
 
 _SPLITS = {"train": "train", "test": "test"}
+# Split sizes (``sizes=``): each source's dataset card (HFSource.card).
+_TEN_K_TEST = {"train": 50_000, "test": 10_000}
 
 register_image_classification(
     "mnist",
     [HFSource(("ylecun/mnist", "mnist"), "mnist", _SPLITS,
-              {"image": "image", "label": "label"}),
+              {"image": "image", "label": "label"},
+              sizes={"train": 60_000, "test": 10_000}),
      TFDSSource("mnist", _SPLITS, {"image": "image", "label": "label"})],
     num_classes=10, input_shape=(28, 28, 1),
     augment=augment_lib.rotate_images,
-    description="MNIST, 60,000 + 10,000 28x28 digits, from a local HF or "
+    description="MNIST, 60,000 + 10,000 28x28 digits, from the HF Hub or a "
     "TFDS cache")
 register_image_classification(
     "cifar10",
     [HFSource(("uoft-cs/cifar10", "cifar10"), "plain_text", _SPLITS,
-              {"image": "img", "label": "label"}),
+              {"image": "img", "label": "label"}, sizes=_TEN_K_TEST),
      TFDSSource("cifar10", _SPLITS, {"image": "image", "label": "label"})],
     num_classes=10, input_shape=(32, 32, 3),
     augment=augment_lib.crop_flip_images,
-    description="CIFAR-10, 50,000 + 10,000 32x32 colour images, from a local "
-    "HF or TFDS cache")
+    description="CIFAR-10, 50,000 + 10,000 32x32 colour images, from the HF "
+    "Hub or a TFDS cache")
 register_image_classification(
     "cifar100",
     [HFSource(("uoft-cs/cifar100", "cifar100"), "cifar100", _SPLITS,
-              {"image": "img", "label": "fine_label"}),
+              {"image": "img", "label": "fine_label"}, sizes=_TEN_K_TEST),
      TFDSSource("cifar100", _SPLITS, {"image": "image", "label": "label"})],
     num_classes=100, input_shape=(32, 32, 3),
     augment=augment_lib.crop_flip_images,
     description="CIFAR-100, 50,000 + 10,000 32x32 colour images, 100 fine "
-    "classes, from a local HF or TFDS cache")
+    "classes, from the HF Hub or a TFDS cache")

@@ -48,16 +48,18 @@ class Pretrained:
 
   Attributes:
     default: the name used when ``--pretrained`` is not given (a Hugging
-      Face hub name, looked up in the local cache only).
-    locate: ``name_or_path -> local directory``; raises a one-line
-      :class:`~optbench_jax.errors.OptBenchError` naming where it looked
-      and how to fill the cache.
+      Face hub name, looked up in the local cache, downloaded when missing
+      unless offline).
+    locate: ``(name_or_path, download=False) -> local directory``; a hub
+      name missing from the cache is downloaded if ``download``; raises a
+      one-line :class:`~optbench_jax.errors.OptBenchError` naming where it
+      looked and how to fill the cache.
     load: ``directory -> {submodule: params}``, the top-level parameter
       submodules the checkpoint replaces after initialisation (the rest, a
       task head, keeps its per-seed random initialisation).
   """
   default: str
-  locate: Callable[[str], str]
+  locate: Callable[..., str]
   load: Callable[[str], Mapping[str, Any]]
 
 

@@ -367,11 +367,14 @@ def load_pretrained(path: str | os.PathLike) -> tuple[DistilBertConfig, dict]:
 
 
 def locate_pretrained(name_or_path: str | os.PathLike,
-                      cache_dir: Optional[str | os.PathLike] = None) -> str:
+                      cache_dir: Optional[str | os.PathLike] = None, *,
+                      download: bool = False) -> str:
   """The local directory of a DistilBERT checkpoint (:func:`hub.locate
-  <optbench_jax.models.hub.locate>`; ``distilbert-base-uncased`` also lives
-  in the cache as ``distilbert/distilbert-base-uncased``)."""
-  return hub.locate(name_or_path, cache_dir, organisation="distilbert")
+  <optbench_jax.models.hub.locate>`, downloading it if missing and
+  ``download``; ``distilbert-base-uncased`` also lives in the cache as
+  ``distilbert/distilbert-base-uncased``)."""
+  return hub.locate(name_or_path, cache_dir, organisation="distilbert",
+                    download=download)
 
 
 # -- the sentiment model -------------------------------------------------------

@@ -1,13 +1,17 @@
-"""Pretrained checkpoints in the local Hugging Face hub cache.
+"""Pretrained checkpoints in the Hugging Face hub cache, downloaded on demand.
 
 A model with pretrained weights (``ModelSpec.pretrained``) names them by a
 local directory or a hub name (``distilbert-base-uncased``,
-``org/name``); :func:`locate` finds the directory, never through the
-network: a directory holding ``config.json``, else the hub cache's
+``org/name``); :func:`locate` finds the directory: a directory holding
+``config.json``, else the hub cache's
 ``models--<org>--<name>/snapshots/<revision>/`` (the revision ``refs/main``
-names first). A checkpoint that is not on this machine is a one-line
-:class:`MissingPretrainedError` saying where it looked and how to fill
-the cache.
+names first). With ``download=True`` a checkpoint missing there is
+downloaded by ``huggingface_hub.snapshot_download`` into the standard hub
+cache (:func:`fetch`: the configuration, tokenizer and one weights file,
+at the repository's current commit, under a lock), unless ``HF_HUB_OFFLINE``
+forbids it. A checkpoint that is not on this machine and not downloaded is
+a one-line :class:`MissingPretrainedError` saying where it looked and how
+to fill the cache.
 """
 from __future__ import annotations
 
@@ -16,10 +20,16 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from optbench_jax.errors import OptBenchError
+from optbench_jax.data import download as download_lib
+from optbench_jax.errors import OptBenchError, one_line
 
 HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")   # "name" or "org/name"
 CONFIG_FILE = "config.json"
+# What a checkpoint download fetches: the configuration and tokenizer files
+# present, and the first of WEIGHTS present (not the TF/Flax/ONNX copies).
+CHECKPOINT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
+                    "vocab.txt")
+WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 class MissingPretrainedError(OptBenchError):
@@ -77,8 +87,10 @@ def _snapshot(repo: Path) -> Optional[Path]:
 
 def locate(name_or_path: str | os.PathLike,
            cache_dir: Optional[str | os.PathLike] = None,
-           organisation: Optional[str] = None) -> str:
-  """The local directory of a pretrained checkpoint; never the network.
+           organisation: Optional[str] = None, *,
+           download: bool = False) -> str:
+  """The local directory of a pretrained checkpoint (downloaded if missing
+  and ``download``).
 
   Args:
     name_or_path: a directory holding ``config.json``, or a hub name
@@ -88,7 +100,8 @@ def locate(name_or_path: str | os.PathLike,
       revision ``refs/main`` names.
     cache_dir: the hub cache to search instead of the default ones.
     organisation: the hub organisation a legacy name (without one) moved
-      to, searched under both names.
+      to, searched under both names (and downloaded under the new one).
+    download: download a hub name missing from the cache (:func:`fetch`).
 
   Returns:
     The directory.
@@ -96,6 +109,7 @@ def locate(name_or_path: str | os.PathLike,
   Raises:
     MissingPretrainedError: (one line) where it looked and how to fill the
       cache.
+    DownloadError: (one line) the download failed.
   """
   path = Path(name_or_path).expanduser()
   if (path / CONFIG_FILE).is_file():
@@ -109,10 +123,53 @@ def locate(name_or_path: str | os.PathLike,
       snapshot = _snapshot(cache / repo)
       if snapshot is not None:
         return str(snapshot)
+  refusal = download_lib.refusal()
+  if download and repos and not refusal:
+    return fetch(name, cache_dir, organisation)
   raise MissingPretrainedError(
       f"pretrained model {name!r} not found: no config.json in {path} and no "
       f"snapshot of it in the Hugging Face cache ({', '.join(map(str, dirs))});"
       f" on a machine with internet run `huggingface-cli download {name}` and "
       "copy its hub cache here (or set HF_HUB_CACHE to it), or save it with "
       f"`transformers.AutoModel.from_pretrained({name!r}).save_pretrained(DIR)`"
-      " and pass DIR; or pass `--pretrained none` to train from random init")
+      " and pass DIR; or pass `--pretrained none` to train from random init"
+      + (f" (not downloaded: {refusal})" if download and refusal else ""))
+
+
+def fetch(name: str, cache_dir: Optional[str | os.PathLike] = None,
+          organisation: Optional[str] = None) -> str:
+  """Downloads a checkpoint with ``huggingface_hub.snapshot_download``;
+  returns its snapshot directory.
+
+  Fetches :data:`CHECKPOINT_FILES` and the first of :data:`WEIGHTS` the
+  repository has, at its current commit, into ``cache_dir`` or the
+  standard hub cache, under a lock (concurrent jobs download once).
+
+  Raises:
+    DownloadError: (one line) the Hub cannot be reached, has no such
+      repository, or the download failed.
+  """
+  from huggingface_hub import constants, snapshot_download
+  repo_id = (f"{organisation}/{name}" if organisation and "/" not in name
+             else name)
+  what = f"pretrained model {name!r}"
+  cache = str(cache_dir or constants.HF_HUB_CACHE)
+  with download_lib.cache_lock(cache, _repo_names(repo_id, None)[0], what):
+    snapshot = _snapshot(Path(cache) / _repo_names(repo_id, None)[0])
+    if snapshot is not None:   # downloaded by another process meanwhile
+      return str(snapshot)
+    info = download_lib.hub_commit(what, repo_id, "model")
+    files = {s.rfilename for s in info.siblings or ()}
+    weights = [w for w in WEIGHTS if w in files][:1]
+    if not weights or CONFIG_FILE not in files:
+      raise download_lib.DownloadError(
+          f"{what}: {repo_id} has no {CONFIG_FILE} or no weights "
+          f"({', '.join(WEIGHTS)}) on the Hub at {download_lib.endpoint()}")
+    try:
+      return snapshot_download(
+          repo_id, revision=info.sha, cache_dir=cache,
+          allow_patterns=[f for f in CHECKPOINT_FILES if f in files] + weights)
+    except Exception as e:  # pylint: disable=broad-except
+      raise download_lib.DownloadError(
+          f"{what}: downloading {repo_id} (revision {info.sha}) into {cache} "
+          f"failed ({one_line(e, 160)}); run again to resume") from None

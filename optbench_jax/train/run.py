@@ -253,7 +253,8 @@ def _base_metadata(setup: RunSetup, rc: RunConfig) -> dict:
           "dataset_info": {"num_classes": info.num_classes,
                            "input_shape": list(info.input_shape),
                            "source": info.source,
-                           "stats": metadata_lib.describe_stats(info.stats)},
+                           "stats": metadata_lib.describe_stats(info.stats),
+                           "provenance": dict(info.provenance)},
           "max_samples_unit": task.sample_unit,
           "n_train": setup.n_train, "n_val": setup.n_val,
           "n_test": (data_lib.num_examples(splits.test)

@@ -295,6 +295,9 @@ class CampaignConfig(Protocol):
                             check=not_empty, numeric=False)
   data_dir: Optional[str] = setting(
       None, "dataset cache directory (HF datasets / TFDS)", numeric=False)
+  offline: bool = setting(
+      False, "never download: a dataset or checkpoint missing from the "
+      "local cache is an error (as with HF_HUB_OFFLINE=1)", numeric=False)
   resume: bool = setting(False, "skip finished runs, continue unfinished "
                          "ones from their last checkpoint", numeric=False)
   overwrite: bool = setting(

@@ -212,9 +212,10 @@ def test_a_failing_unit_is_reported_and_the_others_go_on(tmp_path,
 # Ray starts its processes with fork + exec (safe); JAX warns on any fork.
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 def test_ray_backend_on_two_local_workers_equals_the_sequential_run(
-    sequential, tmp_path):
+    sequential, tmp_path, monkeypatch):
   ray = pytest.importorskip("ray", reason="Ray is not installed (pip "
                             "install 'optbench_jax[cluster]')")
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the workers never download
   ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
   # A third unit fails in its worker (MNIST is not in the local cache): it
   # is reported and the others go on.

@@ -31,6 +31,10 @@ from optbench_jax.data import tfds as tfds_lib
 from optbench_jax.data import vision
 from optbench_jax.errors import MissingDataError
 
+# Tiny copies under real hub ids: their split sizes are not the published
+# ones (checked in test_download.py).
+pytestmark = pytest.mark.usefixtures("tiny_copies")
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a Hub commit hash
 # datasets patches the globals (os, np, open, ...) of the module that defines
 # a builder, for streaming; the test builder lives in a module of its own.
@@ -167,7 +171,7 @@ def test_hf_cache_cifar10_from_default_location(tmp_path, monkeypatch):
 
   source = vision.HFSource(("uoft-cs/cifar10",), "plain_text",
                            columns={"image": "img", "label": "label"})
-  _, _, names = source.load("cifar10", None)
+  names = source.load("cifar10", None).class_names
   assert names == {"label": [f"c{i}" for i in range(10)]}
 
 
@@ -218,7 +222,7 @@ def test_hf_unreadable_cache_entry_is_reported_without_network(tmp_path):
   os.remove(os.path.join(entry, "mnist-train.arrow"))
   start = time.monotonic()
   with pytest.raises(MissingDataError) as e:
-    data.load("image_classification", "mnist", str(tmp_path))
+    data.load("image_classification", "mnist", str(tmp_path), offline=True)
   assert time.monotonic() - start < 5
   message = str(e.value)
   assert f"found {tmp_path / 'ylecun___mnist'} but could not read it" in message
@@ -248,11 +252,12 @@ def test_missing_with_data_dir_fails_fast_naming_every_place(
     tmp_path, name, hub_id, entry):
   start = time.monotonic()
   with pytest.raises(MissingDataError) as e:
-    data.load("image_classification", name, str(tmp_path))
+    data.load("image_classification", name, str(tmp_path), offline=True)
   assert time.monotonic() - start < 3
   message = str(e.value)
   assert "\n" not in message
   assert f"dataset {name!r}" in message
+  assert message.endswith("; not downloaded: --offline is set.")
   for place in [tmp_path / entry, tmp_path / name]:
     assert str(place) in message
   assert f"save_to_disk folder {tmp_path / name}" in message
@@ -264,7 +269,7 @@ def test_missing_with_data_dir_fails_fast_naming_every_place(
 
 def test_missing_without_data_dir_names_default_caches(tmp_path):
   with pytest.raises(MissingDataError) as e:
-    data.load("image_classification", "mnist", None)
+    data.load("image_classification", "mnist", None, offline=True)
   message = str(e.value)
   hf_cache = tmp_path / "hf_home" / "datasets"
   assert str(hf_cache / "ylecun___mnist") in message
@@ -351,7 +356,7 @@ def test_tfds_tfrecord_without_tensorflow_is_explained(tmp_path):
     f.write(text.replace('"fileFormat": "array_record"',
                          '"fileFormat": "tfrecord"'))
   with pytest.raises(MissingDataError) as e:
-    data.load("image_classification", "mnist", str(tmp_path))
+    data.load("image_classification", "mnist", str(tmp_path), offline=True)
   message = str(e.value)
   assert f"found {path} but could not read it" in message
   assert "needs TensorFlow" in message and "array_record" in message

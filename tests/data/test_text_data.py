@@ -27,6 +27,10 @@ from optbench_jax.errors import MissingDataError, OptBenchError
 from tests.data.test_cached_loaders import BUILDER_MODULE, COMMIT
 from tests.data.test_cached_loaders import isolated  # noqa: F401 (autouse)
 
+# Tiny copies under real hub ids: their split sizes are not the published
+# ones (checked in test_download.py).
+pytestmark = pytest.mark.usefixtures("tiny_copies")
+
 SENTIMENT, NER, QA = "sentiment_analysis", "ner", "question_answering"
 
 
@@ -440,7 +444,7 @@ def assert_missing_cache_message(tmp_path, task, name, hub_id):
   """Loading ``name`` from an empty ``--data-dir`` fails in one line that
   names the dataset, the hub id and the save_to_disk folder."""
   with pytest.raises(MissingDataError) as e:
-    data.load(task, name, str(tmp_path))
+    data.load(task, name, str(tmp_path), offline=True)
   message = str(e.value)
   assert "\n" not in message
   assert f"dataset {name!r} is not in any local cache" in message

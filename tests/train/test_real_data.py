@@ -30,7 +30,7 @@ def test_missing_cache_stops_at_once_with_one_clear_line(tmp_path):
        "--optimizers", "adam", "--data-dir", str(tmp_path / "cache")],
       capture_output=True, text=True, timeout=120,
       env={**__import__("os").environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"),
-           "TFDS_DATA_DIR": str(tmp_path / "tfds")})
+           "TFDS_DATA_DIR": str(tmp_path / "tfds"), "HF_HUB_OFFLINE": "1"})
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
