@@ -230,6 +230,11 @@ def interpolate(loss_fn: LossFn, start: Params, end: Params,
   return alphas, losses
 
 
+# The label of a run's 1-D path from its initial to its final parameters
+# (``analyze``'s landscape1d curves, the report's analysis table).
+INITIAL_TO_FINAL = "initial → final"
+
+
 def barrier(alphas: Sequence[float], losses: Sequence[Optional[float]]
             ) -> Optional[float]:
   """The loss barrier of a path from :func:`interpolate`:

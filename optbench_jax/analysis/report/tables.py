@@ -185,7 +185,7 @@ def analysis_table(config: Configuration) -> Optional[Table]:
     for run in runs:
       spectrum = _analysis_result(run, "hessian") or {}
       path = (_analysis_result(run, "landscape1d") or {}).get(
-          "curves", {}).get("initial → final")
+          "curves", {}).get(landscape.INITIAL_TO_FINAL)
       if not spectrum and not path:
         continue
       raw = {"label": label, "seed": run.seed,
