@@ -190,29 +190,10 @@ def cmd_run(args) -> int:
   return 0
 
 
-def _fmt(value, spec=".4f"):
-  return "-" if value is None or value == "" else format(value, spec)
-
-
 def _print_summary(rows, output_dir) -> None:
-  if not rows:
-    return
-  primary = rows[0]["primary_metric"]
-  label = lambda r: r["optimizer"] + (
-      f" lr={r['learning_rate']:g} s={r['seed']}"
-      if len({(x["learning_rate"], x["seed"]) for x in rows
-              if x["optimizer"] == r["optimizer"]}) > 1 else "")
-  width = max(22, max(len(label(r)) for r in rows) + 2)
-  print(f"\n{'run':<{width}}{'status':<11}{'best ' + primary:>16}"
-        f"{'epoch':>7}{'best val loss':>15}{'conv. epoch':>13}{'time s':>9}")
-  for r in rows:
-    print(f"{label(r):<{width}}{r['status']:<11}"
-          f"{_fmt(r.get('best_primary')):>16}"
-          f"{_fmt(r.get('best_primary_epoch'), 'd'):>7}"
-          f"{_fmt(r.get('best_val_loss')):>15}"
-          f"{_fmt(r.get('convergence_epoch'), 'd'):>13}"
-          f"{_fmt(r.get('total_runtime_s'), '.1f'):>9}")
-  print(f"results under {output_dir}")
+  from optbench_jax.campaign import console
+  for line in console.summary_lines(rows, output_dir):
+    print(line)
 
 
 def cmd_analyze(args) -> int:
@@ -227,8 +208,9 @@ def cmd_analyze(args) -> int:
   written = analyze.analyze(args.run_dir, analyze.parse_what(args.what),
                             options, compare=args.compare_run,
                             data_dir=args.data_dir, seeds=args.seeds)
-  for path in written:
-    print(f"results under {path}")
+  from optbench_jax.campaign import console
+  for line in console.analysis_lines(written):
+    print(line)
   return 0
 
 

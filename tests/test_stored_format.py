@@ -90,7 +90,12 @@ def test_analyze_restores_an_old_run(old_campaign, capsys):
       curve["alphas"])
   assert history[-1]["epoch"] == 2
   assert not killed.exists()
-  capsys.readouterr()
+  # analyze prints the path's barrier (no Hessian asked for: no λ_max) and
+  # where the figures are.
+  printed = capsys.readouterr().out.splitlines()
+  line = next(p for p in printed if p.startswith("sgd_momentum (lr "))
+  assert "barrier initial → final " in line and "λ_max" not in line
+  assert f"  figures and numbers under {run_dir / 'analysis'}" in printed
 
 
 def test_report_reads_an_old_campaign(old_campaign, capsys):

@@ -19,7 +19,9 @@ Each run's results go to ``<run>/analysis/`` (JSON with the numbers and
 every setting used, PNG figures); for a directory of several runs the
 cross-run figures (every optimizer's 1-D path, every optimizer's density)
 go to ``<dir>/analysis/``. Every random draw (directions, probes) comes from
-``seed``.
+``seed``. :func:`analyze` returns what it computed (:class:`Analysis`: per
+run the results and their headline numbers — λ_max, the trace with its
+standard error, the barrier of the 1-D path — and where the files went).
 """
 from __future__ import annotations
 
@@ -58,6 +60,47 @@ class Options:
   trace_probes: int = hessian.TRACE_PROBES
   seed: int = 0
   batch_size: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysed:
+  """One analysed run: its label, where its files went (``out_dir``) and
+  the results :func:`analyze_run` returned (as written to the JSON
+  files), with their headline numbers (None when not computed)."""
+  run_dir: str
+  label: str
+  out_dir: str
+  results: dict
+
+  @property
+  def lambda_max(self) -> Optional[float]:
+    """The Hessian's largest eigenvalue."""
+    top = self.results.get("hessian", {}).get("top_eigenvalues") or [None]
+    return top[0]
+
+  @property
+  def trace(self) -> Optional[tuple[float, float]]:
+    """The Hessian's trace and its standard error (Hutchinson)."""
+    spectrum = self.results.get("hessian")
+    return None if spectrum is None else (spectrum["trace"],
+                                          spectrum["trace_stderr"])
+
+  @property
+  def barrier(self) -> Optional[float]:
+    """The barrier of the initial → final path
+    (:func:`~optbench_jax.analysis.landscape.barrier`)."""
+    curve = self.results.get("landscape1d", {}).get("curves", {}).get(
+        landscape.INITIAL_TO_FINAL)
+    return None if curve is None else landscape.barrier(curve["alphas"],
+                                                        curve["losses"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+  """What :func:`analyze` did: the runs, and the directory of the cross-run
+  figures (None for a single run)."""
+  runs: list
+  shared_dir: Optional[str] = None
 
 
 def parse_what(text: str) -> list[str]:
@@ -129,7 +172,7 @@ def analyze_run(run: restore.Run, what: Sequence[str], options: Options,
 
   if "landscape1d" in what:
     t0 = time.perf_counter()
-    curves = {"initial → final": landscape.interpolate(
+    curves = {landscape.INITIAL_TO_FINAL: landscape.interpolate(
         loss_fn, run.initial_params(), final, points=options.points_1d)}
     if compare is not None:
       curves[f"final → {compare.config.optimizer} final"] = (
@@ -228,13 +271,13 @@ def _surface(name: str, out_dir: str, run: restore.Run, options: Options,
 
 def analyze(directory: str, what: Sequence[str], options: Options, *,
             compare: Optional[str] = None, data_dir: Optional[str] = None,
-            seeds: Optional[Sequence[int]] = None, log=print) -> list[str]:
+            seeds: Optional[Sequence[int]] = None, log=print) -> Analysis:
   """The ``analyze`` command: every run under ``directory`` (of ``seeds``,
-  when given); returns the directories written."""
+  when given); returns the results and where they went."""
   run_dirs = find_runs(directory, seeds)
   other = (restore.load_run(compare, data_dir=data_dir)
            if compare is not None else None)
-  written, per_run = [], {}
+  analysed, per_run = [], {}
   for run_dir in run_dirs:
     run = restore.load_run(run_dir, data_dir=data_dir)
     if other is not None and (other.config.task, other.config.dataset,
@@ -244,10 +287,12 @@ def analyze(directory: str, what: Sequence[str], options: Options, *,
                           "dataset and model")
     log(f"analysing {run_dir} ({', '.join(what)})")
     per_run[run.label] = analyze_run(run, what, options, compare=other)
-    written.append(os.path.join(run.run_dir, OUTPUT))
-  if len(run_dirs) > 1:
-    written.append(_cross_run_figures(directory, per_run))
-  return written
+    analysed.append(Analysed(run.run_dir, run.label,
+                             os.path.join(run.run_dir, OUTPUT),
+                             per_run[run.label]))
+  shared = (_cross_run_figures(directory, per_run) if len(run_dirs) > 1
+            else None)
+  return Analysis(analysed, shared)
 
 
 def _curve(result: dict, label: str):
@@ -262,7 +307,7 @@ def _cross_run_figures(directory: str, per_run: dict) -> str:
   paths = [r for r in per_run.values() if "landscape1d" in r]
   if paths:
     figures.plot_interpolation(
-        {label: _curve(r["landscape1d"], "initial → final")
+        {label: _curve(r["landscape1d"], landscape.INITIAL_TO_FINAL)
          for label, r in per_run.items() if "landscape1d" in r},
         os.path.join(out_dir, "landscape1d_all_runs.png"),
         title="initial → final parameters")

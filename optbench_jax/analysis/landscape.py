@@ -15,6 +15,8 @@ Everything works on pytrees and a function ``loss_fn(params) -> scalar``:
   Taylor, Studer & Goldstein 2018, "Visualizing the Loss Landscape of Neural
   Nets", NeurIPS), and :func:`project_trajectory`, the least-squares
   coordinates of saved checkpoints in that plane.
+* :func:`barrier`: the barrier on an interpolated path, ``max_{0≤α≤1} L(α)
+  − max(L(0), L(1))`` (0 when the path is monotone).
 * :func:`point_on_line`, :func:`point_on_plane`: the parameters at one grid
   point (e.g. to evaluate other metrics there).
 * the PNGs are drawn by :mod:`optbench_jax.analysis.figures`.
@@ -226,6 +228,26 @@ def interpolate(loss_fn: LossFn, start: Params, end: Params,
     if np.any(alphas == anchor):
       losses[alphas == anchor] = np.asarray(loss_fn(params), dtype)
   return alphas, losses
+
+
+# The label of a run's 1-D path from its initial to its final parameters
+# (``analyze``'s landscape1d curves, the report's analysis table).
+INITIAL_TO_FINAL = "initial → final"
+
+
+def barrier(alphas: Sequence[float], losses: Sequence[Optional[float]]
+            ) -> Optional[float]:
+  """The loss barrier of a path from :func:`interpolate`:
+  ``max_{0≤α≤1} L(α) − max(L(0), L(1))`` (Goodfellow et al. 2015: 0 when
+  the loss rises nowhere above its ends). A non-finite loss (None, NaN,
+  inf: a diverging region) between the ends is an infinite barrier; None
+  when the path lacks α = 0 or α = 1 or their losses are not finite."""
+  points = [(float(a), math.inf if l is None or not math.isfinite(float(l))
+             else float(l)) for a, l in zip(alphas, losses)]
+  ends = [l for a, l in points if a in (0.0, 1.0)]
+  if len(ends) != 2 or not all(math.isfinite(l) for l in ends):
+    return None
+  return max(l for a, l in points if 0.0 <= a <= 1.0) - max(ends)
 
 
 # ---------------------------------------------------------------------------

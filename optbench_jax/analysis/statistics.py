@@ -21,7 +21,10 @@ optimizers share fewer than two seeds), Welch's t-test
 (``scipy.stats.ttest_ind(equal_var=False)``) with the Welch–Satterthwaite
 interval of ``ā − b̄``. The p-values of all pairs of one configuration are
 adjusted by Holm's step-down method (Holm 1979): with the ``m`` defined
-p-values sorted, ``p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j))``. A
+p-values sorted, ``p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j))``. A pair
+has a ``winner`` only when its adjusted p-value is below ``alpha``
+(``1 − confidence`` by default); ``favoured`` merely names the side the mean
+difference points to, significant or not. A
 Wilcoxon signed-rank test is not used: with 3 seeds its smallest two-sided
 p-value is 0.25.
 
@@ -127,7 +130,9 @@ class Comparison:
   """Optimizer ``a`` against ``b``: ``difference = mean(a) − mean(b)`` (over
   the common seeds when paired), its interval, the test's p-value and the
   Holm-adjusted one (``None`` when the test is undefined: too few values,
-  or no variance)."""
+  or no variance); ``favoured``: the side with the better mean (None for no
+  difference); ``winner``: that side only when the Holm-adjusted p-value is
+  below ``alpha``, else None."""
   a: str
   b: str
   test: str
@@ -138,7 +143,9 @@ class Comparison:
   high: Optional[float]
   p: Optional[float]
   p_holm: Optional[float]
-  better: Optional[str]
+  favoured: Optional[str]
+  winner: Optional[str]
+  alpha: float
 
 
 def holm(p_values: Sequence[Optional[float]]) -> list[Optional[float]]:
@@ -189,22 +196,28 @@ def _compare(a: str, b: str, va: Mapping, vb: Mapping, paired: bool,
       result = stats.ttest_ind(x, y, equal_var=False)
       ci = result.confidence_interval(confidence)
       p, low, high = _defined(result.pvalue), float(ci.low), float(ci.high)
-  better = None
+  favoured = None
   if math.isfinite(difference) and difference != 0:
-    better = a if (difference > 0) == higher_is_better else b
+    favoured = a if (difference > 0) == higher_is_better else b
   return Comparison(a, b, test, n_a, n_b, difference, low, high, p, None,
-                    better)
+                    favoured, None, math.nan)
 
 
 def pairwise_tests(values_by_optimizer: Mapping[str, Mapping[int, float]], *,
                    higher_is_better: bool, paired_by_seed: bool = True,
-                   confidence: float = 0.95) -> list[Comparison]:
+                   confidence: float = 0.95,
+                   alpha: Optional[float] = None) -> list[Comparison]:
   """Every pair of optimizers of one configuration (module docstring).
 
   ``values_by_optimizer[optimizer][seed]`` is one run's value (diverged
   runs left out). Pairs come in the order of the mapping (``a`` before
-  ``b``); the Holm adjustment runs over all of them.
+  ``b``); the Holm adjustment runs over all of them. ``alpha``: the level
+  below which an adjusted p-value names a winner (default
+  ``1 − confidence``).
   """
+  alpha = 1 - confidence if alpha is None else alpha
+  if not 0 < alpha < 1:
+    raise OptBenchError(f"alpha must be in (0, 1), got {alpha}")
   names = list(values_by_optimizer)
   for name in names:
     values = list(values_by_optimizer[name].values())
@@ -214,7 +227,10 @@ def pairwise_tests(values_by_optimizer: Mapping[str, Mapping[int, float]], *,
                       paired_by_seed, higher_is_better, confidence)
              for i, a in enumerate(names) for b in names[i + 1:]]
   adjusted = holm([r.p for r in results])
-  return [dataclasses.replace(r, p_holm=p) for r, p in zip(results, adjusted)]
+  return [dataclasses.replace(
+      r, p_holm=p, alpha=alpha,
+      winner=r.favoured if p is not None and p < alpha else None)
+          for r, p in zip(results, adjusted)]
 
 
 Direction = Union[bool, Mapping[str, bool]]

@@ -5,11 +5,15 @@ The files these rows go to are the run store's (``optbench_jax/store.py``).
 Convergence epoch (documented rule): the first epoch ``e`` after which the
 validation loss never improves on the best value reached up to ``e`` by more
 than ``CONVERGENCE_RTOL`` (1 %, relative), i.e. the first ``e`` with
-``min(val_loss[e+1:]) >= (1 − rtol) · min(val_loss[:e+1])``. The last epoch
-always qualifies, so a run that keeps improving converges at its last epoch.
-Time to convergence is the training time (compilation excluded) summed up to
-and including that epoch. Epochs are numbered from 1. With ``--eval-every N``
-the rule runs over the evaluated epochs.
+``min(val_loss[e+1:]) >= (1 − rtol) · min(val_loss[:e+1])``, where ``e``
+is not the last evaluated epoch: at least one later evaluation must confirm
+it. A run whose last evaluation still improved by more than ``rtol`` (or
+that was evaluated once) has **not converged**: its summary row says
+``converged=False`` and leaves ``convergence_epoch`` empty, so "converged at
+the last epoch" and "never converged" are not confused. Time to convergence
+is the training time (compilation excluded) summed up to and including the
+convergence epoch. Epochs are numbered from 1. With ``--eval-every N`` the
+rule runs over the evaluated epochs.
 """
 from __future__ import annotations
 
@@ -21,23 +25,22 @@ SUMMARY_COLUMNS = (
     "task", "dataset", "model", "optimizer", "seed", "learning_rate", "status",
     "epochs_run", "primary_metric", "best_primary", "best_primary_epoch",
     "best_val_loss", "final_primary", "final_val_loss", "test_primary",
-    "convergence_epoch", "time_to_convergence_s", "train_time_s",
+    "converged", "convergence_epoch", "time_to_convergence_s", "train_time_s",
     "compile_time_s", "total_runtime_s", "runs_in_program")
 
 
 def convergence_epoch(val_losses: Sequence[float],
                       rtol: float = CONVERGENCE_RTOL) -> Optional[int]:
-  """1-based convergence epoch by the rule in the module docstring."""
+  """1-based convergence epoch by the rule in the module docstring; None
+  when the run has not converged (or has no finite validation loss)."""
   values = [v if v is not None and math.isfinite(v) else math.inf
             for v in val_losses]
-  if not values or all(math.isinf(v) for v in values):
-    return None
-  for e in range(len(values)):
+  for e in range(len(values) - 1):
     best_so_far = min(values[:e + 1])
-    later = min(values[e + 1:], default=math.inf)
-    if later >= (1 - rtol) * best_so_far:
+    if math.isfinite(best_so_far) and (
+        min(values[e + 1:]) >= (1 - rtol) * best_so_far):
       return e + 1
-  return len(values)
+  return None
 
 
 def summarize(history: Sequence[dict], metadata: dict,
@@ -68,6 +71,8 @@ def summarize(history: Sequence[dict], metadata: dict,
     row.update(best_val_loss=min(finite_val), final_val_loss=val[-1])
   evaluated = [h for h in ok if h.get("val_loss") is not None]
   conv = convergence_epoch([h["val_loss"] for h in evaluated])
+  if finite_val:
+    row["converged"] = conv is not None
   if conv is not None:
     epoch = evaluated[conv - 1]["epoch"]
     row.update(convergence_epoch=epoch, time_to_convergence_s=sum(

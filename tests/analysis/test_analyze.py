@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from optbench_jax import cli
-from optbench_jax.analysis import analyze, report, restore
+from optbench_jax.analysis import analyze, landscape, report, restore
+from optbench_jax.analysis.report import render
 from optbench_jax.campaign import runner as campaign
 from optbench_jax.train import settings
 from optbench_jax.engine.state import run_slice
@@ -62,12 +63,13 @@ def test_restored_initial_parameters_are_the_seeds(campaign_dir):
   assert epochs == [0, 1, 2] and len(path) == 3
 
 
-def test_analyze_command_writes_every_result(campaign_dir):
+def test_analyze_command_writes_every_result(campaign_dir, capsys):
   args = ["analyze", "--run-dir", str(campaign_dir), "--samples", "32",
           "--points-1d", "5", "--points-2d", "3", "--top-k", "2",
           "--top-iterations", "4", "--iterations", "4", "--probes", "1",
           "--trace-probes", "2"]
   assert cli.main(args) == 0
+  printed = capsys.readouterr().out.splitlines()
   for optimizer in ("adam", "sgd_momentum"):
     out = campaign_dir / optimizer / "analysis"
     for name in ("landscape1d.json", "landscape1d.png", "landscape2d.json",
@@ -91,8 +93,22 @@ def test_analyze_command_writes_every_result(campaign_dir):
     spectrum = json.loads((out / "hessian.json").read_text())
     top = spectrum["top_eigenvalues"]
     assert len(top) == 2 and top[0] >= top[1]
+    # The console gives λ_max, trace ± standard error and the path's
+    # barrier (the report's digits), and where the figures are.
+    (line,) = [p for p in printed if p.startswith(f"{optimizer} (lr ")]
+    assert f"λ_max {render.format_number(top[0])};" in line
+    trace = render.format_estimate(spectrum["trace"],
+                                   spectrum["trace_stderr"])
+    assert f"trace {trace} (± standard error)" in line
+    barrier = landscape.barrier(curve["alphas"], curve["losses"])
+    assert line.endswith(f"barrier initial → final "
+                         f"{render.format_number(barrier)}"), line
+    assert printed[printed.index(line) + 1] == (
+        f"  figures and numbers under {out}")
   for name in ("landscape1d_all_runs.png", "hessian_density_all_runs.png"):
     assert (campaign_dir / "analysis" / name).stat().st_size > 0
+  assert printed[-1] == (
+      f"figures of all runs under {campaign_dir / 'analysis'}")
   # the report tabulates the analyses: λ_max and trace as analyze wrote them
   report.write_report(str(campaign_dir), str(campaign_dir / "report"))
   with open(campaign_dir / "report" / "tables" / "image_classification" /

@@ -262,13 +262,21 @@ def test_summary_numbers_equal_the_per_run_values(campaign):
       val = [_val_loss(optimizer, s, EPOCHS) for s in SEEDS
              if (config, optimizer, s) not in (DIVERGED, UNFINISHED)]
       assert float(row["best_val_loss_mean"]) == pytest.approx(np.mean(val))
-      assert float(row["convergence_epoch_mean"]) == EPOCHS
-      assert float(row["time_to_convergence_s_mean"]) == pytest.approx(
-          EPOCHS * EPOCH_TIME[optimizer])
-      # The Markdown shows mean ± half-width, 4 significant digits.
+      # The validation loss still falls by more than 1 % at the last
+      # epoch: no run converged, and the table says so.
+      assert row["convergence_epoch_mean"] == "" and row["n_converged"] == "0"
+      # The Markdown shows mean ± half-width, the half-width with 2
+      # significant digits and the mean to the same decimal place; the
+      # best mean of the column (adam's accuracy, sgd's perplexity) bold.
+      decimals = 1 - math.floor(math.log10(half))
+      shown = f"{mean:.{decimals}f} ± {half:.{decimals}f}"
+      if optimizer == {ACC: "adam", PPL: "sgd"}[config]:
+        shown = f"**{shown}**"
       assert (f"| {optimizer} | {LR[optimizer]:g} | {n} | "
               f"{1 if (config, optimizer, 2) == DIVERGED else 0} | "
-              f"{mean:.4g} ± {half:.4g} |") in text
+              f"{shown} |") in text
+      assert (" | not converged | not converged | "
+              in text.split(f"| {optimizer} | {LR[optimizer]:g} |")[1])
   tests = _read_csv(os.path.join(out, "tables", *ACC, "test_metrics.csv"))
   adam = [_metric(ACC, "adam", s, EPOCHS) - 0.02 for s in SEEDS]
   assert float(_row(tests, label="adam")["accuracy_mean"]) == pytest.approx(
@@ -296,7 +304,7 @@ def test_ranking_and_pairwise_tables(campaign):
   assert float(adam_sgd["difference"]) == pytest.approx(np.mean(d))
   assert float(adam_sgd["p"]) == pytest.approx(1 - t / math.sqrt(t**2 + 2),
                                                rel=1e-9)
-  assert adam_sgd["better"] == "adam"
+  assert adam_sgd["favoured"] == adam_sgd["winner"] == "adam"
   # Holm over the three pairs: the smallest p is multiplied by 3.
   p = {(r["a"], r["b"]): float(r["p"]) for r in pairs}
   smallest = min(p, key=p.get)
@@ -305,6 +313,16 @@ def test_ranking_and_pairwise_tables(campaign):
   # lion has seeds 0, 1 (seed 2 diverged): paired on those two.
   adam_lion = _row(pairs, a="adam", b="lion")
   assert adam_lion["test"] == "paired t" and adam_lion["n_a"] == "2"
+  # adam's mean is higher, but Holm p = 0.052 ≥ α = 0.05: no winner, and
+  # the report says so instead of naming one.
+  assert float(adam_lion["p_holm"]) == pytest.approx(0.0524, abs=1e-4)
+  assert adam_lion["favoured"] == "adam" and adam_lion["winner"] == ""
+  text = open(os.path.join(out, "report.md")).read()
+  assert ("| adam | lion | paired t | 2, 2 | 0.054 | [-0.003, 0.112] | "
+          "0.0524 | 0.0524 | no significant difference |") in text
+  assert "| adam | sgd | paired t | 3, 3 |" in text
+  assert re.search(r"\| adam \| sgd \| paired t .* \| adam \|\n", text)
+  assert "better (Holm p < 0.05)" in text
 
 
 def test_time_to_target_and_profile_tables(campaign):
@@ -314,18 +332,19 @@ def test_time_to_target_and_profile_tables(campaign):
   assert len(rows) == 2 * 3 * 3   # configurations × seeds × optimizers
   # Accuracy: best 0.6 + 0.15 + 0.02 − 0.002 = 0.768 (adam seed 2), target
   # 0.95 · 0.768 = 0.7296; adam seed 0 has 0.65, 0.70, 0.75: reached at
-  # epoch 3 after 3 × 1 s.
+  # epoch 3 after 3 × 1 s of its program, which trained 3 runs: 1 s each.
   row = _row(rows, configuration=ACC_NAME, seed="0", optimizer="adam")
   assert float(row["target"]) == pytest.approx(0.95 * 0.768)
-  assert (int(row["epoch"]), float(row["time_s"])) == (3, 3.0)
+  assert (int(row["epoch"]), float(row["time_s"])) == (3, 1.0)
   # The diverged run never reached it.
   row = _row(rows, configuration=ACC_NAME, seed="2", optimizer="lion")
   assert row["epoch"] == "" and row["time_s"] == ""
   # Perplexity: best 45/3 + 0.03 = 15.03 (sgd seed 0), target 15.03 / 0.95
-  # = 15.82; sgd seed 0 reaches it at epoch 3 (1.5 s), seed 1 (16) never.
+  # = 15.82; sgd seed 0 reaches it at epoch 3 (1.5 s / 3 runs), seed 1
+  # (16) never.
   row = _row(rows, configuration=PPL_NAME, seed="0", optimizer="sgd")
   assert float(row["target"]) == pytest.approx(15.03 / 0.95)
-  assert (int(row["epoch"]), float(row["time_s"])) == (3, 1.5)
+  assert (int(row["epoch"]), float(row["time_s"])) == (3, 0.5)
   assert _row(rows, configuration=PPL_NAME, seed="1",
               optimizer="sgd")["epoch"] == ""
   # ρ(∞) = fraction of the 6 problems solved: sgd solves only perplexity
@@ -337,6 +356,93 @@ def test_time_to_target_and_profile_tables(campaign):
   for optimizer in OPTIMIZERS:
     assert float(_row(profile, cost="time", optimizer=optimizer)[
         "solved"]) == pytest.approx(solved[optimizer])
+
+
+def test_time_based_results_say_how_times_were_measured(campaign):
+  root, path, _ = campaign
+  out = os.path.join(root, "report")
+  text = open(path).read()
+  how = ("training time per run: the wall time of the compiled program that "
+         "trained N runs together (vmapped; N = 3), divided by N, summed "
+         "over the epochs up to the target (compilation and evaluation "
+         "excluded); one unrepeated measurement per epoch on cpu (cpu) × 1")
+  assert f"Times: {how}" in text
+  for name in ("performance_profile", "time_to_target"):
+    caption = next(line for line in text.splitlines()
+                   if f"[csv](tables/{name}.csv)" in line)
+    assert how in caption, name
+    tex = open(os.path.join(out, "tables", f"{name}.tex")).read()
+    assert r"divided by N, summed over the epochs" in tex, name
+  assert "| training time per run (s) |" in text
+
+
+def test_latex_and_markdown_mark_the_best_mean_of_a_metric_column(campaign):
+  root, _, _ = campaign
+  out = os.path.join(root, "report")
+  tex = open(os.path.join(out, "tables", *ACC, "summary.tex")).read()
+  lines = {line.split(" & ")[0]: line for line in tex.splitlines()
+           if line.startswith(OPTIMIZERS)}
+  cells = {o: line.split(" & ") for o, line in lines.items()}
+  # best accuracy (higher is better): adam's mean; best val loss (lower):
+  # lion's mean (two seeds), neither a significance claim.
+  assert cells["adam"][4].startswith(r"\textbf{")
+  assert not any(cells[o][4].startswith(r"\textbf") for o in ("sgd", "lion"))
+  assert cells["lion"][5].startswith(r"\textbf{")
+  assert not any(c.startswith(r"\textbf") for c in cells["sgd"])
+  assert "bold: the best mean of best accuracy, best val loss, test " \
+      "accuracy, not a significance claim" in tex
+  # Perplexity is lower-is-better: sgd's mean is the best.
+  tex = open(os.path.join(out, "tables", *PPL, "summary.tex")).read()
+  sgd = next(line for line in tex.splitlines() if line.startswith("sgd"))
+  assert sgd.split(" & ")[4].startswith(r"\textbf{")
+  # A column where every optimizer has the same mean (test loss 0.5) has no
+  # best.
+  tests = open(os.path.join(out, "tables", *ACC, "test_metrics.tex")).read()
+  body = tests.split(r"\midrule")[1]
+  assert "0.5000 $\\pm$ 0.0000" in body
+  assert body.count(r"\textbf") == 1   # accuracy: adam
+
+
+def test_not_converged_is_shown_as_such(tmp_path):
+  root = str(tmp_path)
+  write_campaign(root, seeds=(0, 1, 2), configs=(ACC,))
+  # adam seeds 0 and 1 converge at epoch 2 (epoch 3 gains < 1 %); seed 2
+  # and every other run still improve by more than 1 % at epoch 3.
+  for seed in (0, 1):
+    history_path = os.path.join(root, *ACC, "adam", f"seed_{seed}",
+                                "history.json")
+    with open(history_path) as f:
+      records = json.load(f)
+    records[2]["val_loss"] = records[1]["val_loss"] * 0.995
+    with open(history_path, "w") as f:
+      json.dump(records, f)
+  path = report.write_report(root)
+  text = open(path).read()
+  rows = _read_csv(os.path.join(root, "report", "tables", *ACC,
+                                "summary.csv"))
+  adam = _row(rows, optimizer="adam")
+  assert (adam["n_converged"], float(adam["convergence_epoch_mean"])) == (
+      "2", 2.0)
+  assert float(adam["time_to_convergence_s_mean"]) == 2 * EPOCH_TIME["adam"]
+  adam_line = next(line for line in text.splitlines()
+                   if line.startswith("| adam | 0.001 | 3 |"))
+  assert "| 2 ± 0 (2 of 3 converged) | 2.0 ± 0.0 (2 of 3 converged) |" in (
+      adam_line)
+  sgd_line = next(line for line in text.splitlines()
+                  if line.startswith("| sgd | 0.01 | 3 |"))
+  assert "| not converged | not converged |" in sgd_line
+  runs = _read_csv(os.path.join(root, "report", "tables", "runs.csv"))
+  assert {(r["optimizer"], r["seed"]): r["converged"] for r in runs
+          if r["state"] == "completed"}[("adam", "2")] == "False"
+  assert (f"| {ACC_NAME} | adam | 0 | 0.001 | completed |" in text
+          and f"| {ACC_NAME} | adam | 2 | 0.001 | completed |" in text)
+  every_run = text[text.index("## All runs"):]
+  seed2 = next(line for line in every_run.splitlines()
+               if f"| {ACC_NAME} | adam | 2 |" in line)
+  assert "| not converged | not converged |" in seed2
+  seed0 = next(line for line in every_run.splitlines()
+               if f"| {ACC_NAME} | adam | 0 |" in line)
+  assert "| 2 | 2.0 |" in seed0
 
 
 def test_diverged_and_unfinished_runs_are_listed(campaign):
@@ -405,7 +511,9 @@ def test_learning_rate_grid_runs_are_labelled_and_ranked_at_their_best(
   assert re.fullmatch(r"\S+ \[\S+, \S+\]", cell), cell
   values = [_metric(ACC, "adam", s, EPOCHS) for s in (0, 1)]
   ci = statistics.mean_ci(values, method="bootstrap")
-  assert cell == (f"{ci.mean:.4g} [{ci.low:.4g}, {ci.high:.4g}]")
+  # Half-width 0.007: 2 significant digits, 4 decimals for every number.
+  assert (ci.high - ci.low) / 2 == pytest.approx(0.007)
+  assert cell == (f"{ci.mean:.4f} [{ci.low:.4f}, {ci.high:.4f}]")
 
 
 def test_latex_escaping():

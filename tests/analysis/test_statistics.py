@@ -97,11 +97,18 @@ def test_paired_t_test_by_hand():
   # (0.8 − 0.5 etc. are not exact in binary: differences of 1e-16.)
   assert result.low == pytest.approx(0.25 - T_975_DF2 * 0.05, abs=1e-12)
   assert result.high == pytest.approx(0.25 + T_975_DF2 * 0.05, abs=1e-12)
-  assert result.p_holm == result.p and result.better == "a"
+  assert result.p_holm == result.p and result.favoured == "a"
+  # p = 0.038 < 0.05 = 1 − confidence: a significant winner; at a 99 %
+  # confidence (α = 0.01) no winner, though the mean still favours a.
+  assert result.winner == "a" and result.alpha == pytest.approx(0.05)
+  (strict,) = statistics.pairwise_tests({"a": a, "b": b},
+                                        higher_is_better=True,
+                                        confidence=0.99)
+  assert strict.favoured == "a" and strict.winner is None
   # Lower is better (a loss): the same difference favours b.
   (lower,) = statistics.pairwise_tests({"a": a, "b": b},
                                        higher_is_better=False)
-  assert lower.better == "b"
+  assert lower.favoured == "b" and lower.winner == "b"
 
 
 def test_welch_t_test_by_hand_when_unpaired():
@@ -121,7 +128,8 @@ def test_welch_t_test_by_hand_when_unpaired():
     half = stats.t.ppf(0.975, df) * se
     assert result.low == pytest.approx(-2 - half, abs=1e-10)
     assert result.high == pytest.approx(-2 + half, abs=1e-10)
-    assert result.better == "b"
+    # p = 0.22: b has the better mean, but is no winner.
+    assert result.favoured == "b" and result.winner is None
 
 
 def test_holm_adjustment_by_hand():
@@ -254,4 +262,5 @@ def test_differences_equal_up_to_rounding_have_no_test():
       {"a": {0: 20.0, 2: 21.98}, "b": {0: 15.03, 2: 17.01}},
       higher_is_better=False)
   assert result.p is None and result.low is None and result.p_holm is None
-  assert result.difference == pytest.approx(4.97) and result.better == "b"
+  assert result.difference == pytest.approx(4.97) and result.favoured == "b"
+  assert result.winner is None   # no test, no winner

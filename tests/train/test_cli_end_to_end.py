@@ -16,10 +16,11 @@ from tests.train.helpers import read_history, small_run_args
     ("cnn_scratch", 32, 128, ("sgd_momentum", "adam")),
     ("resnet18", 16, 32, ("sgd_momentum",))])
 def test_campaign_writes_results_and_learns(
-    tmp_path, model, batch_size, max_samples, optimizers):
+    tmp_path, capsys, model, batch_size, max_samples, optimizers):
   assert cli.main(small_run_args(tmp_path, model=model, batch_size=batch_size,
                                  max_samples=max_samples,
                                  optimizers=",".join(optimizers))) == 0
+  printed = capsys.readouterr().out.splitlines()
   campaign = tmp_path / "image_classification" / "synthetic" / model
   for name in ("summary.csv", "epochs.csv", "accuracy_all_optimizers.png",
                "val_loss_all_optimizers.png"):
@@ -27,6 +28,8 @@ def test_campaign_writes_results_and_learns(
   with open(campaign / "summary.csv") as f:
     rows = list(csv.DictReader(f))
   assert [r["optimizer"] for r in rows] == list(optimizers)
+  header = next(line for line in printed if line.startswith("run "))
+  assert "best val accuracy" in header and "test accuracy" in header
   with open(campaign / "epochs.csv") as f:
     assert len(list(csv.DictReader(f))) == 2 * len(optimizers)  # 2 epochs
   for optimizer in optimizers:
@@ -44,6 +47,10 @@ def test_campaign_writes_results_and_learns(
     for key in ("versions", "device", "seed", "git_commit", "compile_time_s",
                 "scheduler", "batch_size", "optimizer_defaults"):
       assert key in meta, key
+    # The printed summary shows the test accuracy beside the validation
+    # one (the synthetic dataset has a test split).
+    (line,) = [line for line in printed if line.startswith(optimizer + " ")]
+    assert f"{meta['test_metrics']['accuracy']:.4f}" in line.split()
     for key in ("train_loss", "val_loss", "accuracy", "f1_macro",
                 "precision_macro", "recall_macro", "train_time_s",
                 "eval_time_s", "learning_rate", "status"):

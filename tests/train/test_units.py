@@ -12,12 +12,28 @@ from optbench_jax.engine import schedules
 
 @pytest.mark.parametrize("losses, expected", [
     ([1.0, 0.5, 0.3, 0.299, 0.2995], 3),   # later gains < 1 %
-    ([1.0, 0.5, 0.3, 0.2, 0.1], 5),        # keeps improving
+    ([1.0, 0.5, 0.3, 0.2, 0.1], None),     # keeps improving: not converged
     ([1.0, 0.9, 1.2, 1.3, 0.95], 2),       # best at epoch 2, never beaten
-    ([1.0, math.nan, 0.5], 3),             # NaN counts as no improvement
+    ([1.0, math.nan, 0.5], None),          # the last epoch still improved
+    ([1.0, 0.5, 0.499], 2),                # confirmed by the last epoch
+    ([0.5], None),                         # one evaluation confirms nothing
+    ([math.nan, math.nan], None),
 ])
 def test_convergence_epoch_rule(losses, expected):
   assert outputs.convergence_epoch(losses) == expected
+
+
+def test_summary_row_tells_not_converged_from_converged():
+  meta = {"primary_metric": "accuracy", "status": "completed"}
+  history = [{"epoch": e, "val_loss": v, "accuracy": 0.5, "status": "ok",
+              "train_time_s": 1.0} for e, v in enumerate((1.0, 0.5, 0.2), 1)]
+  row = outputs.summarize(history, meta, True)
+  assert row["converged"] is False and "convergence_epoch" not in row
+  assert "time_to_convergence_s" not in row
+  history[-1]["val_loss"] = 0.499
+  row = outputs.summarize(history, meta, True)
+  assert row["converged"] is True and row["convergence_epoch"] == 2
+  assert row["time_to_convergence_s"] == 2.0
 
 
 def test_prepare_split_is_fixed_by_seed_and_caps_training():

@@ -52,23 +52,34 @@ def _methods(opts: Options, configurations: Sequence[Configuration]
       "are counted separately, not averaged.",
       "- **Convergence epoch**: the first epoch after which the validation "
       f"loss never improves on the best so far by more than "
-      f"{100 * outputs.CONVERGENCE_RTOL:g} % (relative); time to convergence "
+      f"{100 * outputs.CONVERGENCE_RTOL:g} % (relative), confirmed by at "
+      "least one later evaluation; a run whose last evaluation still "
+      "improved by more is **not converged** (averages of convergence are "
+      "over the converged runs, their count shown). Time to convergence "
       "is the training time (compilation excluded) up to it. Total time is "
       "the run's wall time including compilation and evaluation; runs "
       "trained together in one program share its times.",
+      "- **Numbers**: a mean's interval (or an estimate's standard error) "
+      "is rounded to 2 significant digits and the mean to the same decimal "
+      "place; a number alone has 4 significant digits. CSV files keep "
+      "full precision. Bold: the best mean of a metric column (not a "
+      "significance claim).",
       "- **Pairwise comparisons** (best primary metric): runs with the same "
       "seed share initialisation, data order and split, so pairs are "
       "compared with a paired t-test on the per-seed differences (Welch's "
       "t-test when fewer than two seeds are shared); p-values adjusted over "
-      "all pairs of a configuration by Holm's method. '–': undefined "
-      "(one run, or no variance).",
+      "all pairs of a configuration by Holm's method. A side is named "
+      f"better only where the adjusted p < α = {1 - opts.confidence:.2g} "
+      f"(1 − the {opts.percent} confidence); otherwise 'no significant "
+      "difference'. '–': undefined (one run, or no variance).",
       "- **Average rank**: per configuration, optimizers ranked by the mean "
       "best primary metric (each optimizer at its best learning rate; ties "
       "share the average rank; diverged or missing = worst rank), averaged "
       f"over {len(configurations)} configuration(s).",
       "- **Performance profiles** (Dolan & Moré 2002): a problem is one "
       "configuration and seed, each optimizer at its best learning rate; "
-      "the cost is the training time (or epochs) "
+      "the cost is the training time per run (runs trained together in one "
+      "program: its time divided by their number) or the epochs "
       "until the primary metric first reaches the target, "
       f"{opts.target_fraction:g} × the best result of the configuration "
       f"(higher is better) or best / {opts.target_fraction:g} (lower is "
@@ -81,12 +92,6 @@ def _methods(opts: Options, configurations: Sequence[Configuration]
       "figures show the mean over seeds.", ""]
 
 
-def _device(meta: dict) -> str:
-  device = meta.get("device") or {}
-  return (f"{device.get('platform', '?')} ({device.get('kind', '?')}) × "
-          f"{device.get('count', '?')}")
-
-
 def _versions(meta: dict) -> str:
   return ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())
 
@@ -97,7 +102,7 @@ def _what_was_run(doc: _Document, runs: Sequence[Run],
   doc.table(tables.overview_table(configurations))
   meta = [r.metadata for r in runs if r.metadata]
   distinct = tables.distinct
-  doc.add("- Devices: " + "; ".join(distinct(_device(m) for m in meta)),
+  doc.add("- Devices: " + "; ".join(distinct(ranking.device_words(m) for m in meta)),
           "- Versions: " + "; ".join(distinct(_versions(m) for m in meta)),
           "- Git commits: " + ", ".join(distinct(
               str(m.get("git_commit")) for m in meta)), "")
@@ -145,14 +150,16 @@ def _across_configurations(doc: _Document, campaign_dir: str,
   doc.add("## Ranking across configurations", "")
   doc.table(ranking.ranking_table(configurations))
   costs, targets = ranking.target_costs(configurations, opts)
+  timing = ranking.timing_note(configurations)
   doc.add("## Performance profiles and time to target", "")
   if costs:
-    doc.table(ranking.profile_table(costs))
-    doc.image(figures.profile_figure(costs, opts, doc.report_dir),
+    doc.add(f"Times: {timing}.", "")
+    doc.table(ranking.profile_table(costs, timing))
+    doc.image(figures.profile_figure(costs, opts, doc.report_dir, timing),
               "performance profiles")
-    doc.image(figures.time_to_target_figure(costs, opts, doc.report_dir),
-              "time to target")
-    doc.table(ranking.time_to_target_table(costs, targets, opts))
+    doc.image(figures.time_to_target_figure(costs, opts, doc.report_dir,
+                                            timing), "time to target")
+    doc.table(ranking.time_to_target_table(costs, targets, opts, timing))
   else:
     doc.add("No completed run: no target to reach.", "")
 

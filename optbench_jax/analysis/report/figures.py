@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -164,11 +165,20 @@ def _step_axes(ax, x_label: str, title: str, log: bool) -> None:
   ax.legend(fontsize="small")
 
 
-def profile_figure(costs: dict, opts: Options, report_dir: str) -> str:
-  """Dolan–Moré profiles with time and with epochs as the cost."""
-  fig = Figure(figsize=(11, 4.2))
+def _timing_footnote(fig: Figure, timing: str) -> None:
+  """How the times were measured, under the axes."""
+  fig.text(0.5, 0.01, textwrap.fill(timing, 150), ha="center", va="bottom",
+           fontsize="small")
+  fig.tight_layout(rect=(0, 0.08, 1, 1))
+
+
+def profile_figure(costs: dict, opts: Options, report_dir: str,
+                   timing: str) -> str:
+  """Dolan–Moré profiles with time and with epochs as the cost; ``timing``
+  (:func:`~optbench_jax.analysis.report.ranking.timing_note`) under them."""
+  fig = Figure(figsize=(11, 4.6))
   axes = fig.subplots(1, 2)
-  for ax, (field, what) in zip(axes, (("time_s", "training time"),
+  for ax, (field, what) in zip(axes, (("time_s", "training time per run"),
                                       ("epoch", "epochs"))):
     profile = statistics.performance_profile(cost_view(costs, field))
     for optimizer, rho in profile.rho.items():
@@ -178,17 +188,19 @@ def profile_figure(costs: dict, opts: Options, report_dir: str) -> str:
                log=True)
   axes[0].set_ylabel(f"ρ(τ): fraction of {len(costs)} problems")
   fig.suptitle("Performance profiles (Dolan & Moré 2002)")
-  fig.tight_layout()
+  _timing_footnote(fig, timing)
   return _save(fig, os.path.join(report_dir, "figures",
                                  "performance_profile.png"))
 
 
-def time_to_target_figure(costs: dict, opts: Options, report_dir: str
-                          ) -> str:
-  """Fraction of problems solved against the training time and epochs."""
-  fig = Figure(figsize=(11, 4.2))
+def time_to_target_figure(costs: dict, opts: Options, report_dir: str,
+                          timing: str) -> str:
+  """Fraction of problems solved against the training time and epochs;
+  ``timing`` under them."""
+  fig = Figure(figsize=(11, 4.6))
   axes = fig.subplots(1, 2)
-  for ax, (field, what) in zip(axes, (("time_s", "training time (s)"),
+  for ax, (field, what) in zip(axes, (("time_s",
+                                       "training time per run (s)"),
                                       ("epoch", "epoch"))):
     view = cost_view(costs, field)
     finite = sorted({float(c) for row in view.values() for c in row.values()
@@ -204,6 +216,6 @@ def time_to_target_figure(costs: dict, opts: Options, report_dir: str
                "configuration's best", log=False)
   axes[0].set_ylabel(f"fraction of {len(costs)} problems solved")
   fig.suptitle("Time to target (configurations × seeds)")
-  fig.tight_layout()
+  _timing_footnote(fig, timing)
   return _save(fig, os.path.join(report_dir, "figures",
                                  "time_to_target.png"))

@@ -1,7 +1,14 @@
 """Comparisons across configurations, each optimizer at its best learning
 rate: the average rank, and when each run reached its configuration's
 target (the time-to-target and performance-profile tables; the figures
-draw the same costs)."""
+draw the same costs).
+
+Times: runs trained together in one compiled program (seeds and learning
+rates vmapped, ``runs_in_program`` in their metadata) record the program's
+wall time, shared by all of them. A run's training time to the target is
+that time divided by the number of runs in its program (each run's share,
+so optimizers trained in programs of different sizes compare), as
+:func:`timing_note` says beside every time-based table and figure."""
 from __future__ import annotations
 
 import math
@@ -65,12 +72,46 @@ def ranking_table(configurations: Sequence[Configuration]) -> Table:
                + [f"rank {n}" for n in names], csv_rows)
 
 
+def runs_together(run: Run) -> int:
+  """How many runs the run's compiled program trained (its times are the
+  program's)."""
+  return int(run.metadata.get("runs_in_program") or 1)
+
+
+def device_words(meta: dict) -> str:
+  """``platform (kind) × count`` of a run's metadata."""
+  device = meta.get("device") or {}
+  return (f"{device.get('platform', '?')} ({device.get('kind', '?')}) × "
+          f"{device.get('count', '?')}")
+
+
+def timing_note(configurations: Sequence[Configuration]) -> str:
+  """How the training times of the time-based tables and figures were
+  measured, from the finished runs' metadata."""
+  finished = [r for c in configurations for r in c.runs
+              if r.state in store.FINISHED]
+  together = sorted({runs_together(r) for r in finished})
+  if together in ([], [1]):
+    how = "each run's own training wall time"
+  else:
+    how = ("the wall time of the compiled program that trained N runs "
+           f"together (vmapped; N = {', '.join(map(str, together))}), "
+           "divided by N")
+  devices = list(dict.fromkeys(device_words(r.metadata) for r in finished))
+  noisy = (", which other load on the machine perturbs"
+           if any((r.metadata.get("device") or {}).get("platform") == "cpu"
+                  for r in finished) else "")
+  return (f"training time per run: {how}, summed over the epochs up to the "
+          f"target (compilation and evaluation excluded); one unrepeated "
+          f"measurement per epoch on {'; '.join(devices) or '?'}{noisy}")
+
+
 def target_costs(configurations: Sequence[Configuration], opts: Options):
   """Per problem ``(configuration, seed)`` and optimizer (at its best
   learning rate): when the run reached the configuration's target.
   Returns ``(costs, targets)``: ``costs[problem][optimizer]`` a
   :class:`statistics.Reached` or None; ``targets[configuration]`` the pair
-  ``(best, target)``."""
+  ``(best, target)``. Times are per run (module docstring)."""
   costs, targets = {}, {}
   for config in configurations:
     bests = [r.row["best_primary"] for r in completed(config.runs)
@@ -88,9 +129,11 @@ def target_costs(configurations: Sequence[Configuration], opts: Options):
       for optimizer, (label, _) in chosen.items():
         run = next((r for r in config.groups[label]
                     if r.seed == seed and r.state in store.FINISHED), None)
-        row[optimizer] = None if run is None else statistics.time_to_target(
+        reached = None if run is None else statistics.time_to_target(
             run.history, target, metric=config.primary,
             higher_is_better=config.higher_is_better)
+        row[optimizer] = reached and reached._replace(
+            time_s=reached.time_s / runs_together(run))
       costs[(config.name, seed)] = row
   return costs, targets
 
@@ -102,8 +145,10 @@ def cost_view(costs: dict, field: str) -> dict:
               for s, c in row.items()} for p, row in costs.items()}
 
 
-def time_to_target_table(costs: dict, targets: dict,
-                         opts: Options) -> Table:
+def time_to_target_table(costs: dict, targets: dict, opts: Options,
+                         timing: str) -> Table:
+  """When each run first reached its target; ``timing``:
+  :func:`timing_note`."""
   rows = []
   for (name, seed), row in costs.items():
     for optimizer, reached in row.items():
@@ -118,15 +163,16 @@ def time_to_target_table(costs: dict, targets: dict,
             format_number(r["time_s"], "time")] for r in rows]
   return Table("time_to_target", "Epoch and training time at which each run "
                f"first reached {opts.target_fraction:g} of its "
-               "configuration's best result",
+               f"configuration's best result ({timing})",
                ["configuration", "seed", "optimizer", "target", "epoch",
-                "training time (s)"], cells,
+                "training time per run (s)"], cells,
                ["configuration", "seed", "optimizer", "best", "target",
                 "epoch", "time_s"], rows, align="lrlrrr")
 
 
-def profile_table(costs: dict) -> Table:
-  """ρ_s(1) (fastest) and ρ_s(∞) (solved) of both profiles."""
+def profile_table(costs: dict, timing: str) -> Table:
+  """ρ_s(1) (fastest) and ρ_s(∞) (solved) of both profiles; ``timing``:
+  :func:`timing_note`."""
   rows = []
   for field, what in (("time_s", "time"), ("epoch", "epochs")):
     profile = statistics.performance_profile(cost_view(costs, field),
@@ -138,7 +184,7 @@ def profile_table(costs: dict) -> Table:
             f"{r['solved']:.2f}"] for r in rows]
   return Table("performance_profile", "Performance profiles: fraction of "
                "problems where the optimizer is fastest (ρ(1)) and where it "
-               "reaches the target at all (ρ(∞))",
+               f"reaches the target at all (ρ(∞)); {timing}",
                ["cost", "optimizer", "ρ(1) fastest", "ρ(∞) solved"], cells,
                ["cost", "optimizer", "fastest", "solved"], rows,
                align="llrr")
