@@ -28,16 +28,18 @@ Try it small first::
   python experiments/lr_sensitivity.py --optimizers sgd,adam \\
       --lr-grid 1e-3,1e-1 --epochs 1 --max-samples 500
 """
-import argparse
+import dataclasses
 import os
 import sys
+from typing import Sequence
 
 import matplotlib
 import matplotlib.transforms
 from matplotlib.figure import Figure
 
-from optbench_jax import cli, experiment, store, tasks, transforms
+from optbench_jax import experiment, flags, store, tasks, transforms
 from optbench_jax.experiment import Configuration
+from optbench_jax.flags import setting
 from optbench_jax.campaign import runner
 from optbench_jax.train import outputs
 
@@ -57,11 +59,13 @@ CSV_COLUMNS = ("optimizer", "learning_rate", "default_lr", "primary_metric",
                "best_primary_min", "best_primary_max")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument(
-      "--lr-grid", type=cli.comma_list(float, "--lr-grid"),
-      default=LR_GRID, help="comma-separated learning rates, the same for "
-      "every optimizer (default: 1e-5,1e-4,1e-3,1e-2,0.1,1)")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+  """This script's own flags (beside ``experiment.Shared``)."""
+  lr_grid: Sequence[float] = setting(
+      help="comma-separated learning rates, the same for every optimizer",
+      parse=flags.number_list(float, "--lr-grid"),
+      check=flags.each(flags.positive_finite), factory=lambda: list(LR_GRID))
 
 
 def sensitivity_rows(plan) -> list[dict]:
@@ -155,7 +159,7 @@ def after(args, plans) -> None:
 def main(argv=None) -> int:
   return experiment.main(
       CONFIGURATIONS, OPTIMIZERS, argv, script=__file__,
-      description=__doc__, add_arguments=add_arguments,
+      description=__doc__, options=Options,
       extra_settings=lambda args: {"lr_grid": list(args.lr_grid)},
       after=after)
 

@@ -3,12 +3,20 @@
 Runs every optimizer of ``optbench_jax.transforms.available()`` (or those
 named by ``--optimizers``) from each function's start point for ``--steps``
 steps and draws the trajectories on contour plots, one PNG per function (a
-grid with one panel per optimizer), plus ``summary.json`` with each run's
-final value, distance to the nearest global minimiser and status::
+grid with one panel per optimizer), ``<function>.json`` with every run
+and its trajectory, and ``summary.json`` with each run's final value,
+distance to the nearest global minimiser and status::
 
+  python experiments/test_functions.py --list
   python experiments/test_functions.py --steps 300 \\
       --functions rosenbrock,beale,shubert --optimizers adam,sgd,shampoo \\
       --output-dir results/test_functions
+
+Like the other scripts it resumes by default: run again into the same
+``--output-dir``, it keeps the runs recorded in ``<function>.json`` and
+computes the missing ones (other settings are refused; ``--no-resume``
+computes every run again). Bad input prints one line and exits with status
+2 before anything is computed.
 
 Extras are supplied exactly as the training engine does
 (``transforms.build_extras`` with the function as the "mini-batch loss", a
@@ -36,15 +44,13 @@ Lookahead's slow weights), otherwise the iterate.
 The script exits with status 1 if any optimizer raised an error (it is
 reported and the other optimizers still run).
 """
-from __future__ import annotations
-
-import argparse
+import dataclasses
 import functools
-import json
 import math
 import os
 import sys
 import traceback
+from typing import Optional
 
 import matplotlib.colors
 import matplotlib.ticker
@@ -55,8 +61,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optbench_jax import transforms
+from optbench_jax import flags, store, transforms
 from optbench_jax.errors import OptBenchError
+from optbench_jax.flags import setting
 from optbench_jax.transforms import test_functions
 
 TUNING_FACTORS = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -238,76 +245,165 @@ def _wrap(text: str, width: int) -> str:
   return "\n".join(lines + [line])
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--optimizers", default="",
-                      help="comma-separated names (default: all registered)")
-  parser.add_argument("--functions", default=",".join(test_functions.FUNCTIONS),
-                      help="comma-separated: rosenbrock, beale, shubert")
-  parser.add_argument("--steps", type=int, default=500)
-  parser.add_argument("--learning-rate", type=float, default=None,
-                      help="one learning rate for every optimizer (default: "
-                           "each optimizer's registry default)")
-  parser.add_argument("--tune-lr", action="store_true",
-                      help="per optimizer and function, try the learning rate "
-                           "times 0.01, 0.1, 1, 10, 100 and keep the run with "
-                           "the lowest final value")
-  parser.add_argument("--epoch-steps", type=int, default=10,
-                      help="steps per 'epoch' for optimizers that need the "
-                           "full gradient at each epoch start")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--output-dir", default="results/test_functions")
-  return parser.parse_args(argv)
+def _optimizer_names(text: str) -> Optional[str]:
+  unknown = [n for n in _names(text) if n not in transforms.available()]
+  if unknown:
+    return (f"names unknown optimizer(s) {', '.join(unknown)} (see "
+            f"python -m optbench_jax list)")
+  return None
+
+
+def _function_names(text: str) -> Optional[str]:
+  try:
+    if not [test_functions.get(f) for f in _names(text)]:
+      return "is empty"
+  except OptBenchError as e:
+    return str(e)
+  return None
+
+
+def _names(text: str) -> list[str]:
+  return [n.strip() for n in text.split(",") if n.strip()]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+  """This script's flags; of the experiment scripts' shared flags
+  (``experiment.Shared``) those that apply to a run that is not a campaign:
+  ``--optimizers``, ``--output-dir``, ``--resume``, ``--quiet``,
+  ``--list``."""
+  optimizers: str = setting("all", "'all' (every registered optimizer) or "
+                            "a comma-separated list",
+                            check=lambda t: None if t == "all"
+                            else _optimizer_names(t))
+  functions: str = setting(",".join(test_functions.FUNCTIONS),
+                           "comma-separated test functions",
+                           check=_function_names)
+  steps: int = setting(500, "optimizer steps from the start point",
+                       check=flags.at_least(1))
+  learning_rate: Optional[float] = setting(
+      None, "one learning rate for every optimizer (default: each "
+      "optimizer's registry default)", check=flags.positive_finite)
+  tune_lr: bool = setting(False, "per optimizer and function, try the "
+                          "learning rate times 0.01, 0.1, 1, 10, 100 and keep "
+                          "the run with the lowest final value")
+  epoch_steps: int = setting(10, "steps per 'epoch' for optimizers that need "
+                             "the full gradient at each epoch start",
+                             check=flags.at_least(1))
+  seed: int = setting(0, "seed of the optimizers' random draws",
+                      check=flags.seed_value)
+  output_dir: str = setting("results/test_functions", "where the figures, "
+                            "summary.json and each function's runs "
+                            "(<function>.json) are written",
+                            check=flags.all_of(flags.not_empty,
+                                               flags.directory))
+  resume: bool = setting(True, "keep the runs of <function>.json in "
+                         "--output-dir and compute only the missing ones "
+                         "(default); --no-resume computes every run again")
+  quiet: bool = setting(False, "no line per run")
+  list_only: bool = setting(False, "print the functions and optimizers, "
+                            "then exit", flag="--list")
+
+  @property
+  def recorded(self) -> dict:
+    """What a run's numbers depend on besides the function and optimizer."""
+    return {"steps": self.steps, "learning_rate": self.learning_rate,
+            "tune_lr": self.tune_lr, "epoch_steps": self.epoch_steps,
+            "seed": self.seed}
+
+
+def parse_args(argv=None) -> Options:
+  """The checked options (one-line errors, before anything is computed)."""
+  parser = flags.Parser(prog=f"python {os.path.relpath(__file__)}",
+                        description=__doc__.split("\n\n")[0])
+  flags.add_flags(parser, Options)
+  args = parser.parse_args(flags.attach_values(
+      sys.argv[1:] if argv is None else list(argv), parser))
+  options = flags.from_args(Options, args)
+  flags.check(options)
+  return options
+
+
+def _previous(options: Options, functions) -> dict:
+  """``{function: {optimizer: result}}`` kept from ``<function>.json``
+  (with ``--resume``); refuses a file computed with other settings."""
+  kept = {}
+  for function in functions:
+    path = os.path.join(options.output_dir, f"{function.name}.json")
+    if not options.resume or not os.path.exists(path):
+      continue
+    stored = store.read_json(path)
+    changed = [f"{k} {stored['settings'].get(k)!r} → {v!r}"
+               for k, v in options.recorded.items()
+               if stored["settings"].get(k) != v]
+    if changed:
+      raise OptBenchError(
+          f"--resume: {path} was computed with other settings "
+          f"({'; '.join(changed)}); give the same, --no-resume to compute "
+          f"every run again, or a new --output-dir")
+    kept[function.name] = {name: r for name, r in stored["runs"].items()
+                           if not r["status"].startswith("error")}
+  return kept
+
+
+def _run(options: Options, name: str, function) -> dict:
+  if options.tune_lr:
+    return tune_and_run(name, function, options.steps, options.epoch_steps,
+                        options.seed)
+  return run_optimizer(name, function, options.steps, options.learning_rate,
+                       options.epoch_steps, options.seed)
 
 
 def main(argv=None) -> int:
-  args = parse_args(argv)
-  available = list(transforms.available())
-  names = [n for n in args.optimizers.split(",") if n] or available
-  unknown = [n for n in names if n not in available]
-  if unknown:
-    print(f"unknown optimizer(s) {unknown}; available: {available}",
-          file=sys.stderr)
-    return 2
   try:
-    functions = [test_functions.get(f) for f in args.functions.split(",") if f]
+    options = parse_args(argv)
+    names = (list(transforms.available()) if options.optimizers == "all"
+             else _names(options.optimizers))
+    functions = [test_functions.get(f) for f in _names(options.functions)]
+    if options.list_only:
+      print(f"functions: {', '.join(f.name for f in functions)}")
+      for name in names:
+        spec = transforms.get(name)
+        unmet = [n for n in spec.needs if n in UNMET_NEEDS]
+        print(f"  {name:22s} lr {spec.default_lr:g}"
+              + (f", skipped ({', '.join(unmet)})" if unmet else ""))
+      return 0
+    previous = _previous(options, functions)
   except OptBenchError as e:
-    print(e, file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
     return 2
-  os.makedirs(args.output_dir, exist_ok=True)
   summary, failed = {}, []
   for function in functions:
-    results = {}
+    results = dict(previous.get(function.name, {}))
     for name in names:
+      if name in results:
+        continue
       try:
-        if args.tune_lr:
-          results[name] = tune_and_run(name, function, args.steps,
-                                       args.epoch_steps, args.seed)
-        else:
-          results[name] = run_optimizer(name, function, args.steps,
-                                        args.learning_rate, args.epoch_steps,
-                                        args.seed)
+        results[name] = _run(options, name, function)
       except Exception as e:  # reported, and the others still run
         traceback.print_exc()
         failed.append(f"{function.name}/{name}")
         results[name] = {"status": f"error: {type(e).__name__}",
                          "reason": str(e), "trajectory": [],
-                         "learning_rate": args.learning_rate
+                         "learning_rate": options.learning_rate
                          or transforms.get(name).default_lr}
       r = results[name]
       detail = (f"f={r['final_value']:.4g} "
                 f"dist={r['distance_to_minimizer']:.3g}"
                 if r["status"] == "ok" else r.get("reason", ""))
-      print(f"{function.name:10s} {name:22s} lr={r['learning_rate']:<8g} "
-            f"{r['status']:24s} {detail}")
-    path = os.path.join(args.output_dir, f"{function.name}.png")
-    plot_function(function, results, path, args.steps)
+      if not options.quiet:
+        print(f"{function.name:10s} {name:22s} lr={r['learning_rate']:<8g} "
+              f"{r['status']:24s} {detail}")
+    store.write_json(os.path.join(options.output_dir,
+                                  f"{function.name}.json"),
+                     {"settings": options.recorded, "runs": results})
+    path = os.path.join(options.output_dir, f"{function.name}.png")
+    plot_function(function, results, path, options.steps)
     print(f"wrote {path}")
     summary[function.name] = {
         name: {k: v for k, v in r.items() if k != "trajectory"}
         for name, r in results.items()}
-  with open(os.path.join(args.output_dir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  store.write_json(os.path.join(options.output_dir, "summary.json"), summary)
   if failed:
     print(f"errors in: {', '.join(failed)}", file=sys.stderr)
     return 1

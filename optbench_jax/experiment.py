@@ -9,8 +9,11 @@ that differ from the defaults), a list of optimizers, and::
     sys.exit(experiment.main(CONFIGURATIONS, OPTIMIZERS, sys.argv[1:],
                              script=__file__, description=__doc__))
 
-:func:`main` gives every script the same flags: ``--configs`` (names or
-1-based positions, ranges ``3-5``), ``--optimizers``, ``--seeds``,
+:func:`main` gives every script the same flags (:class:`Shared`, declared
+with ``flags.setting`` and checked before anything is loaded; a script's
+own flags are a dataclass of its own, ``main(..., options=)``):
+``--configs`` (names or 1-based positions, ranges ``3-5``),
+``--optimizers``, ``--seeds``,
 ``--max-samples`` and ``--epochs`` (override every configuration's, for a
 small try first), ``--output-dir`` (default ``results/<script>``),
 ``--data-dir``, ``--shard I/N`` and ``--backend local|ray``
@@ -28,12 +31,17 @@ work unit is reported, the others go on, and the script exits with status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from optbench_jax import flags
 from optbench_jax.errors import OptBenchError
+from optbench_jax.flags import (all_of, at_least, directory, each, not_empty,
+                                number_list, positive_finite, seed_value,
+                                setting)
 from optbench_jax.train import settings
 from optbench_jax.train.plan import Plan, check_store, make_plan
 from optbench_jax.train.settings import CampaignConfig
@@ -112,70 +120,91 @@ def select(configurations: Sequence[Configuration], text: Optional[str]
   return [configurations[i] for i in sorted(chosen)]
 
 
-def _positive_int(flag: str):
-  def parse(text: str) -> int:
-    try:
-      value = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"{flag} expects an integer "
-                                        f"(got {text!r})") from None
-    if value < 1:
-      raise argparse.ArgumentTypeError(f"{flag} must be at least 1 "
-                                        f"(got {value})")
-    return value
-  return parse
+def _shard(text: str) -> Optional[str]:
+  from optbench_jax.campaign import dispatch
+  try:
+    dispatch.parse_shard(text)
+  except OptBenchError as e:
+    return str(e)
+  return None
+
+
+def _backends():
+  from optbench_jax.campaign import dispatch
+  return dispatch.BACKENDS
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Shared:
+  """The flags every experiment script shares (:func:`main`; a script's
+  own are another dataclass, ``main(..., options=)``). The defaults of
+  ``output_dir`` and ``seeds`` are the script's (:func:`build_parser`)."""
+  configs: Optional[str] = setting(
+      None, "configurations to run: names, 1-based positions or ranges "
+      "(3-5), comma-separated (default: all; see --list)", check=not_empty)
+  optimizers: Optional[str] = setting(
+      None, "comma-separated optimizers, for every configuration (default: "
+      "the script's)", check=not_empty)
+  seeds: Sequence[int] = setting(
+      help="comma-separated seeds; the runs of one optimizer train together "
+      "in one program", parse=number_list(int, "--seeds"),
+      check=each(seed_value), factory=lambda: [0])
+  max_samples: Optional[int] = setting(
+      None, "cap every configuration's training split at N examples, a "
+      "small try first (default: each configuration's own cap)",
+      check=at_least(1))
+  epochs: Optional[int] = setting(
+      None, "epochs of every configuration (default: the script's)",
+      check=at_least(1))
+  output_dir: str = setting("results", "where results are written",
+                            check=all_of(not_empty, directory))
+  data_dir: Optional[str] = setting(
+      None, "dataset cache directory (default: the data libraries' own "
+      "caches)", check=directory)
+  offline: bool = setting(
+      False, "never download: a dataset or checkpoint missing from the "
+      "local cache is an error")
+  prepare: bool = setting(
+      False, "download and check every dataset and checkpoint the selected "
+      "configurations need, then exit (before a sharded or Ray campaign)")
+  resume: bool = setting(
+      True, "skip finished runs and continue unfinished ones from their "
+      "last checkpoint (default); --no-resume trains them again from the "
+      "start")
+  shard: Optional[str] = setting(
+      None, "run only the I-th of N disjoint parts (1-based, dealt "
+      "round-robin over the work units) into the same --output-dir, e.g. "
+      "--shard $SLURM_ARRAY_TASK_ID/4 under #SBATCH --array=1-4 (default: "
+      "every unit)", check=_shard)
+  backend: str = setting(
+      "local", "local: one unit after another in this process; ray: one "
+      "Ray task per unit (pip install 'optbench_jax[cluster]')",
+      choices=_backends)
+  ray_address: Optional[str] = setting(
+      None, "with --backend ray: the cluster to join (default: a running "
+      "one Ray finds, else a new local one)", check=not_empty)
+  ray_cpus: float = setting(
+      1.0, "with --backend ray on a cluster without GPUs: CPUs per task "
+      "(with GPUs each task asks for one GPU)", check=positive_finite)
+  quiet: bool = setting(False, "no progress bars")
+  list_only: bool = setting(False, "print the configurations and this "
+                            "shard's work units, then exit", flag="--list")
 
 
 def build_parser(script: str, description: Optional[str] = None,
-                 seeds: Sequence[int] = (0,)) -> argparse.ArgumentParser:
-  from optbench_jax.cli import Parser, comma_list  # one-line errors
-  from optbench_jax.campaign import dispatch
+                 seeds: Sequence[int] = (0,), options: Optional[type] = None
+                 ) -> argparse.ArgumentParser:
+  """The script's parser: the :class:`Shared` flags, then the flags of
+  ``options`` (the script's own settings' dataclass), if any."""
   stem = os.path.splitext(os.path.basename(script))[0]
-  parser = Parser(prog=f"python {os.path.relpath(script)}",
-                   description=description,
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  add = parser.add_argument
-  add("--configs", default=None, help="configurations to run: names, "
-      "1-based positions or ranges (3-5), comma-separated (default: all; "
-      "see --list)")
-  add("--optimizers", default=None, help="comma-separated optimizers, for "
-      "every configuration (default: the script's)")
-  add("--seeds", type=comma_list(int, "--seeds"), default=list(seeds),
-      help=f"comma-separated seeds (default: "
-      f"{','.join(str(s) for s in seeds)}); the runs of one optimizer train "
-      f"together in one program")
-  add("--max-samples", type=_positive_int("--max-samples"), default=None,
-      help="cap every configuration's training split at N examples (a small "
-      "try first)")
-  add("--epochs", type=_positive_int("--epochs"), default=None,
-      help="epochs of every configuration (default: the script's)")
-  add("--output-dir", default=os.path.join("results", stem),
-      help="where results are written (default: %(default)s)")
-  add("--data-dir", default=None, help="dataset cache directory")
-  add("--offline", action="store_true", help="never download: a dataset "
-      "or checkpoint missing from the local cache is an error")
-  add("--prepare", action="store_true", help="download and check every "
-      "dataset and checkpoint the selected configurations need, then exit "
-      "(before a sharded or Ray campaign)")
-  add("--resume", action=argparse.BooleanOptionalAction, default=True,
-      help="skip finished runs and continue unfinished ones from their last "
-      "checkpoint (default); --no-resume trains them again from the start")
-  add("--shard", default=None, metavar="I/N",
-      help="run only the I-th of N disjoint parts (1-based, dealt "
-      "round-robin over the work units) into the same --output-dir, e.g. "
-      "--shard $SLURM_ARRAY_TASK_ID/4 under #SBATCH --array=1-4")
-  add("--backend", choices=dispatch.BACKENDS, default="local",
-      help="local: one unit after another in this process (default); ray: "
-      "one Ray task per unit (pip install 'optbench_jax[cluster]')")
-  add("--ray-address", default=None,
-      help="with --backend ray: the cluster to join (default: a running "
-      "one Ray finds, else a new local one)")
-  add("--ray-cpus", type=float, default=1.0,
-      help="with --backend ray on a cluster without GPUs: CPUs per task "
-      "(default: %(default)s; with GPUs each task asks for one GPU)")
-  add("--quiet", action="store_true", help="no progress bars")
-  add("--list", action="store_true", help="print the configurations and "
-      "this shard's work units, then exit")
+  parser = flags.Parser(prog=f"python {os.path.relpath(script)}",
+                        description=description,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+  flags.add_flags(parser, Shared, defaults={
+      "output_dir": os.path.join("results", stem), "seeds": list(seeds)})
+  if options is not None:
+    flags.add_flags(parser, options, group=(
+        "this script's", "settings of this script only"))
   return parser
 
 
@@ -269,8 +298,7 @@ def _report(outcome) -> None:
 def main(configurations: Sequence[Configuration], optimizers: Sequence[str],
          argv: Optional[Sequence[str]] = None, *, script: str = "experiment",
          description: Optional[str] = None, seeds: Sequence[int] = (0,),
-         add_arguments: Optional[Callable[[argparse.ArgumentParser], None]]
-         = None,
+         options: Optional[type] = None,
          extra_settings: Optional[Callable[[argparse.Namespace],
                                            Mapping[str, Any]]] = None,
          after: Optional[Callable[[argparse.Namespace, list], None]] = None
@@ -284,7 +312,9 @@ def main(configurations: Sequence[Configuration], optimizers: Sequence[str],
       output directory).
     description: the ``--help`` text (the script's docstring).
     seeds: the default of ``--seeds``.
-    add_arguments: adds the script's own flags to the parser.
+    options: the dataclass of the script's own flags (declared with
+      ``flags.setting``), checked with the shared ones before anything is
+      loaded.
     extra_settings: ``args -> {setting: value}`` applied to every campaign
       (from the script's own flags).
     after: ``after(args, [(name, Plan), ...])`` once the units have run
@@ -292,20 +322,22 @@ def main(configurations: Sequence[Configuration], optimizers: Sequence[str],
   """
   from optbench_jax.campaign import dispatch
   from optbench_jax.train import interrupts
-  parser = build_parser(script, description, seeds)
-  if add_arguments is not None:
-    add_arguments(parser)
-  args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+  parser = build_parser(script, description, seeds, options)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = parser.parse_args(flags.attach_values(argv, parser))
   previous = {s: signal.signal(s, interrupts.request_stop)
               for s in (signal.SIGTERM, signal.SIGINT)}
   try:
+    flags.check(flags.from_args(Shared, args))  # before anything is loaded
+    if options is not None:
+      flags.check(flags.from_args(options, args))
     plans = [(name, make_plan(cfg)) for name, cfg in campaigns(
         configurations, optimizers, args,
         extra_settings(args) if extra_settings else None)]
     every = dispatch.units(plans)
     todo = (dispatch.shard(every, *dispatch.parse_shard(args.shard))
             if args.shard is not None else every)
-    if args.list:
+    if args.list_only:
       print_plan(configurations, plans, todo, len(every), args.shard)
       return 0
     if args.prepare:

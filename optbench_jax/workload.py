@@ -6,8 +6,10 @@ The workload owns the one path by which data reach a run::
   ``max_samples``) → fit (the task's preprocessing or vocabulary, for the
   model, cached in the campaign directory)
 
-— the campaign, a run, ``analyze`` and the benchmarks all call
-:meth:`Workload.splits`, so a run is never fitted twice or differently.
+— ``analyze`` and the benchmarks call :meth:`Workload.splits`, the
+campaign its steps (:meth:`prepare`, then :meth:`fit`, to check the split
+data against its plan in between), so a run is never fitted twice or
+differently.
 It hands the task what the task needs of the model (the model's
 vocabulary builder and pretrained directory, :meth:`text_model`) so tasks
 never look models up, builds the model and loads its pretrained weights,

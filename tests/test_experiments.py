@@ -48,9 +48,8 @@ def _registered(config):
 
 
 def _plan(module, tmp_path, argv=()):
-  parser = experiment.build_parser(module.__file__)
-  if hasattr(module, "add_arguments"):
-    module.add_arguments(parser)
+  parser = experiment.build_parser(module.__file__,
+                                   options=getattr(module, "Options", None))
   args = parser.parse_args(["--output-dir", str(tmp_path), *argv])
   return experiment.campaigns(module.CONFIGURATIONS, module.OPTIMIZERS, args)
 
@@ -162,7 +161,7 @@ def test_list_prints_configurations_and_the_shards_units(capsys):
     (["--shard", "0/0"], "--shard 0/0"),
     (["--shard", "x"], "--shard expects I/N"),
     (["--max-samples", "0"], "--max-samples must be at least 1"),
-    (["--backend", "slurm"], "invalid choice"),
+    (["--backend", "slurm"], "unknown --backend 'slurm'"),
     (["--seeds", "0,0", "--configs", "1"], "--seeds repeats a seed"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys,

@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "optbench_jax"
 # other upwards.
 LAYERS = (
     ("errors",),
-    ("registry", "xla_cpu", "store"),
+    ("registry", "xla_cpu", "store", "flags"),
     ("kernels",),
     ("nn", "data"),
     ("transforms", "models"),

@@ -34,32 +34,14 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from optbench_jax import store
+from optbench_jax import flags, store
 from optbench_jax.analysis import directions, figures, hessian, landscape
 from optbench_jax.analysis import restore
 from optbench_jax.errors import OptBenchError
+from optbench_jax.flags import setting
 
 ANALYSES = ("landscape1d", "landscape2d", "hessian")
 OUTPUT = store.ANALYSIS
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-  """What ``analyze`` computes and on which data (one place for the CLI's
-  defaults)."""
-  split: str = "train"
-  samples: int = 1024
-  bn: str = "running"
-  points_1d: int = landscape.INTERPOLATION_POINTS
-  points_2d: int = 21
-  span: float = landscape.SURFACE_SPAN
-  top_k: int = 5
-  top_iterations: int = hessian.TOP_ITERATIONS
-  iterations: int = hessian.SLQ_ITERATIONS
-  probes: int = hessian.SLQ_PROBES
-  trace_probes: int = hessian.TRACE_PROBES
-  seed: int = 0
-  batch_size: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +92,85 @@ def parse_what(text: str) -> list[str]:
     raise OptBenchError(f"unknown analysis {', '.join(unknown) or '(none)'}; "
                         f"valid: {', '.join(ANALYSES)} (comma-separated)")
   return list(dict.fromkeys(names))
+
+
+def _analyses(text: str) -> Optional[str]:
+  try:
+    parse_what(text)
+  except OptBenchError as e:
+    return str(e)
+  return None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Selection:
+  """Which runs ``analyze`` analyses, and what: the command's flags that
+  are not recorded with the results."""
+  run_dir: str = setting(help="a run directory, or a directory above runs "
+                         "(every run below it, plus cross-run figures)",
+                         check=flags.existing_directory)
+  what: str = setting(",".join(ANALYSES), "comma-separated: "
+                      f"{', '.join(ANALYSES)} (default: all)",
+                      check=_analyses)
+  seeds: Optional[Sequence[int]] = setting(
+      None, "only the runs of these seeds (comma-separated; default: every "
+      "run)", parse=flags.number_list(int, "--seeds"),
+      check=flags.each(flags.seed_value))
+  compare_run: Optional[str] = setting(
+      None, "landscape1d also from the final parameters to this run's (same "
+      "task, dataset and model; default: none)",
+      check=flags.existing_directory)
+  data_dir: Optional[str] = setting(
+      None, "where the run's dataset cache lives (default: the data "
+      "libraries' own caches, as run's --data-dir)", check=flags.directory)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Options:
+  """What ``analyze`` computes and on which data (recorded with each
+  result); every field is a flag, checked by :func:`check`."""
+  split: str = setting("train", "the split whose first --samples examples "
+                       "define the loss",
+                       choices=lambda: restore.SPLITS)
+  samples: int = setting(1024, "examples in the fixed evaluation subset",
+                         check=flags.at_least(1))
+  bn: str = setting("running", "batch norm: the final running statistics "
+                    "(eval mode) or each batch's own",
+                    choices=lambda: restore.BN_MODES)
+  points_1d: int = setting(landscape.INTERPOLATION_POINTS,
+                           "points on the 1-D path", check=flags.at_least(2))
+  points_2d: int = setting(21, "grid points per axis of the surface",
+                           check=flags.at_least(2))
+  span: float = setting(landscape.SURFACE_SPAN, "the surface covers "
+                        "[-span, span]² in units of the filter-normalised "
+                        "directions", check=flags.positive_finite)
+  top_k: int = setting(5, "top Hessian eigenvalues", check=flags.at_least(1))
+  top_iterations: int = setting(
+      hessian.TOP_ITERATIONS, "Lanczos iterations of the top eigenvalues "
+      "(at least --top-k)", check=flags.at_least(1))
+  iterations: int = setting(hessian.SLQ_ITERATIONS, "Lanczos iterations per "
+                            "spectral-density probe", check=flags.at_least(1))
+  probes: int = setting(hessian.SLQ_PROBES, "stochastic Lanczos quadrature "
+                        "probes", check=flags.at_least(1))
+  trace_probes: int = setting(
+      hessian.TRACE_PROBES, "Hutchinson probes of the trace (at least 2: "
+      "its standard error)", check=flags.at_least(2))
+  seed: int = setting(0, "seed of directions and probes",
+                      check=flags.seed_value)
+  batch_size: Optional[int] = setting(
+      None, "evaluation batch size (default: the run's evaluation batch "
+      "size)", check=flags.at_least(1))
+
+
+def check(selection: Selection, options: Options) -> None:
+  """``analyze``'s flags, pure (one-line errors naming the flag), before
+  any run is loaded."""
+  flags.check(selection)
+  flags.check(options)
+  if options.top_iterations < options.top_k:
+    raise OptBenchError(f"--top-iterations {options.top_iterations} is "
+                        f"smaller than --top-k {options.top_k}: Lanczos "
+                        f"gives at most one eigenvalue per iteration")
 
 
 def find_runs(directory: str, seeds: Optional[Sequence[int]] = None
@@ -269,12 +330,15 @@ def _surface(name: str, out_dir: str, run: restore.Run, options: Options,
   return result
 
 
-def analyze(directory: str, what: Sequence[str], options: Options, *,
-            compare: Optional[str] = None, data_dir: Optional[str] = None,
-            seeds: Optional[Sequence[int]] = None, log=print) -> Analysis:
-  """The ``analyze`` command: every run under ``directory`` (of ``seeds``,
-  when given); returns the results and where they went."""
-  run_dirs = find_runs(directory, seeds)
+def analyze(selection: Selection, options: Options, *, log=print
+            ) -> Analysis:
+  """The ``analyze`` command: every run ``selection`` names, analysed as
+  ``options`` say (both checked first, before any run is loaded); returns
+  the results and where they went."""
+  check(selection, options)
+  what, directory = parse_what(selection.what), selection.run_dir
+  compare, data_dir = selection.compare_run, selection.data_dir
+  run_dirs = find_runs(directory, selection.seeds)
   other = (restore.load_run(compare, data_dir=data_dir)
            if compare is not None else None)
   analysed, per_run = [], {}

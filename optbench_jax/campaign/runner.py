@@ -44,7 +44,7 @@ from optbench_jax.errors import OptBenchError
 from optbench_jax.train import outputs, plots, settings
 from optbench_jax.engine import distributed
 from optbench_jax.train import run as run_lib
-from optbench_jax.train.plan import Plan, check_store, make_plan
+from optbench_jax.train.plan import Plan, check_data, check_store, make_plan
 from optbench_jax.train.settings import CampaignConfig
 
 
@@ -89,14 +89,18 @@ def load_splits(plan: Plan):
   """The campaign's data, through its workload's one path (loaded, split
   with ``split_seed``, capped at ``max_samples``, fitted by the task with
   the vocabulary cached in the campaign directory), once for all of its
-  optimizers."""
+  optimizers; the split data are checked against the plan
+  (:func:`~optbench_jax.train.plan.check_data`) before anything is fitted
+  or written."""
   plan = make_plan(plan)
-  raw = plan.workload.load(plan.campaign.data_dir,
-                           offline=plan.campaign.offline)
-  plan.workload.fetch_pretrained(plan.campaign, offline=plan.campaign.offline)
+  workload, cfg = plan.workload, plan.campaign
+  prepared = workload.prepare(workload.load(cfg.data_dir,
+                                            offline=cfg.offline), cfg)
+  check_data(plan, prepared)
+  workload.fetch_pretrained(cfg, offline=cfg.offline)
   with campaign_lock(plan) as out_dir:
     store.remove_partial_writes(out_dir)
-    return plan.workload.splits(plan.campaign, raw=raw, cache_dir=out_dir)
+    return workload.fit(prepared, cfg, cache_dir=out_dir)
 
 
 def finished_runs(plan: Plan) -> list[tuple[str, list, dict]]:

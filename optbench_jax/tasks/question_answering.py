@@ -24,8 +24,10 @@ onto the kept context tokens is the label. Examples with no such span (the
 answer is not in the tweet, or truncation cut it) cannot supervise a span:
 they get no training loss (``answerable`` 0) but are scored in evaluation
 like every other, so a model gets no credit for skipping them. The share of
-such examples per split is recorded in ``info.stats``. (How the source
-benchmark labelled them is not documented.)
+such examples per split is recorded in ``info.stats``; a split with none
+answerable (``--max-length`` too short for any answer) is refused, as its
+loss would be 0/0. (How the source benchmark labelled them is not
+documented.)
 
 Defaults: plateau schedule, clipping at 1.0, contexts of 384 tokens (the
 datasets' entries set 256 for TweetQA), questions of 64, a 20,000-word
@@ -41,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optbench_jax.errors import OptBenchError
 from optbench_jax.tasks import _squad, _text
 from optbench_jax.tasks.base import Task, register, with_stats
 
@@ -88,6 +91,12 @@ class QuestionAnswering(Task):
           start[i], end[i] = span
           answerable[i] = 1.0
       unanswerable[split] = float(1.0 - answerable.mean()) if n else 0.0
+      if n and not answerable.any():  # a loss of 0/0: NaN, not a result
+        raise OptBenchError(
+            f"--max-length {config.max_length}: no {split} example keeps "
+            f"its answer in its context cut at {config.max_length} "
+            f"token(s); give a larger --max-length (default: the dataset's "
+            f"or {self.default_max_length})")
       records = ([None] * n if split == "train" else
                  [(contexts[i], context.offsets[i],
                    [str(a) for a in arrays["answers"][i]]) for i in range(n)])

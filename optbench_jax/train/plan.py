@@ -11,7 +11,9 @@ label. Nothing below the plan resolves or checks again: the engine trains
 what the plan says (as Flax's examples lock one config into
 ``train_and_evaluate``).
 
-:func:`check_store` then compares the plan with the results already on
+:func:`check_data` compares the plan with its data once they are loaded
+and split, before they are fitted and before anything is trained or
+written. :func:`check_store` compares the plan with the results already on
 disk, for the whole campaign and before anything is loaded, trained or
 written: ``--resume`` refuses runs trained with other settings, and a
 campaign without ``--resume`` or ``--overwrite`` refuses to write over
@@ -24,7 +26,9 @@ import os
 import tempfile
 from typing import Any, Optional, Sequence
 
-from optbench_jax import store, transforms
+from optbench_jax import data as data_lib
+from optbench_jax import flags, store, transforms
+from optbench_jax.data.base import Splits
 from optbench_jax.errors import OptBenchError
 from optbench_jax.train import settings
 from optbench_jax.engine import distributed
@@ -104,16 +108,9 @@ def learning_rates(cfg: CampaignConfig, optimizer: str) -> list[float]:
 # -- building plans ------------------------------------------------------------
 def check_output_dir(path: str, flag: str = "--output-dir") -> None:
   """The output directory can be created and written (one-line errors)."""
-  probe = os.path.abspath(path)
-  while not os.path.exists(probe):
-    parent = os.path.dirname(probe)
-    if parent == probe:
-      break
-    probe = parent
-  if not os.path.isdir(probe):
-    what = ("is an existing file" if probe == os.path.abspath(path)
-            else f"is below {probe}, which is a file")
-    raise OptBenchError(f"{flag} {path} {what}; give a directory")
+  message = flags.directory(path)
+  if message:
+    raise OptBenchError(f"{flag} {message}")
   try:
     os.makedirs(path, exist_ok=True)
     with tempfile.TemporaryFile(dir=path):
@@ -245,3 +242,18 @@ def check_store(plan: Plan, optimizers: Optional[Sequence[str]] = None
         f"{cfg.output_dir} already holds {len(found)} run(s) of this "
         f"campaign (e.g. {found[0].run_dir}); give --resume to continue "
         f"them, a new --output-dir, or --overwrite to train them again")
+
+
+# -- the plan against its data -------------------------------------------------
+def check_data(plan: Plan, splits: Splits) -> None:
+  """The plan against its data once loaded and split (``Workload.prepare``),
+  before anything is fitted, trained or written: a training batch larger
+  than the training split is refused."""
+  cfg = plan.campaign
+  n = data_lib.num_examples(splits.train)
+  if cfg.batch_size > n:
+    cap = (", capped by --max-samples" if cfg.max_samples == n else "")
+    raise OptBenchError(
+        f"--batch-size {cfg.batch_size} is larger than the training split "
+        f"of {cfg.dataset}: {n} examples{cap}; give --batch-size {n} or "
+        f"less")

@@ -1,11 +1,14 @@
 """Run settings, declared once.
 
 Every setting is one field of a frozen dataclass, declared with
-:func:`setting`: its default, its help text, how the command line parses it
-and whether it changes a run's numbers. The command line's ``run`` flags are
-generated from these fields (``cli.py``), the run metadata is their
-``asdict``, and :func:`check` validates them, in one place, for the command
-line and the Python API alike.
+:func:`~optbench_jax.flags.setting`: its default, its help text, how the
+command line parses it, its check and whether it changes a run's numbers.
+The command line's ``run`` flags are generated from these fields
+(``flags.add_flags``), the run metadata is their ``asdict``, and
+:func:`check` validates them, in one place, for the command line and the
+Python API alike. The generic part is ``optbench_jax/flags.py``'s; this
+module adds the run's: the classes, the task's defaults and the checks
+that need the registries.
 
 * :class:`Protocol`: what every run of a campaign shares (the fair
   protocol: task, data, model, epochs, schedule, ...).
@@ -22,70 +25,16 @@ records what was used.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-from optbench_jax import store
+from optbench_jax import flags, store
 from optbench_jax.errors import OptBenchError
-
-
-def setting(default: Any = dataclasses.MISSING, help: str = "", *,  # pylint: disable=redefined-builtin
-            parse: Optional[Callable[[str], Any]] = None,
-            flag: Optional[str] = "", choices: Optional[Callable[[], Sequence]] = None,
-            check: Optional[Callable[[Any], Optional[str]]] = None,
-            numeric: bool = True, factory: Optional[Callable[[], Any]] = None):
-  """A dataclass field that is a run setting.
-
-  Args:
-    default: the default (omit for a required setting).
-    help: the command line's help text.
-    parse: turns the flag's text into the value (default: the field's type).
-    flag: the command-line flag; ``""`` derives ``--name-with-dashes``;
-      ``None`` means a setting of the Python API only.
-    choices: ``() -> valid values``, checked by :func:`check`.
-    check: ``value -> error text or None``, checked by :func:`check`.
-    numeric: whether the setting changes a run's numbers (results); settings
-      that only change where or how fast results are computed do not.
-    factory: a default factory (mutable defaults).
-  """
-  metadata = {"help": help, "parse": parse, "flag": flag, "choices": choices,
-              "check": check, "numeric": numeric}
-  if factory is not None:
-    return dataclasses.field(default_factory=factory, metadata=metadata)
-  return dataclasses.field(default=default, metadata=metadata)
-
-
-# -- value checks --------------------------------------------------------------
-def at_least(minimum: float) -> Callable[[Any], Optional[str]]:
-  def check(value):
-    if value is not None and value < minimum:
-      return f"must be at least {minimum:g} (got {value})"
-    return None
-  return check
-
-
-def fraction(value) -> Optional[str]:
-  if not 0.0 < value < 1.0:
-    return f"must be in (0, 1) (got {value})"
-  return None
-
-
-def non_negative(value) -> Optional[str]:
-  if value is not None and not (math.isfinite(value) and value >= 0):
-    return f"must be a finite number ≥ 0 (got {value})"
-  return None
-
-
-def positive_finite(value) -> Optional[str]:
-  if value is not None and not (math.isfinite(value) and value > 0):
-    return f"must be a positive finite number (got {value})"
-  return None
-
-
-def seed_value(value) -> Optional[str]:
-  if not 0 <= value <= MAX_SEED:
-    return f"must be an integer in [0, {MAX_SEED}] (got {value})"
-  return None
+# The generic part (the declaration, value checks, parsers and flag names)
+# is optbench_jax/flags.py's; these names stay the run settings' API too.
+from optbench_jax.flags import (  # pylint: disable=unused-import
+    MAX_SEED, all_of, at_least, auto_int, directory, fields, flag_of,
+    fraction, non_negative, not_empty, number_list, optional_int,
+    positive_finite, seed_value, setting)
 
 
 def label_smoothing(value) -> Optional[str]:
@@ -94,32 +43,9 @@ def label_smoothing(value) -> Optional[str]:
   return None
 
 
-def not_empty(value) -> Optional[str]:
-  if value is not None and not str(value).strip():
-    return "must not be empty"
-  return None
-
-
-def optional_int(text: str) -> Optional[int]:
-  """An integer, or ``none``/``all`` for no value."""
-  return None if text.lower() in ("none", "all") else int(text)
-
-
-def auto_int(text: str) -> Optional[int]:
-  return None if text.lower() in ("auto", "all") else int(text)
-
-
-def number_list(kind, flag):
-  def parse(text: str):
-    try:
-      values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-      raise ValueError(f"{flag} expects a comma-separated list "
-                       f"(got {text!r})") from None
-    if not values:
-      raise ValueError(f"{flag} is empty")
-    return values
-  return parse
+def cache_directory(value) -> Optional[str]:
+  """``--compile-cache``: ``off``, or a directory (not a file)."""
+  return None if value == "off" else directory(value)
 
 
 def name_values(text: str) -> dict[str, float]:
@@ -157,8 +83,6 @@ DATA_PLACEMENTS = ("auto", "device", "host")
 # refuses a value.
 TASK_SETTINGS = ("max_length", "vocab_size", "target_length", "beam_size",
                  "length_penalty")
-# Seeds are unsigned 32-bit integers (as PyTorch's and NumPy's generators).
-MAX_SEED = 2**32 - 1
 LR_POLICIES = ("per-optimizer", "fixed")
 
 
@@ -177,7 +101,8 @@ class Protocol:
   max_samples: Optional[int] = setting(
       None, "cap on the training split's raw examples (language "
       "modelling: documents, before they are cut into sequences; "
-      "run_metadata.json's max_samples_unit says which)", parse=optional_int,
+      "run_metadata.json's max_samples_unit says which; default: none, "
+      "the whole split)", parse=optional_int,
       check=at_least(1))
   split_seed: int = setting(
       0, "seed of the train/validation split, independent of the run seeds "
@@ -212,7 +137,8 @@ class Protocol:
   eval_every: int = setting(1, "evaluate on the validation split every N "
                             "epochs (and after the last)", check=at_least(1))
   eval_max_samples: Optional[int] = setting(
-      None, "evaluate on the first N validation examples only",
+      None, "evaluate on the first N validation examples only (default: "
+      "every validation example)",
       parse=optional_int, check=at_least(1))
   devices: Optional[int] = setting(
       None, "data-parallel over this many local devices (default: all)",
@@ -272,29 +198,35 @@ class CampaignConfig(Protocol):
   seed: int = setting(0, "the seed of a single run (see --seeds)",
                       check=seed_value)
   seeds: Optional[Sequence[int]] = setting(
-      None, "several seeds, e.g. 0,1,2 (overrides --seed); the runs of one "
-      "optimizer train together in one program",
+      None, "several seeds, e.g. 0,1,2 (overrides --seed; default: none, "
+      "the one --seed); the runs of one optimizer train together in one "
+      "program",
       parse=number_list(int, "--seeds"))
   lr_policy: str = setting("per-optimizer", "per-optimizer (registry "
                            "defaults) or fixed (--lr)",
                            choices=lambda: LR_POLICIES)
   lr: Optional[float] = setting(None, "the learning rate of "
-                                "--lr-policy fixed", check=positive_finite)
+                                "--lr-policy fixed (default: none; that "
+                                "policy needs it)", check=positive_finite)
   lr_overrides: Mapping[str, float] = setting(
-      help="per-optimizer learning rates: name=lr,...", parse=name_values,
+      help="per-optimizer learning rates: name=lr,... (default: none, "
+      "the policy's)", parse=name_values,
       factory=dict)
   lr_grid: Optional[Sequence[float]] = setting(
       None, "train every optimizer at each of these learning rates, e.g. "
-      "1e-4,3e-4,1e-3 (one compiled program)",
+      "1e-4,3e-4,1e-3 (one compiled program; default: none, one learning "
+      "rate per optimizer)",
       parse=number_list(float, "--lr-grid"))
   runs_per_program: Optional[int] = setting(
       None, "at most this many runs (seeds x LRs) in one program; 'auto' "
       "(default) fits them to device memory", parse=auto_int,
       check=at_least(1), numeric=False)
   output_dir: str = setting("results", "where results are written",
-                            check=not_empty, numeric=False)
+                            check=all_of(not_empty, directory),
+                            numeric=False)
   data_dir: Optional[str] = setting(
-      None, "dataset cache directory (HF datasets / TFDS)", numeric=False)
+      None, "dataset cache directory (HF datasets / TFDS; default: their "
+      "own caches)", check=directory, numeric=False)
   offline: bool = setting(
       False, "never download: a dataset or checkpoint missing from the "
       "local cache is an error (as with HF_HUB_OFFLINE=1)", numeric=False)
@@ -306,9 +238,9 @@ class CampaignConfig(Protocol):
       "runs it finds; see --resume)", numeric=False)
   quiet: bool = setting(False, "no progress bars", numeric=False)
   compile_cache: Optional[str] = setting(
-      None, "persistent XLA compilation cache directory (default "
+      None, "persistent XLA compilation cache directory (default: "
       "~/.cache/optbench_jax/xla or $OPTBENCH_COMPILE_CACHE; 'off' "
-      "disables)", numeric=False)
+      "disables)", check=cache_directory, numeric=False)
   num_workers: int = setting(
       0, "accepted for compatibility with the PyTorch framework; data are "
       "batched on the device, so unused", numeric=False)
@@ -316,17 +248,6 @@ class CampaignConfig(Protocol):
   @property
   def seed_list(self) -> list[int]:
     return list(self.seeds) if self.seeds else [self.seed]
-
-
-def fields(cls) -> list[dataclasses.Field]:
-  return list(dataclasses.fields(cls))
-
-
-def flag_of(field: dataclasses.Field) -> Optional[str]:
-  flag = field.metadata.get("flag", "")
-  if flag is None:
-    return None
-  return flag or "--" + field.name.replace("_", "-")
 
 
 def protocol_of(config: Protocol) -> dict:
@@ -389,11 +310,6 @@ def resolve(config) -> Any:
          for name in TASK_SETTINGS})
 
 
-def _fail(field: dataclasses.Field, message: str) -> OptBenchError:
-  name = flag_of(field) or field.name
-  return OptBenchError(f"{name} {message}")
-
-
 def check(config) -> None:
   """Validates ``config`` (any of the three classes); one-line errors.
 
@@ -407,16 +323,7 @@ def check(config) -> None:
   tasks.get(config.task)
   data.get(config.task, config.dataset)
   models.get(config.task, config.model)
-  for field in dataclasses.fields(config):
-    value = getattr(config, field.name)
-    choices = field.metadata.get("choices")
-    if choices is not None and value is not None and value not in choices():
-      raise OptBenchError(f"unknown {flag_of(field) or field.name} "
-                          f"{value!r}; valid: {', '.join(choices())}")
-    test = field.metadata.get("check")
-    message = test(value) if test is not None and value is not None else None
-    if message:
-      raise _fail(field, message)
+  flags.check(config)
   task = tasks.get(config.task)
   for name in TASK_SETTINGS:
     if getattr(config, name) is not None and getattr(
