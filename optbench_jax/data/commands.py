@@ -47,11 +47,11 @@ def add_parser(subparsers) -> None:
 
 def main(args: argparse.Namespace) -> int:
   if args.data_command == "prepare":
-    return prepare(resolve(args.dataset), args.data_dir, args.offline)
+    return prepare(named(args.dataset), args.data_dir, args.offline)
   return list_datasets(args.data_dir)
 
 
-def resolve(text: str) -> list[base.DatasetSpec]:
+def named(text: str) -> list[base.DatasetSpec]:
   """The registry entries ``--dataset`` names, checked before anything is
   downloaded (unknown or ambiguous names are one-line errors)."""
   specs = [s for _, s in base.DATASETS.items()]
