@@ -89,7 +89,6 @@ def load_splits(plan: Plan):
   with ``split_seed``, capped at ``max_samples``, fitted by the task with
   the vocabulary cached in the campaign directory), once for all of its
   optimizers."""
-  plan = make_plan(plan)
   raw = plan.workload.load(plan.campaign.data_dir)
   with campaign_lock(plan) as out_dir:
     store.remove_partial_writes(out_dir)
@@ -116,7 +115,6 @@ def write_aggregates(plan: Plan, *, plots_too: bool = True) -> list[dict]:
   """Rewrites ``summary.csv`` (and ``seeds.csv`` with several seeds) and,
   with ``plots_too``, ``epochs.csv`` and the cross-optimizer plots, from
   :func:`finished_runs`; returns the summary rows."""
-  plan = make_plan(plan)
   cfg = plan.campaign
   task = plan.workload.task
   if not os.path.isdir(plan.directory):
@@ -158,14 +156,14 @@ def run_campaign(cfg: CampaignConfig | Plan,
   those of the whole campaign, whichever process trained each part.
   ``splits``: the data from :func:`load_splits`, to share it between calls.
   """
-  plan = make_plan(cfg)
+  plan = cfg if isinstance(cfg, Plan) else make_plan(cfg)
   everything = list(plan.optimizers)
   selected = everything if optimizers is None else list(optimizers)
   outside = [o for o in selected if o not in everything]
   if outside:
     raise OptBenchError(f"{', '.join(outside)} is not among the campaign's "
                         f"optimizers ({', '.join(everything)})")
-  check_store(plan, selected)
+  stored = check_store(plan, selected)   # the runs on disk, read once
   cfg = plan.campaign
   enable_compile_cache(cfg.compile_cache or default_compile_cache())
   task = plan.workload.task
@@ -188,7 +186,7 @@ def run_campaign(cfg: CampaignConfig | Plan,
 
     results = run_lib.train_runs(
         runs, splits, resume=cfg.resume, on_epoch=on_epoch,
-        max_together=cfg.runs_per_program)
+        max_together=cfg.runs_per_program, stored=stored)
     epochs.close()
     rows.extend(outputs.summarize(history, meta, task.higher_is_better)
                 for history, meta in results)

@@ -17,6 +17,8 @@ from optbench_jax.train.epoch import batches, num_examples
 from optbench_jax.train.state import TrainState
 from optbench_jax.train.streaming import prefetch
 
+SAMPLES = "samples"   # finalize's key for a task's sample outputs (no metric)
+
 
 class Evaluation:
   """Evaluation methods of ``Program`` (which supplies ``task``, ``info``,
