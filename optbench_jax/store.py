@@ -7,7 +7,9 @@ Everything the benchmark writes lives in one tree::
       vocabulary.json  .campaign.lock              fitted vocabulary, lock
       <optimizer>[/lr_<lr>][/seed_<s>]/            a run (run_dir)
           run_metadata.json  history.json          settings+status, epochs
-          samples/<name>.json  checkpoints/        task samples, Orbax
+          samples/epoch_NNN.json  samples/test.json  a task's decoded samples
+          checkpoints/initial  checkpoints/epochs/  Orbax: initial params,
+                                                   per-epoch train states
           analysis/                                ``analyze``'s files
       report/                                      ``report``'s files
 
@@ -16,7 +18,9 @@ This module spells every file name once, writes every file atomically
 reader never sees half a file and a kill leaves only a ``.tmp-*`` file that
 :func:`remove_partial_writes` deletes), says when a run is finished
 (:func:`read_run`: both files intact, a finished status and one history
-record per epoch run) and finds runs below a directory (:func:`find_runs`).
+record per epoch run), which sample files are damaged
+(:func:`damaged_samples`) and finds runs below a directory
+(:func:`find_runs`).
 ``train``, ``analysis``, ``tasks`` (the vocabulary cache) and the campaign
 runner all go through it; it imports nothing of the package but its errors.
 """
@@ -39,6 +43,9 @@ METADATA = "run_metadata.json"
 HISTORY = "history.json"
 SAMPLES = "samples"
 CHECKPOINTS = "checkpoints"
+INITIAL = "initial"           # checkpoints/initial: the initial parameters
+EPOCH_CHECKPOINTS = "epochs"  # checkpoints/epochs/<epoch>: train states
+TEST_SAMPLES = "test"         # samples/test.json: the test split's samples
 ANALYSIS = "analysis"
 REPORT = "report"
 SUMMARY = "summary.csv"
@@ -56,6 +63,19 @@ FINISHED = ("completed", "diverged")
 def campaign_dir(output_dir: str, task: str, dataset: str, model: str) -> str:
   """``<output_dir>/<task>/<dataset>/<model>``."""
   return os.path.join(output_dir, task, dataset, model)
+
+
+def campaign_dir_above(run_dir: str, task: str, dataset: str, model: str
+                       ) -> Optional[str]:
+  """The campaign directory ``<...>/<task>/<dataset>/<model>`` above
+  ``run_dir`` (where the campaign's vocabulary is cached), or None if the
+  run does not lie in a campaign's tree."""
+  path = os.path.abspath(run_dir)
+  while path != os.path.dirname(path):
+    path = os.path.dirname(path)
+    if path.split(os.sep)[-3:] == [task, dataset, model]:
+      return path
+  return None
 
 
 def run_dir(output_dir: str, task: str, dataset: str, model: str,
@@ -84,6 +104,23 @@ def run_label(optimizer: str, *, learning_rate: Optional[float] = None,
 
 def is_run_dir(path: str) -> bool:
   return os.path.isfile(os.path.join(path, METADATA))
+
+
+def samples_path(run_dir: str, epoch: Optional[int] = None) -> str:
+  """``samples/epoch_NNN.json``: a task's samples of the evaluation after
+  ``epoch`` (1-based); ``samples/test.json`` (``epoch`` None): of the test
+  split, after the last epoch."""
+  name = TEST_SAMPLES if epoch is None else f"epoch_{epoch:03d}"
+  return os.path.join(run_dir, SAMPLES, f"{name}.json")
+
+
+def initial_checkpoint(run_dir: str) -> str:
+  return os.path.abspath(os.path.join(run_dir, CHECKPOINTS, INITIAL))
+
+
+def epoch_checkpoints(run_dir: str) -> str:
+  return os.path.abspath(os.path.join(run_dir, CHECKPOINTS,
+                                      EPOCH_CHECKPOINTS))
 
 
 # -- atomic writes -------------------------------------------------------------
@@ -146,7 +183,12 @@ def remove_partial_writes(directory: str, *, recursive: bool = False) -> None:
 # -- JSON and CSV --------------------------------------------------------------
 class DamagedFile(Exception):
   """A result file that exists but cannot be read (truncated, empty, or
-  valid JSON of the wrong kind)."""
+  valid JSON of the wrong kind; a checkpoint with truncated or missing
+  parts). The message is ``"<path>: <what is wrong>"``."""
+
+  def __init__(self, path: str, reason: str):
+    super().__init__(f"{path}: {reason}")
+    self.path, self.reason = path, reason
 
 
 def _finite_or_none(x):
@@ -191,11 +233,21 @@ def read_json_if_intact(path: str, kind: Optional[type] = None) -> Any:
   try:
     value = read_json(path)
   except (ValueError, UnicodeDecodeError) as e:
-    raise DamagedFile(f"{path}: {e}") from None
+    raise DamagedFile(path, str(e)) from None
   if kind is not None and not isinstance(value, kind):
-    raise DamagedFile(f"{path}: holds a JSON {type(value).__name__}, not a "
+    raise DamagedFile(path, f"holds a JSON {type(value).__name__}, not a "
                       f"{kind.__name__}")
   return value
+
+
+def read_history(run_dir: str) -> Optional[list]:
+  """The run's history (one record, a JSON object, per epoch); None if
+  absent; :class:`DamagedFile` if it is not a list of records."""
+  path = os.path.join(run_dir, HISTORY)
+  history = read_json_if_intact(path, list)
+  if history is not None and not all(isinstance(h, dict) for h in history):
+    raise DamagedFile(path, "holds a record that is not a JSON object")
+  return history
 
 
 def write_csv(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -216,7 +268,8 @@ class StoredRun:
 
   ``state``: ``completed`` or ``diverged`` (finished), ``unfinished`` (still
   training, or killed), or ``unreadable`` (a damaged or missing
-  ``run_metadata.json``, or a damaged ``history.json``).
+  ``run_metadata.json``, or a damaged ``history.json``); ``problem`` then
+  says which, on one line (``history damaged: <path>: <why>``).
   """
   run_dir: str
   metadata: dict
@@ -244,14 +297,16 @@ def read_run(path: str) -> StoredRun:
   try:
     meta = read_json_if_intact(os.path.join(path, METADATA), dict)
   except DamagedFile as e:
-    return StoredRun(path, {}, [], "unreadable", str(e))
+    return StoredRun(path, {}, [], "unreadable", f"metadata damaged: {e}")
   try:
-    history = read_json_if_intact(os.path.join(path, HISTORY), list)
+    history = read_history(path)
   except DamagedFile as e:
-    return StoredRun(path, meta or {}, [], "unreadable", str(e))
+    return StoredRun(path, meta or {}, [], "unreadable",
+                     f"history damaged: {e}")
   if not meta:
     return StoredRun(path, {}, history or [], "unreadable",
-                     f"{os.path.join(path, METADATA)}: missing or empty")
+                     f"metadata missing: {os.path.join(path, METADATA)}: "
+                     f"absent or empty")
   history = history or []
   finished = (meta.get("status") in FINISHED
               and len(history) == meta.get("epochs_run"))
@@ -264,6 +319,27 @@ def read_finished(path: str) -> Optional[StoredRun]:
   damaged: the run is then trained again)."""
   run = read_run(path)
   return run if run.finished else None
+
+
+def damaged_samples(run_dir: str) -> dict[str, Optional[int]]:
+  """The run's sample files that exist but cannot be read, each with the
+  epoch whose evaluation wrote it (None: ``test.json``, written after the
+  last epoch): ``{path: epoch}``."""
+  directory = os.path.join(run_dir, SAMPLES)
+  damaged = {}
+  for name in sorted(os.listdir(directory)) if os.path.isdir(
+      directory) else []:
+    stem, ext = os.path.splitext(name)
+    epoch = stem[len("epoch_"):]
+    if ext != ".json" or not (stem == TEST_SAMPLES or (
+        stem.startswith("epoch_") and epoch.isdigit())):
+      continue
+    try:
+      read_json_if_intact(os.path.join(directory, name), list)
+    except DamagedFile:
+      damaged[os.path.join(directory, name)] = (
+          None if stem == TEST_SAMPLES else int(epoch))
+  return damaged
 
 
 def find_runs(directory: str, *, flag: str = "directory") -> list[str]:

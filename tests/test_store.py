@@ -39,6 +39,7 @@ def test_directory_names_and_labels():
     ("{\"status\": \"comp", [{}], "unreadable"),          # truncated
     ("[]", [{}], "unreadable"),                          # JSON of wrong type
     ({"status": "completed", "epochs_run": 1}, "{}", "unreadable"),
+    ({"status": "completed", "epochs_run": 1}, "[1]", "unreadable"),
     (None, [{}], "unreadable"),                          # no metadata
 ])
 def test_a_run_is_read_in_every_state(tmp_path, meta, history, state):
@@ -52,7 +53,37 @@ def test_a_run_is_read_in_every_state(tmp_path, meta, history, state):
 
 def test_wrong_json_type_names_what_it_holds(tmp_path):
   run = store.read_run(_run(str(tmp_path / "r"), "[]", [{}]))
+  assert run.problem.startswith("metadata damaged: ")
   assert "holds a JSON list, not a dict" in run.problem
+
+
+def test_a_damaged_history_alone_is_named_and_the_metadata_kept(tmp_path):
+  meta = {"status": "completed", "epochs_run": 1, "optimizer": "adam"}
+  run = store.read_run(_run(str(tmp_path / "r"), meta, '[{"epoch": 1, "t'))
+  assert run.state == "unreadable" and run.metadata == meta
+  assert run.problem.startswith(
+      f"history damaged: {tmp_path / 'r' / store.HISTORY}: ")
+
+
+def test_damaged_sample_files_are_found_with_their_epochs(tmp_path):
+  run = str(tmp_path / "r")
+  for epoch, text in ((1, "[{}]"), (2, '[{"source": "a'), (None, "")):
+    os.makedirs(os.path.dirname(store.samples_path(run, epoch)),
+                exist_ok=True)
+    with open(store.samples_path(run, epoch), "w") as f:
+      f.write(text)
+  assert store.samples_path(run, 2).endswith(
+      os.path.join(store.SAMPLES, "epoch_002.json"))
+  assert store.damaged_samples(run) == {store.samples_path(run, 2): 2,
+                                        store.samples_path(run, None): None}
+  assert store.damaged_samples(str(tmp_path / "absent")) == {}
+
+
+def test_the_campaign_directory_above_a_run(tmp_path):
+  campaign = tmp_path / "out" / "t" / "d" / "m"
+  run = campaign / "adam" / "seed_0"
+  assert store.campaign_dir_above(str(run), "t", "d", "m") == str(campaign)
+  assert store.campaign_dir_above(str(run), "t", "d", "other") is None
 
 
 def test_atomic_writes_leave_no_partial_file_and_cleanup_is_recursive(

@@ -49,18 +49,6 @@ BN_MODES = ("running", "batch")
 SPLITS = ("train", "val", "test")
 
 
-def _campaign_dir(run_dir: str, rc: RunConfig) -> Optional[str]:
-  """``<output>/<task>/<dataset>/<model>`` above ``run_dir`` (its cached
-  vocabulary), if the run lies in a campaign's tree."""
-  path = os.path.abspath(run_dir)
-  while path != os.path.dirname(path):
-    path = os.path.dirname(path)
-    parts = path.split(os.sep)[-3:]
-    if parts == [rc.task, rc.dataset, rc.model]:
-      return path
-  return None
-
-
 @dataclasses.dataclass
 class Run:
   """A run rebuilt for analysis (one run: no leading run axis)."""
@@ -85,8 +73,7 @@ class Run:
 
   def epochs(self) -> list[int]:
     """Epochs with a checkpoint, in order."""
-    if not os.path.isdir(os.path.join(self.run_dir, store.CHECKPOINTS,
-                                      "epochs")):
+    if not os.path.isdir(store.epoch_checkpoints(self.run_dir)):
       return []
     manager = self._checkpoints()
     try:
@@ -107,6 +94,10 @@ class Run:
     manager = self._checkpoints()
     try:
       return manager.restore(epoch, self.template)
+    except store.DamagedFile as e:
+      raise OptBenchError(f"damaged checkpoint {e}; epoch {epoch} of this "
+                          f"run cannot be analysed (train the run again to "
+                          f"rewrite it)") from None
     finally:
       manager.close()
 
@@ -121,11 +112,17 @@ class Run:
     return self.eval_params(self.state())
 
   def initial_params(self):
-    path = os.path.join(self.run_dir, store.CHECKPOINTS, "initial")
-    if not os.path.isdir(path):
+    heals = ("`run --resume` with the run's settings writes them again (a "
+             "function of the seed)")
+    if not os.path.isdir(store.initial_checkpoint(self.run_dir)):
       raise OptBenchError(f"{self.run_dir} has no initial parameters "
-                          f"(checkpoints/initial)")
-    return checkpoint_lib.restore_initial(self.run_dir, self.template.params)
+                          f"(checkpoints/initial); {heals}")
+    try:
+      return checkpoint_lib.restore_initial(self.run_dir,
+                                            self.template.params)
+    except store.DamagedFile as e:
+      raise OptBenchError(f"damaged initial parameters {e}; {heals}"
+                          ) from None
 
   def trajectory(self) -> tuple[list[int], list]:
     """(epochs, parameters): the initial parameters (epoch 0) and the
@@ -224,7 +221,8 @@ def load_run(run_dir: str, *, data_dir: Optional[str] = None) -> Run:
   spec = stored_run(metadata, run_dir)
   rc = spec.config
   splits = spec.workload.splits(rc, data_dir=data_dir,
-                                cache_dir=_campaign_dir(run_dir, rc))
+                                cache_dir=store.campaign_dir_above(
+                                    run_dir, rc.task, rc.dataset, rc.model))
   setup = RunSetup(rc, splits)
   program = setup.program(1)
   # The structure (optimizer NamedTuples, zero-size leaves) that the

@@ -92,7 +92,6 @@ def load_splits(plan: Plan):
   optimizers; the split data are checked against the plan
   (:func:`~optbench_jax.train.plan.check_data`) before anything is fitted
   or written."""
-  plan = make_plan(plan)
   workload, cfg = plan.workload, plan.campaign
   prepared = workload.prepare(workload.load(cfg.data_dir,
                                             offline=cfg.offline), cfg)
@@ -123,7 +122,6 @@ def write_aggregates(plan: Plan, *, plots_too: bool = True) -> list[dict]:
   """Rewrites ``summary.csv`` (and ``seeds.csv`` with several seeds) and,
   with ``plots_too``, ``epochs.csv`` and the cross-optimizer plots, from
   :func:`finished_runs`; returns the summary rows."""
-  plan = make_plan(plan)
   cfg = plan.campaign
   task = plan.workload.task
   if not os.path.isdir(plan.directory):
@@ -165,14 +163,14 @@ def run_campaign(cfg: CampaignConfig | Plan,
   those of the whole campaign, whichever process trained each part.
   ``splits``: the data from :func:`load_splits`, to share it between calls.
   """
-  plan = make_plan(cfg)
+  plan = cfg if isinstance(cfg, Plan) else make_plan(cfg)
   everything = list(plan.optimizers)
   selected = everything if optimizers is None else list(optimizers)
   outside = [o for o in selected if o not in everything]
   if outside:
     raise OptBenchError(f"{', '.join(outside)} is not among the campaign's "
                         f"optimizers ({', '.join(everything)})")
-  check_store(plan, selected)
+  stored = check_store(plan, selected)   # the runs on disk, read once
   cfg = plan.campaign
   enable_compile_cache(cfg.compile_cache or default_compile_cache())
   task = plan.workload.task
@@ -195,7 +193,7 @@ def run_campaign(cfg: CampaignConfig | Plan,
 
     results = run_lib.train_runs(
         runs, splits, resume=cfg.resume, on_epoch=on_epoch,
-        max_together=cfg.runs_per_program)
+        max_together=cfg.runs_per_program, stored=stored)
     epochs.close()
     rows.extend(outputs.summarize(history, meta, task.higher_is_better)
                 for history, meta in results)

@@ -17,6 +17,8 @@ from optbench_jax.engine.epoch import batches, num_examples
 from optbench_jax.engine.state import TrainState
 from optbench_jax.engine.streaming import prefetch
 
+SAMPLES = "samples"   # finalize's key for a task's sample outputs (no metric)
+
 
 class Evaluation:
   """Evaluation methods of ``Program`` (which supplies ``task``, ``info``,

@@ -1,16 +1,24 @@
 """Orbax checkpoints of the train state, one per epoch end, for ``--resume``.
 
-``<run_dir>/checkpoints/<epoch>`` holds the whole :class:`TrainState` (params,
-batch statistics, optimizer and plateau state); the last two are kept by
-default, every epoch with ``--keep-checkpoints 0`` (the history file is
-written after the checkpoint, so a kill between the two falls back to the
-previous one), and the
-initial parameters are kept apart (``checkpoints/initial``) for analyses that
-interpolate between initial and final parameters.
+``<run_dir>/checkpoints/epochs/<epoch>`` holds the whole :class:`TrainState`
+(params, batch statistics, optimizer and plateau state); the last two are
+kept by default, every epoch with ``--keep-checkpoints 0`` (the history file
+is written after the checkpoint, so a kill between the two falls back to the
+previous one), and the initial parameters are kept apart
+(``checkpoints/initial``) for analyses that interpolate between initial and
+final parameters.
+
+A checkpoint that cannot be read (truncated or missing files: Orbax and
+TensorStore raise plain exceptions with many lines) raises
+:class:`~optbench_jax.store.DamagedFile` naming its directory, on one line.
+A damaged ``checkpoints/initial`` is replaced when the initial parameters
+are saved again (they are a function of the seed alone).
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from typing import Any
 
 import jax
@@ -18,15 +26,29 @@ import orbax.checkpoint as ocp
 
 from optbench_jax import store
 from optbench_jax.train import interrupts
+from optbench_jax.engine import distributed
+
+REASON_LIMIT = 200   # characters of Orbax's message quoted in DamagedFile
+
+
+def _damaged(path: str, e: BaseException) -> store.DamagedFile:
+  """``e`` (Orbax's, or TensorStore's: dozens of lines, the cause chained
+  inside) as one line: the innermost cause's type and first line, quoted
+  paths elided (``path`` names the checkpoint)."""
+  while e.__cause__ is not None or e.__context__ is not None:
+    e = e.__cause__ or e.__context__
+  first = (str(e).strip().splitlines() or [""])[0]
+  first = re.sub(r'"/[^"]*"', "…", first)
+  return store.DamagedFile(path, f"{type(e).__name__}: "
+                                 f"{first[:REASON_LIMIT]}")
 
 
 class Checkpoints:
   def __init__(self, run_dir: str, keep: int = 2):
     """``keep``: the latest epochs kept (0: all)."""
-    self.directory = os.path.abspath(os.path.join(run_dir,
-                                                  store.CHECKPOINTS))
+    self.run_dir = run_dir
     self.manager = ocp.CheckpointManager(
-        os.path.join(self.directory, "epochs"),
+        store.epoch_checkpoints(run_dir),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep or None,
                                              create=True,
                                              enable_async_checkpointing=False))
@@ -47,15 +69,28 @@ class Checkpoints:
         self.manager.delete(step)
 
   def restore(self, epoch: int, like: Any) -> Any:
-    restored = self.manager.restore(
-        epoch, args=ocp.args.StandardRestore(_abstract_payload(like)))
+    """The state of ``epoch``, in the structure of ``like``;
+    :class:`~optbench_jax.store.DamagedFile` if it cannot be read."""
+    try:
+      restored = self.manager.restore(
+          epoch, args=ocp.args.StandardRestore(_abstract_payload(like)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise _damaged(os.path.join(store.epoch_checkpoints(self.run_dir),
+                                  str(epoch)), e) from None
     return _rebuild(restored, like)
 
   def save_initial(self, params: Any) -> None:
-    path = os.path.join(self.directory, "initial")
-    if not os.path.exists(path):
-      with interrupts.critical(), ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, _payload(params))
+    """Saves the initial parameters unless an intact copy is there (a
+    damaged one is replaced)."""
+    path = store.initial_checkpoint(self.run_dir)
+    if os.path.exists(path):
+      if initial_intact(self.run_dir):
+        return
+      if distributed.is_primary():
+        shutil.rmtree(path)
+      distributed.barrier("damaged-initial-removed")
+    with interrupts.critical(), ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(path, _payload(params))
 
   def close(self) -> None:
     with interrupts.critical():
@@ -63,9 +98,35 @@ class Checkpoints:
 
 
 def restore_initial(run_dir: str, like: Any) -> Any:
-  path = os.path.abspath(os.path.join(run_dir, store.CHECKPOINTS, "initial"))
-  with ocp.StandardCheckpointer() as checkpointer:
-    return _rebuild(checkpointer.restore(path, _abstract_payload(like)), like)
+  """The initial parameters, in the structure of ``like``;
+  :class:`~optbench_jax.store.DamagedFile` if they cannot be read."""
+  path = store.initial_checkpoint(run_dir)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      payload = checkpointer.restore(path, _abstract_payload(like))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _damaged(path, e) from None
+  return _rebuild(payload, like)
+
+
+def initial_intact(run_dir: str) -> bool:
+  """Whether ``checkpoints/initial`` exists and every array in it can be
+  read (read in full: a truncated array file shows only then)."""
+  path = store.initial_checkpoint(run_dir)
+  if not os.path.isdir(path):
+    return False
+  host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      stored = checkpointer.metadata(path)
+      stored = getattr(stored, "item_metadata", stored)
+      # Read onto one local device, whatever devices wrote it.
+      checkpointer.restore(path, {
+          k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=host)
+          for k, v in stored.items()})
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return True
 
 
 # A checkpoint holds the state's leaves by tree path ("params.conv1.kernel",

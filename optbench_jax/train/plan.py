@@ -133,8 +133,6 @@ def make_plan(cfg: CampaignConfig) -> Plan:
   """The campaign ``cfg`` checked, resolved and laid out into runs; every
   error is one line, raised before any data is loaded or anything is
   compiled or written."""
-  if isinstance(cfg, Plan):
-    return cfg
   settings.check(cfg)
   optimizers = resolve_optimizers(cfg.optimizers)
   repeated = sorted({o for o in optimizers if optimizers.count(o) > 1})
@@ -208,10 +206,11 @@ def run_config(metadata: dict) -> RunConfig:
 
 # -- the plan against the store -----------------------------------------------
 def check_store(plan: Plan, optimizers: Optional[Sequence[str]] = None
-                ) -> None:
+                ) -> dict[str, store.StoredRun]:
   """Compares the runs of ``plan`` (of ``optimizers`` only, when given)
   with what is on disk, before anything is loaded, trained or written;
-  the output directory must be writable.
+  the output directory must be writable. Returns the runs it read, by
+  directory (``run.train_runs`` takes them, to read each run once).
 
   With ``--resume``, a run whose stored settings differ in anything that
   changes its numbers is refused (the first such run is named, with every
@@ -223,9 +222,9 @@ def check_store(plan: Plan, optimizers: Optional[Sequence[str]] = None
   check_output_dir(cfg.output_dir)
   chosen = [r for r in plan.runs
             if optimizers is None or r.config.optimizer in optimizers]
-  found = []
+  found, stored = [], {}
   for spec in chosen:
-    run = store.read_run(spec.run_dir)
+    run = stored[spec.run_dir] = store.read_run(spec.run_dir)
     if not run.metadata:
       continue
     if cfg.resume:
@@ -242,6 +241,7 @@ def check_store(plan: Plan, optimizers: Optional[Sequence[str]] = None
         f"{cfg.output_dir} already holds {len(found)} run(s) of this "
         f"campaign (e.g. {found[0].run_dir}); give --resume to continue "
         f"them, a new --output-dir, or --overwrite to train them again")
+  return stored
 
 
 # -- the plan against its data -------------------------------------------------

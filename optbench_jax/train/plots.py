@@ -71,6 +71,14 @@ def run_plots(history: Sequence[dict], primary: str, title: str,
   return paths
 
 
+def plot_run(run_dir: str, rc, primary: str,
+             history: Sequence[dict]) -> list[str]:
+  """:func:`run_plots` of the run ``rc`` (a ``RunConfig``), titled by its
+  optimizer, model and dataset."""
+  return run_plots(history, primary,
+                   f"{rc.optimizer} — {rc.model} on {rc.dataset}", run_dir)
+
+
 def campaign_plots(histories: Mapping[str, Sequence[dict]], primary: str,
                    title: str, out_dir: str, *,
                    bands: Optional[Mapping[str, Mapping[str, tuple]]] = None

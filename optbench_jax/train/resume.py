@@ -3,18 +3,20 @@
 A group of runs trained together resumes from the last epoch that all of
 them have both a checkpoint and an ``ok`` history record for (the history is
 written after the checkpoint, so a kill between the two repeats the epoch,
-deterministically); without one they restart, their stale checkpoints
-removed. Padding runs (no directory) restore from a real run's checkpoint.
+deterministically), before any damaged sample file; without one they
+restart, their stale checkpoints removed. A damaged ``checkpoints/initial``
+is written again (``Checkpoints.save_initial``). Padding runs (no
+directory) restore from a real run's checkpoint.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import warnings
 from typing import Optional
 
 from optbench_jax import store
-from optbench_jax.errors import one_line
 from optbench_jax.engine import distributed
 from optbench_jax.train.checkpoint import Checkpoints
 from optbench_jax.engine.program import Program
@@ -23,24 +25,29 @@ from optbench_jax.engine.state import run_slice, stack_runs, unalias
 
 def usable_epochs(checkpoints: Optional[Checkpoints], run_dir: str
                   ) -> list[int]:
-  """Epochs that have both a checkpoint and an ``ok`` history record.
+  """Epochs that have both a checkpoint and an ``ok`` history record, and
+  come before every damaged sample file (training on from an earlier epoch
+  writes it again, as an uninterrupted run did).
 
-  None when the history or the metadata is missing or damaged: the run's
-  settings and epochs cannot be trusted, so it is trained again.
+  There are none when the history or the metadata is missing or damaged: the
+  run's settings and epochs cannot be trusted, so it is trained again.
   """
   if checkpoints is None:
     return []
   try:
-    history = store.read_json_if_intact(os.path.join(run_dir, store.HISTORY))
-    meta = store.read_json_if_intact(os.path.join(run_dir, store.METADATA))
+    history = store.read_history(run_dir)
+    meta = store.read_json_if_intact(os.path.join(run_dir, store.METADATA),
+                                     dict)
     saved = checkpoints.epochs()
   except (store.DamagedFile, OSError, ValueError):
     return []
-  if not isinstance(history, list) or not isinstance(meta, dict):
+  if history is None or meta is None:
     return []
-  recorded = {h.get("epoch") for h in history
-              if isinstance(h, dict) and h.get("status") == "ok"}
-  return [e for e in saved if e in recorded]
+  recorded = {h.get("epoch") for h in history if h.get("status") == "ok"}
+  damaged = [e for e in store.damaged_samples(run_dir).values()
+             if e is not None]
+  before = min(damaged, default=math.inf)
+  return [e for e in saved if e in recorded and e < before]
 
 
 def common_resume_epochs(real) -> list[int]:
@@ -60,8 +67,8 @@ def restore(program: Program, members, state, epoch: int):
     source = m if m.run_dir is not None else real[-1]
     restored.append(source.checkpoints.restore(epoch, run_slice(state, j)))
     if m.run_dir is not None:
-      m.history = [h for h in store.read_json(
-          os.path.join(m.run_dir, store.HISTORY)) if h["epoch"] <= epoch]
+      m.history = [h for h in store.read_history(m.run_dir)
+                   if h["epoch"] <= epoch]
   return unalias(program.place(stack_runs(restored)))
 
 
@@ -75,7 +82,7 @@ def fresh_start(members, state) -> None:
       m.checkpoints.close()
       distributed.barrier("stale-checkpoints-closed")
       if distributed.is_primary():
-        shutil.rmtree(os.path.join(m.run_dir, "checkpoints"))
+        shutil.rmtree(os.path.join(m.run_dir, store.CHECKPOINTS))
       distributed.barrier("stale-checkpoints-removed")
       m.checkpoints = Checkpoints(m.run_dir, m.rc.keep_checkpoints)
     m.checkpoints.save_initial(run_slice(state.params, j))
@@ -92,11 +99,10 @@ def initial_state(setup, program: Program, members, resume: bool):
   for epoch in epochs:
     try:
       restored = restore(program, members, state, epoch)
-    except Exception as e:  # pylint: disable=broad-except
+    except store.DamagedFile as e:
       # A damaged checkpoint (truncated files, OCDBT/ZSTD errors): fall
       # back to the one before, never a result built on damaged state.
-      warnings.warn(f"checkpoint of epoch {epoch} could not be read "
-                    f"({one_line(e)}); trying an earlier one")
+      warnings.warn(f"damaged checkpoint {e}; trying an earlier one")
       continue
     for j, m in enumerate(members):
       if m.run_dir is not None:

@@ -16,9 +16,10 @@ resolved learning rate, versions, device, seed, git commit, compile time,
 status), ``history.json`` (one record per epoch), per-run plots and Orbax
 checkpoints. A run whose training or validation loss becomes NaN/inf stops
 and is recorded as ``diverged``. With ``resume=True`` a finished run is
-skipped and an unfinished one continues from its last checkpoint; epoch keys
-are derived from the seed and the epoch number, so the resumed run's results
-equal an uninterrupted run's.
+skipped (its damaged files healed: :mod:`~optbench_jax.train.heal`) and an
+unfinished one continues from its last checkpoint; epoch keys are derived
+from the seed and the epoch number, so the resumed run's results equal an
+uninterrupted run's.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import math
 import os
 import shutil
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from optbench_jax import data as data_lib
 from optbench_jax import store, transforms
 from optbench_jax.data.base import Splits
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import outputs, plots
+from optbench_jax.train import heal, outputs, plots
 from optbench_jax.engine import distributed, memory
 from optbench_jax.train import resume as resume_lib
 from optbench_jax.train import metadata as metadata_lib
@@ -46,9 +47,6 @@ from optbench_jax.engine.program import Compiled, Hyper, Program
 from optbench_jax.train.settings import RunConfig
 from optbench_jax.engine.state import run_slice, unalias
 from optbench_jax.workload import Workload
-
-SAMPLES = "samples"   # finalize's key for sample outputs (not a metric)
-
 
 def _finite(x) -> bool:
   return x is not None and math.isfinite(x)
@@ -137,7 +135,8 @@ def train_runs(runs: Sequence[RunSpec], splits: Splits, *,
                resume: bool = False,
                on_epoch: Optional[Callable[[int, dict], None]] = None,
                max_together: Optional[int] = None,
-               memory_budget: Optional[int] = None
+               memory_budget: Optional[int] = None,
+               stored: Optional[Mapping[str, store.StoredRun]] = None
                ) -> list[tuple[list[dict], dict]]:
   """Trains runs that differ only in seed / learning rate, together.
 
@@ -146,13 +145,16 @@ def train_runs(runs: Sequence[RunSpec], splits: Splits, *,
       ``runs_of(optimizer)``, or ``plan.plan_runs`` for runs given one by
       one); all settings but ``seed`` and ``learning_rate`` equal.
     splits: the fitted data (``Workload.splits``).
-    resume: finished runs are read back, unfinished ones continue from their
+    resume: finished runs are read back (their damaged files healed:
+      :mod:`~optbench_jax.train.heal`), unfinished ones continue from their
       last common checkpoint (or restart when they have none in common).
       Whether the stored runs are this plan's was checked at the plan's
       edge (``plan.check_store``).
     on_epoch: ``on_epoch(index_in_runs, record)`` after each epoch of a run.
     max_together: at most this many runs in one program (None: memory-based).
     memory_budget: bytes a program may use (None: a share of free memory).
+    stored: the runs on disk by directory, as ``plan.check_store`` read
+      them (None, or a directory not in it: read here).
 
   Returns one ``(history, metadata)`` per run, in the order of ``runs``.
   """
@@ -165,16 +167,26 @@ def train_runs(runs: Sequence[RunSpec], splits: Splits, *,
                         "learning rate")
   results: list = [None] * len(rcs)
   pending = []
+  setup = None
+
+  def setup_of() -> RunSetup:   # the group's, built once, when needed
+    nonlocal setup
+    if setup is None:
+      setup = RunSetup(rcs[0], splits)
+    return setup
+
   for i, (rc, run_dir) in enumerate(zip(rcs, run_dirs)):
-    finished = store.read_finished(run_dir) if resume else None
-    if finished is not None:
-      _heal_finished(run_dir, rc, splits, finished.history)
+    finished = None
+    if resume:
+      run = (stored or {}).get(run_dir) or store.read_run(run_dir)
+      finished = run if run.finished else None
+    if finished is not None and heal.heal_finished(finished, rc, setup_of):
       results[i] = (finished.history, finished.metadata)
     else:
       pending.append(i)
   if not pending:
     return results
-  setup = RunSetup(rcs[0], splits)
+  setup = setup_of()
   budget = memory_budget or int(memory.PROGRAM_MEMORY_SHARE *
                                 setup.free_memory)
   size = min(len(pending), max_together or len(pending))
@@ -204,33 +216,6 @@ def train_runs(runs: Sequence[RunSpec], splits: Splits, *,
         results[pending[j]] = (member.history, member.meta)
     pending = pending[size:]
   return results
-
-
-def _heal_finished(run_dir: str, rc: RunConfig, splits: Splits,
-                   history) -> None:
-  """A finished run's directory as an uninterrupted run leaves it: partial
-  writes removed, plots drawn (a kill may have come between the two), the
-  initial parameters saved (recomputed from the seed) if they were lost."""
-  store.remove_partial_writes(run_dir)
-  store.remove_partial_writes(os.path.join(run_dir, store.SAMPLES))
-  if rc.checkpoint and not os.path.exists(
-      os.path.join(run_dir, store.CHECKPOINTS, "initial")):
-    setup = RunSetup(rc, splits)
-    state = setup.program(1).initial_state([rc.seed], [rc.learning_rate],
-                                           setup.example)
-    checkpoints = Checkpoints(run_dir, rc.keep_checkpoints)
-    checkpoints.save_initial(run_slice(state.params, 0))
-    checkpoints.close()
-  primary = Workload.of(rc).task.primary_metric
-  if not all(os.path.exists(p)
-             for p in plots.run_plot_paths(primary, run_dir)):
-    _plot(run_dir, rc, history)
-
-
-def _plot(run_dir: str, rc: RunConfig, history) -> None:
-  title = f"{rc.optimizer} — {rc.model} on {rc.dataset}"
-  plots.run_plots(history, Workload.of(rc).task.primary_metric, title,
-                  run_dir)
 
 
 def run_one(spec: RunSpec, splits: Splits, *, resume: bool = False,
@@ -310,8 +295,7 @@ def _record(m: _Member, epoch: int, train_metrics: dict,
   train_loss = float(train_metrics["loss_sum"]) / max(
       float(train_metrics["count"]), 1.0)
   metrics = dict(metrics or {"loss": None})
-  _write_samples(m.run_dir, f"epoch_{epoch + 1:03d}", metrics.pop(
-      SAMPLES, None))
+  heal.write_samples(m.run_dir, epoch + 1, metrics)
   val_loss = metrics.pop("loss")
   diverged = _diverged(m, bool(train_metrics["finite"]), train_loss, val_loss)
   record = {"epoch": epoch + 1, "train_loss": train_loss,
@@ -323,16 +307,6 @@ def _record(m: _Member, epoch: int, train_metrics: dict,
   if diverged:
     m.status, m.live = "diverged", False
   return record
-
-
-def _write_samples(run_dir: Optional[str], name: str, samples) -> None:
-  """A task's sample outputs of one evaluation (``finalize``'s
-  ``"samples"``: e.g. source / reference / hypothesis triples), as
-  ``samples/<name>.json`` in the run directory."""
-  if run_dir is None or not samples:
-    return
-  store.write_json(os.path.join(run_dir, store.SAMPLES, f"{name}.json"),
-                   samples)
 
 
 def _evaluates(rc: RunConfig, epoch: int) -> bool:
@@ -401,7 +375,7 @@ def _finish(setup: RunSetup, program: Program, members, state) -> None:
     for j, m in enumerate(members):
       if m.run_dir is not None and m.status == "completed":
         metrics = dict(test[j])
-        _write_samples(m.run_dir, "test", metrics.pop(SAMPLES, None))
+        heal.write_samples(m.run_dir, None, metrics)
         m.meta["test_metrics"] = metrics
   for m in real:
     if m.checkpoints is not None:
@@ -409,6 +383,6 @@ def _finish(setup: RunSetup, program: Program, members, state) -> None:
     m.meta.update(status=m.status, epochs_run=len(m.history),
                   total_runtime_s=m.meta["compile_time_s"] + sum(
                       h["train_time_s"] + h["eval_time_s"] for h in m.history))
-    _plot(m.run_dir, m.rc, m.history)
+    plots.plot_run(m.run_dir, m.rc, setup.task.primary_metric, m.history)
     # The metadata says "completed" only once everything else is written.
     store.write_json(os.path.join(m.run_dir, store.METADATA), m.meta)

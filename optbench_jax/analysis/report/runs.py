@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 from optbench_jax import store
 from optbench_jax.errors import OptBenchError
@@ -44,6 +44,14 @@ class Run:
     return self.stored.state
 
   @property
+  def problem(self) -> Optional[str]:
+    """For an unreadable run, what is damaged, paths relative to the run's
+    directory (``history damaged: history.json: <why>``); else None."""
+    problem = self.stored.problem
+    return problem and problem.replace(
+        os.path.join(self.run_dir, ""), "")
+
+  @property
   def seed(self) -> int:
     return self.stored.seed
 
@@ -53,7 +61,8 @@ class Run:
 
 
 def summarized(stored: store.StoredRun) -> Run:
-  """``stored`` with its summary row."""
+  """``stored`` with its summary row (none for an unreadable run: its
+  numbers are in no table or statistic)."""
   meta = stored.metadata
   if (stored.state == "unreadable" or "primary_metric" not in meta
       or "higher_is_better" not in meta):

@@ -284,7 +284,8 @@ def overview_table(configurations: Sequence[Configuration]) -> Table:
 
 
 def problems_table(runs: Sequence[Run], report_dir: str) -> Optional[Table]:
-  """Diverged, unfinished and unreadable runs."""
+  """Diverged, unfinished and unreadable runs (these with what is
+  damaged)."""
   rows = []
   for r in runs:
     if r.state == "completed":
@@ -295,7 +296,8 @@ def problems_table(runs: Sequence[Run], report_dir: str) -> Optional[Table]:
                  "optimizer": r.metadata.get("optimizer", "?"),
                  "seed": r.metadata.get("seed"),
                  "learning_rate": r.metadata.get("learning_rate"),
-                 "state": r.state, "status": r.metadata.get("status"),
+                 "state": r.state, "problem": r.problem,
+                 "status": r.metadata.get("status"),
                  "epochs_recorded": len(r.history),
                  "epochs": r.metadata.get("epochs"),
                  "diverged_at_epoch": diverged_at,
@@ -303,7 +305,8 @@ def problems_table(runs: Sequence[Run], report_dir: str) -> Optional[Table]:
   if not rows:
     return None
   cells = [[row["configuration"], str(row["optimizer"]), str(row["seed"]),
-            format_number(row["learning_rate"], "setting"), row["state"],
+            format_number(row["learning_rate"], "setting"),
+            ": ".join(filter(None, (row["state"], row["problem"]))),
             f"{row['epochs_recorded']} / {row['epochs'] or '?'}",
             "–" if row["diverged_at_epoch"] is None
             else str(row["diverged_at_epoch"]), f"`{row['run_dir']}`"]
