@@ -51,7 +51,7 @@ from optbench_jax import models  # noqa: E402
 from optbench_jax.data.base import DatasetInfo  # noqa: E402
 from optbench_jax.nn import convert  # noqa: E402
 from optbench_jax.reference import torch_models  # noqa: E402
-from optbench_jax.train import precision  # noqa: E402
+from optbench_jax.engine import precision  # noqa: E402
 
 from tests.models.test_init import uniform_violations  # noqa: E402
 from tests.models.test_torch_equivalence import rel_error, tree_errors  # noqa: E402
