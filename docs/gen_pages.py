@@ -151,7 +151,8 @@ def models_page(tasks, models) -> str:
          "Layouts and the measured agreement with each PyTorch twin: "
          "[Tasks and models](../user-guide/tasks-and-models.md#models). "
          "Example input: the entry's `example_info`, the shape the tests and "
-         "`benchmarks/step_speed.py` use.\n\n"]
+         "`benchmarks/step_speed.py` use. `--width w` multiplies the fields "
+         "of the last column (`ModelSpec.widths`) by `w`.\n\n"]
   rows = []
   for task in tasks.TASKS.names():
     for name in models.names_for(task):
@@ -161,11 +162,14 @@ def models_page(tasks, models) -> str:
           if getattr(info, "input_shape", None) else info.name
       if getattr(info, "num_classes", None):
         example += f", {info.num_classes} classes"
+      widths = ", ".join(code(f) for f in spec.widths) or "–"
       rows.append([code(name), code(task), spec.description, example,
                    "yes" if spec.torch_twin is not None else "no",
-                   "yes" if getattr(spec, "pretrained", None) else "–"])
+                   "yes" if getattr(spec, "pretrained", None) else "–",
+                   widths])
   out.append(table(["model", "task", "description", "example input",
-                    "PyTorch twin", "pretrained weights"], rows))
+                    "PyTorch twin", "pretrained weights",
+                    "`--width` scales"], rows))
   return "".join(out)
 
 

@@ -110,8 +110,10 @@ class Workload:
     return spec.locate(protocol.pretrained, download=not offline)
 
   # -- model -------------------------------------------------------------------
-  def build_model(self, info: DatasetInfo, init: str = "torch"):
-    return self.model_spec.build(info, init=init)
+  def build_model(self, info: DatasetInfo, init: str = "torch",
+                  width: float = 1.0):
+    """The model for ``info`` (``init``: INITS; ``width``: ``--width``)."""
+    return self.model_spec.build(info, init=init, width=width)
 
   def pretrained(self, protocol: Any) -> Optional[Any]:
     """The pretrained weights the run starts from, or None."""

@@ -91,6 +91,13 @@ class ModelSpec:
       are tokenised (the task calls it in ``fit``); None for other models.
     pretrained: a :class:`Pretrained` if the model can start from
       pretrained weights, else None.
+    widths: what ``--width`` scales: ``{field: multiple}``, the module's
+      channel and hidden-size fields (an int, or a tuple whose ints are
+      scaled; ``"config.dim"`` a field of a dataclass field), each
+      multiplied by the width and rounded to a multiple of ``multiple``
+      (e.g. the attention heads) — see :func:`scale_widths`. Empty: the
+      model has one size. The PyTorch twins and conversion rules describe
+      the model at width 1.
   """
   name: str
   task: str
@@ -101,10 +108,60 @@ class ModelSpec:
   conversion: Optional[Callable[[DatasetInfo], list[Rule]]] = None
   vocabulary: Optional[Callable[..., Any]] = None
   pretrained: Optional[Pretrained] = None
+  widths: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
-  def build(self, info: DatasetInfo, init: str = "torch") -> nn.Module:
-    """The model for ``info``, initialised with scheme ``init`` (INITS)."""
-    return self.factory(info, check_init(init))
+  def build(self, info: DatasetInfo, init: str = "torch",
+            width: float = 1.0) -> nn.Module:
+    """The model for ``info``, initialised with scheme ``init`` (INITS),
+    its :attr:`widths` multiplied by ``width`` (1: the source's size)."""
+    module = self.factory(info, check_init(init))
+    if width == 1:
+      return module
+    if not self.widths:
+      raise OptBenchError(f"--width: {self.width_error(width, 'none')}")
+    return scale_widths(module, self.widths, width)
+
+  def width_error(self, width: float, pretrained: Optional[str]
+                  ) -> Optional[str]:
+    """Why the model cannot be built at ``width`` starting from
+    ``pretrained`` (``--pretrained``; None: the model's default), or None."""
+    if width == 1:
+      return None
+    if not self.widths:
+      return f"model {self.name} has one size (no width to scale)"
+    if self.pretrained is not None and pretrained != "none":
+      return (f"model {self.name} starts from pretrained weights, whose "
+              f"width is fixed; add --pretrained none to train it from "
+              f"scratch at width {width:g}")
+    return None
+
+
+def _scaled(value: Any, width: float, multiple: int) -> Any:
+  """An int times ``width``, rounded to a multiple of ``multiple`` (at
+  least one multiple); in a tuple, each int (other entries kept)."""
+  if isinstance(value, tuple):
+    return tuple(_scaled(v, width, multiple)
+                 if isinstance(v, int) and not isinstance(v, bool) else v
+                 for v in value)
+  return multiple * max(1, round(value * width / multiple))
+
+
+def scale_widths(module: Any, widths: Mapping[str, int], width: float
+                 ) -> Any:
+  """``module`` (a Flax module or a dataclass) with every field of
+  ``widths`` (:attr:`ModelSpec.widths`) multiplied by ``width``."""
+  updates, nested = {}, {}
+  for path, multiple in widths.items():
+    head, _, rest = path.partition(".")
+    if rest:
+      nested.setdefault(head, {})[rest] = multiple
+    else:
+      updates[head] = _scaled(getattr(module, head), width, multiple)
+  for head, inner in nested.items():
+    updates[head] = scale_widths(getattr(module, head), inner, width)
+  if isinstance(module, nn.Module):
+    return module.clone(**updates)
+  return dataclasses.replace(module, **updates)
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -128,4 +185,4 @@ def get(task: str, name: str) -> ModelSpec:
 
 
 __all__ = ["INITS", "MODELS", "ModelSpec", "Pretrained", "Twin", "get",
-           "names_for", "register", "vocabulary_of"]
+           "names_for", "register", "scale_widths", "vocabulary_of"]

@@ -68,4 +68,4 @@ register(ModelSpec(
                              num_classes=10, input_shape=(28, 28, 1)),
     description="2x(conv-relu-pool) + dense-relu + dense, no batch norm",
     torch_twin=Twin("optbench_jax.reference.torch_vision.cnn_scratch"),
-    conversion=conversion))
+    conversion=conversion, widths={"widths": 1, "hidden": 1}))

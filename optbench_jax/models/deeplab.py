@@ -192,4 +192,4 @@ register(ModelSpec(
                 "16, ASPP (6, 12, 18), torchvision's head",
     torch_twin=Twin(
         "optbench_jax.reference.torch_segmentation.deeplabv3_resnet50"),
-    conversion=conversion))
+    conversion=conversion, widths={"width": 1, "aspp_features": 1}))

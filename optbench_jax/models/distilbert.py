@@ -412,6 +412,8 @@ register(ModelSpec(
     torch_twin=Twin("optbench_jax.reference.torch_text.distilbert_sentiment"),
     conversion=lambda info: classifier_rules(config_for(info)),
     vocabulary=vocabulary,
+    # --width only from scratch (--pretrained none): dim a multiple of heads.
+    widths={"config.dim": DistilBertConfig.n_heads, "config.hidden_dim": 1},
     pretrained=Pretrained(
         default="distilbert-base-uncased", locate=locate_pretrained,
         load=lambda directory: {"distilbert": load_pretrained(directory)[1]})))

@@ -287,7 +287,8 @@ SPECS = (
         "learned positions, tied embeddings",
         torch_twin=Twin("optbench_jax.reference.torch_generation.gpt_small"),
         conversion=gpt_small_rules,
-        vocabulary=bpe_vocabulary),
+        vocabulary=bpe_vocabulary,
+        widths={"d_model": GPTSmall.num_heads, "dim_feedforward": 1}),
     ModelSpec(
         name="gru_lm", task="text_generation", factory=gru_lm,
         example_info=_EXAMPLE,
@@ -297,7 +298,7 @@ SPECS = (
         "2017)",
         torch_twin=Twin("optbench_jax.reference.torch_generation.gru_lm"),
         conversion=gru_lm_rules,
-        vocabulary=bpe_vocabulary),
+        vocabulary=bpe_vocabulary, widths={"embed": 1, "hidden": 1}),
 )
 for _spec in SPECS:
   register(_spec)

@@ -117,4 +117,4 @@ register(ModelSpec(
                              num_classes=10, input_shape=(32, 32, 3)),
     description="ResNet-18, CIFAR stem (3x3 stride-1 conv, no max-pool), BN",
     torch_twin=Twin("optbench_jax.reference.torch_vision.resnet18"),
-    conversion=conversion))
+    conversion=conversion, widths={"width": 1}))

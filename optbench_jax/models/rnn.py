@@ -51,6 +51,8 @@ CRF_PARAMETERS = {f"crf_{n}": convert.Leaf("params", n)
                   for n in ("transitions", "start", "end")}
 
 
+# What ``--width`` scales (``ModelSpec.widths``): embedding and hidden sizes.
+RNN_WIDTHS = {"embed": 1, "hidden": 1}
 # Lower-cased words of the training split (``data/text.py``).
 word_vocabulary = vocabulary_of(text.word_vocabulary, lowercase=True)
 
@@ -102,7 +104,7 @@ register(ModelSpec(
     "benchmark's)",
     torch_twin=Twin("optbench_jax.reference.torch_text.lstm_sentiment"),
     conversion=_lstm_sentiment_rules,
-    vocabulary=word_vocabulary))
+    vocabulary=word_vocabulary, widths=RNN_WIDTHS))
 
 
 # -- NER -------------------------------------------------------------------------
@@ -205,7 +207,7 @@ register(ModelSpec(
     description="word embedding 100, BiLSTM 128, CRF (Huang et al. 2015)",
     torch_twin=Twin("optbench_jax.reference.torch_text.lstm_crf_ner"),
     conversion=_tagger_rules(False),
-    vocabulary=word_vocabulary))
+    vocabulary=word_vocabulary, widths=RNN_WIDTHS))
 register(ModelSpec(
     name="bilstm_crf_charcnn_ner", task="ner", factory=_tagger(True),
     example_info=_NER_EXAMPLE,
@@ -214,7 +216,7 @@ register(ModelSpec(
     torch_twin=Twin(
         "optbench_jax.reference.torch_text.bilstm_crf_charcnn_ner"),
     conversion=_tagger_rules(True),
-    vocabulary=word_vocabulary))
+    vocabulary=word_vocabulary, widths=RNN_WIDTHS))
 
 
 # -- question answering ----------------------------------------------------------
@@ -277,4 +279,4 @@ register(ModelSpec(
     "benchmark's)",
     torch_twin=Twin("optbench_jax.reference.torch_text.bilstm_attention_qa"),
     conversion=_bilstm_qa_rules,
-    vocabulary=word_vocabulary))
+    vocabulary=word_vocabulary, widths=RNN_WIDTHS))

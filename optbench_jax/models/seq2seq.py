@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -270,12 +270,14 @@ class TinyTransformerSeq2Seq(_TransformerSeq2Seq):
 bpe_vocabulary = vocabulary_of(text.bpe_vocabulary, lowercase=True)
 
 
-def register_seq2seq(cls: type, name: str, task: str,
-                     description: str) -> None:
+def register_seq2seq(cls: type, name: str, task: str, description: str,
+                     widths: Optional[dict] = None) -> None:
   """Registers ``cls`` (a model of the interface above) as ``name``: one
   vocabulary for both sides, positions for the longer of the source and
   the target (with BOS), the twin in
-  ``optbench_jax.reference.torch_generation``, the model's conversion."""
+  ``optbench_jax.reference.torch_generation``, the model's conversion;
+  ``widths`` what ``--width`` scales (``ModelSpec.widths``; default: the
+  transformers' ``d_model``, a multiple of the heads, and feed-forward)."""
 
   def factory(info, init_scheme):
     vocab = int(info.stats["vocab_size"])
@@ -293,7 +295,8 @@ def register_seq2seq(cls: type, name: str, task: str,
       description=description,
       torch_twin=Twin(f"optbench_jax.reference.torch_generation.{name}"),
       conversion=lambda info: factory(info, "torch").conversion(),
-      vocabulary=bpe_vocabulary))
+      vocabulary=bpe_vocabulary,
+      widths=widths or {"d_model": cls.num_heads, "dim_feedforward": 1}))
 
 
 register_seq2seq(TransformerSeq2Seq, "transformer_seq2seq",

@@ -194,4 +194,4 @@ class LSTMSeq2Seq(nn.Module):
 
 register_seq2seq(LSTMSeq2Seq, "lstm_seq2seq", "machine_translation",
                  "BiLSTM encoder 256, bridge, LSTM decoder with Luong "
-                 "attention")
+                 "attention", widths={"embed": 1, "hidden": 1})

@@ -121,4 +121,5 @@ register(ModelSpec(
     "pointers",
     torch_twin=Twin("optbench_jax.reference.torch_text.transformer_qa"),
     conversion=_rules,
-    vocabulary=vocabulary_of(text.word_vocabulary, lowercase=True)))
+    vocabulary=vocabulary_of(text.word_vocabulary, lowercase=True),
+    widths={"d_model": HEADS, "dim_feedforward": 1}))

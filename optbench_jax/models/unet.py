@@ -119,4 +119,4 @@ register(ModelSpec(
     description="U-Net (Ronneberger 2015), same padding, widths 64-1024, "
                 "no batch norm",
     torch_twin=Twin("optbench_jax.reference.torch_segmentation.unet_vanilla"),
-    conversion=conversion))
+    conversion=conversion, widths={"width": 1}))

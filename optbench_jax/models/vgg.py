@@ -182,4 +182,4 @@ register(ModelSpec(
     description="VGG-11 (Simonyan 2015, config A), torchvision's layout: "
                 "8 convs, adaptive 7x7 pool, 4096-4096 classifier, dropout",
     torch_twin=Twin("optbench_jax.reference.torch_vision.vgg11"),
-    conversion=conversion))
+    conversion=conversion, widths={"config": 1, "hidden": 1}))

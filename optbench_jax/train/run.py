@@ -52,6 +52,14 @@ def _finite(x) -> bool:
   return x is not None and math.isfinite(x)
 
 
+def _first(split, n: Optional[int]):
+  """The first ``n`` examples of ``split`` (all for None; no split stays
+  none)."""
+  if not split or n is None:
+    return split
+  return data_lib.take(split, np.arange(min(n, data_lib.num_examples(split))))
+
+
 def _shared(rc: RunConfig) -> RunConfig:
   return dataclasses.replace(rc, seed=0, learning_rate=1.0)
 
@@ -82,10 +90,8 @@ class RunSetup:
     self.spec = transforms.get(rc.optimizer)
     self.mesh = distributed.make_mesh(rc.devices)
     self.devices = 1 if self.mesh is None else self.mesh.devices.size
-    self.val = splits.val
-    if rc.eval_max_samples is not None:
-      self.val = data_lib.take(splits.val, np.arange(
-          min(rc.eval_max_samples, data_lib.num_examples(splits.val))))
+    self.val = _first(splits.val, rc.eval_max_samples)
+    self.test = _first(splits.test, rc.test_max_samples)
     self.n_train = data_lib.num_examples(splits.train)
     self.n_val = data_lib.num_examples(self.val)
     self.steps_per_epoch = math.ceil(self.n_train / rc.batch_size)
@@ -111,7 +117,8 @@ class RunSetup:
 
   def program(self, runs: int) -> Program:
     rc = self.rc
-    model = self.workload.build_model(self.splits.info, init=rc.init)
+    model = self.workload.build_model(self.splits.info, init=rc.init,
+                                      width=rc.width)
     tx = optimizer_lib.build(rc.optimizer, rc.learning_rate,
                              weight_decay=rc.weight_decay,
                              grad_clip=rc.grad_clip,
@@ -242,8 +249,8 @@ def _base_metadata(setup: RunSetup, rc: RunConfig) -> dict:
                            "provenance": dict(info.provenance)},
           "max_samples_unit": task.sample_unit,
           "n_train": setup.n_train, "n_val": setup.n_val,
-          "n_test": (data_lib.num_examples(splits.test)
-                     if splits.test else 0),
+          "n_test": (data_lib.num_examples(setup.test)
+                     if setup.test else 0),
           "steps_per_epoch": setup.steps_per_epoch,
           "convergence_rule": f"first epoch after which val loss never "
                               f"improves by > {outputs.CONVERGENCE_RTOL:.0%} "
@@ -369,9 +376,8 @@ def _save_epoch(members, state, epoch: int, on_epoch) -> None:
 def _finish(setup: RunSetup, program: Program, members, state) -> None:
   """Test metrics, final metadata and plots of the chunk's runs."""
   real = [m for m in members if m.run_dir is not None]
-  splits = setup.splits
-  if splits.test and any(m.status == "completed" for m in real):
-    test = program.evaluate(state, setup.data(program, splits.test))
+  if setup.test and any(m.status == "completed" for m in real):
+    test = program.evaluate(state, setup.data(program, setup.test))
     for j, m in enumerate(members):
       if m.run_dir is not None and m.status == "completed":
         metrics = dict(test[j])

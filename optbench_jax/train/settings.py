@@ -137,9 +137,14 @@ class Protocol:
   eval_every: int = setting(1, "evaluate on the validation split every N "
                             "epochs (and after the last)", check=at_least(1))
   eval_max_samples: Optional[int] = setting(
-      None, "evaluate on the first N validation examples only (default: "
-      "every validation example)",
+      None, "evaluate on the first N validation examples only (default: every "
+      "validation example; the test split: --test-max-samples)",
       parse=optional_int, check=at_least(1))
+  test_max_samples: Optional[int] = setting(
+      None, "evaluate the final model on the first N test examples only "
+      "(default: all; for quick tries, the test metrics then describe N "
+      "examples, n_test in the metadata)", parse=optional_int,
+      check=at_least(1))
   devices: Optional[int] = setting(
       None, "data-parallel over this many local devices (default: all)",
       parse=auto_int, check=at_least(1), numeric=False)
@@ -169,6 +174,10 @@ class Protocol:
       None, "models with pretrained weights: a local directory or a Hugging "
       "Face hub name found in the local cache, or 'none' for random "
       "initialisation (default: the model's)", check=not_empty)
+  width: float = setting(
+      1.0, "model size: a multiplier of the model's channel and hidden "
+      "widths (1 = the source's size; e.g. 0.25 for quick tries); models "
+      "with pretrained weights need --pretrained none", check=positive_finite)
   divergence_factor: Optional[float] = setting(
       None, "also mark a run diverged (and stop it) when its training or "
       "validation loss exceeds this multiple of its first epoch's training "
@@ -262,17 +271,28 @@ def numeric_settings(cls=RunConfig) -> list[str]:
 
 def differences(stored: Mapping[str, Any], config) -> list[str]:
   """``"flag old → new"`` for every setting that changes a run's numbers
-  and differs between a run's stored metadata and ``config``."""
+  and differs between a run's stored metadata and ``config`` (a setting
+  added since the run was stored counts as its default)."""
   out = []
   for field in dataclasses.fields(config):
     if not field.metadata["numeric"]:
       continue
     new = store.as_json(getattr(config, field.name))
-    old = stored.get(field.name, "(not recorded)")
+    old = stored.get(field.name, _default_of(field))
     if old != new:
       name = flag_of(field) or field.name.replace("_", " ")
       out.append(f"{name} {old!r} → {new!r}")
   return out
+
+
+def _default_of(field: dataclasses.Field) -> Any:
+  """What a run stored before ``field`` existed had: its default (a
+  required field: nothing recorded)."""
+  if field.default is not dataclasses.MISSING:
+    return store.as_json(field.default)
+  if field.default_factory is not dataclasses.MISSING:
+    return store.as_json(field.default_factory())
+  return "(not recorded)"
 
 
 def resolve(config) -> Any:
@@ -334,6 +354,9 @@ def check(config) -> None:
   if (config.pretrained not in (None, "none") and spec.pretrained is None):
     raise OptBenchError(f"--pretrained: model {config.model} has no "
                         f"pretrained weights (omit the flag or give 'none')")
+  problem = spec.width_error(config.width, config.pretrained)
+  if problem:
+    raise OptBenchError(f"--width: {problem}")
   if isinstance(config, RunConfig):
     transforms.get(config.optimizer)
     if positive_finite(config.learning_rate):

@@ -1,0 +1,98 @@
+"""Every task's try-it command of the README runs (at a tiny size).
+
+README.md's "Try each task" block holds one ``python -m optbench_jax run``
+command per task (the user guide's page the same block). Each command, as
+written, must pass every check of a campaign's plan; and each is run here
+in-process with tiny overrides appended (argparse keeps a flag's last
+value): one epoch, a few examples, a quarter of the model's widths, short
+texts. It must exit 0 and write a history whose one epoch has a finite
+training loss and the task's primary metric.
+
+The tiny runs are compile-bound (XLA:CPU compiles the initialisation, the
+epoch and the evaluation whatever the size): the README states their
+measured CPU time. The three heaviest (:data:`SLOW`) are marked ``slow``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import re
+import shlex
+
+import pytest
+
+from optbench_jax import cli, tasks
+from optbench_jax.train import plan, settings
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+USER_GUIDE = ROOT / "docs" / "user-guide" / "index.md"
+SECTION = "## Try each task"
+PREFIX = "python -m optbench_jax "
+# Appended to every command: the smallest run that still trains, evaluates
+# and tests (argparse: the last value of a flag wins).
+TINY = ["--epochs", "1", "--max-samples", "24", "--batch-size", "8",
+        "--eval-max-samples", "4", "--test-max-samples", "4", "--width",
+        "0.25", "--quiet"]
+# Only for the tasks that have the setting (others refuse it).
+TINY_TASK_SETTINGS = {"max_length": "32", "target_length": "8",
+                      "beam_size": "1"}
+# Tiny runs whose compilations alone take a minute of CPU here (README's
+# measurements): U-Net, the summariser, the translator.
+SLOW = ("semantic_segmentation", "text_summarization", "machine_translation")
+
+
+def try_it_commands(text: str) -> dict[str, list[str]]:
+  """``{task: argv}`` of the commands in the README's try-it section."""
+  section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
+  commands = {}
+  for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+    for line in block.splitlines():
+      if line.startswith(PREFIX):
+        argv = shlex.split(line[len(PREFIX):])
+        task = argv[argv.index("--task") + 1]
+        assert task not in commands, f"two try-it commands for {task}"
+        commands[task] = argv
+  return commands
+
+
+COMMANDS = try_it_commands(README.read_text(encoding="utf-8"))
+
+
+def test_every_task_has_a_try_it_command():
+  assert sorted(COMMANDS) == sorted(tasks.TASKS.names())
+  assert try_it_commands(USER_GUIDE.read_text(encoding="utf-8")) == COMMANDS
+
+
+@pytest.mark.parametrize("task_name", sorted(COMMANDS))
+def test_try_it_command_as_written_passes_the_plan(task_name):
+  args = cli.build_parser().parse_args(COMMANDS[task_name])
+  process = cli._PROCESS_OPTIONS  # pylint: disable=protected-access
+  cfg = settings.CampaignConfig(**{k: v for k, v in vars(args).items()
+                                   if k not in process})
+  assert plan.make_plan(cfg).campaign.task == task_name
+
+
+def tiny(argv: list[str], task: tasks.Task, output_dir) -> list[str]:
+  extra = [arg for name, value in TINY_TASK_SETTINGS.items()
+           if getattr(task, f"default_{name}") is not None
+           for arg in (f"--{name.replace('_', '-')}", value)]
+  return [*argv, *TINY, *extra, "--output-dir", str(output_dir)]
+
+
+@pytest.mark.parametrize("task_name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
+    for name in sorted(COMMANDS)])
+def test_try_it_command_runs_tiny(task_name, tmp_path):
+  argv = COMMANDS[task_name]
+  task = tasks.get(task_name)
+  assert cli.main(tiny(argv, task, tmp_path)) == 0
+  (history_file,) = tmp_path.rglob("history.json")
+  history = json.loads(history_file.read_text())
+  assert [h["epoch"] for h in history] == [1]
+  assert math.isfinite(history[0]["train_loss"])
+  assert history[0][task.primary_metric] is not None
+  meta = json.loads((history_file.parent / "run_metadata.json").read_text())
+  assert meta["width"] == 0.25 and meta["status"] == "completed"
+  assert meta["n_test"] <= 4
