@@ -23,7 +23,8 @@ SAMPLES = "samples"   # finalize's key for a task's sample outputs (no metric)
 class Evaluation:
   """Evaluation methods of ``Program`` (which supplies ``task``, ``info``,
   ``spec``, ``hyper``, ``runs``, ``apply``, the shardings and the jitted
-  ``eval_batch`` / ``eval_streamed_batch`` built from the methods here)."""
+  ``eval_batch`` / ``eval_streamed_batch`` / ``prepared_params`` built from
+  the methods here)."""
 
   def eval_params(self, state: TrainState):
     if self.spec.prepare_for_eval is None:
@@ -31,17 +32,30 @@ class Evaluation:
     return self.spec.prepare_for_eval(
         state.params, optimizer_lib.inner_state(state.opt_state))
 
-  def _eval_streamed_batch(self, state: TrainState, batch):
-    variables = {"params": self.eval_params(state), **state.model_state}
+  def _prepared_params(self, params, opt_state):
+    return self.spec.prepare_for_eval(
+        params, optimizer_lib.inner_state(opt_state))
+
+  def eval_variables(self, state: TrainState) -> dict:
+    """The variables the runs are evaluated with (leading run axis): the
+    parameters of :meth:`eval_params` and the model's state. The batch
+    steps take these alone, not the optimizer's state: their programs are
+    then the same for every optimizer of a configuration (compiled once,
+    reused through the persistent compilation cache)."""
+    params = (state.params if self.spec.prepare_for_eval is None
+              else self.prepared_params(state.params, state.opt_state))
+    return {"params": params, **state.model_state}
+
+  def _eval_streamed_batch(self, variables, batch):
     batch = self.task.preprocess(self._shard(batch), self.info)
     outputs = self.task.eval_outputs(self.apply, variables, batch,
                                      self.info)
     return self.task.eval_stats(outputs, batch, self.info)
 
-  def _eval_batch(self, state: TrainState, data, idx, mask):
+  def _eval_batch(self, variables, data, idx, mask):
     batch = {k: v[idx] for k, v in data.items()}
     batch["mask"] = mask
-    return self._eval_streamed_batch(state, batch)
+    return self._eval_streamed_batch(variables, batch)
 
   def evaluation_stats(self, state: TrainState, data):
     """Returns (summed stats, gathered per-example stats, example mask).
@@ -65,10 +79,11 @@ class Evaluation:
     stream = (prefetch(host_batch, index.shape[0]) if on_host
               else range(index.shape[0]))
     gathered = self.task.gathered_stats
+    variables = self.eval_variables(state)
     totals, kept = None, []
     for i, batch in enumerate(stream):
-      stats = (self.eval_streamed_batch(state, batch) if on_host
-               else self.eval_batch(state, data, index[i], mask[i]))
+      stats = (self.eval_streamed_batch(variables, batch) if on_host
+               else self.eval_batch(variables, data, index[i], mask[i]))
       summed = {k: v for k, v in stats.items() if k not in gathered}
       totals = summed if totals is None else self._add(totals, summed)
       kept.append({k: stats[k] for k in gathered})

@@ -146,13 +146,19 @@ class Program(Evaluation):
                                     hyper.warmup_steps)
     self.plateau = schedules.plateau()
     vm = self._over_runs
-    self.init = jax.jit(vm(self._init, (0, None, 0, None)), static_argnums=1)
+    # The model's variables and the rest of the state, two programs: the
+    # first is the same for every optimizer training this model on this
+    # input shape (one compilation, reused through the persistent cache).
+    self.init_variables = jax.jit(vm(self._init_variables, (0, None)),
+                                  static_argnums=1)
+    self.init_state = jax.jit(vm(self._init_state, (0, 0, None)))
     self.train_epoch = jax.jit(vm(self._train_epoch, (0, None, 0)),
                                donate_argnums=0)
     self.streamed_step = jax.jit(vm(self._step_and_accumulate,
                                     (0, 0, None, 0, 0)), donate_argnums=(0, 4))
     self.eval_batch = jax.jit(vm(self._eval_batch, (0, None, None, None)))
     self.eval_streamed_batch = jax.jit(vm(self._eval_streamed_batch, (0, None)))
+    self.prepared_params = jax.jit(vm(self._prepared_params, (0, 0)))
     self.update_plateau = jax.jit(vm(self._update_plateau, (0, 0)))
     self.epoch_start = jax.jit(vm(self._epoch_start, (0, None)),
                                donate_argnums=0)
@@ -220,15 +226,27 @@ class Program(Evaluation):
                       self.pretrained)
     return unalias(self.place(state))
 
-  def _init(self, key: jax.Array, example: Example, base_lr: jax.Array,
-            pretrained: Optional[Mapping[str, Any]]) -> TrainState:
+  def init(self, keys: jax.Array, example: Example, base_lr: jax.Array,
+           pretrained: Optional[Mapping[str, Any]]) -> TrainState:
+    """The runs' initial states (a leading run axis): their model variables
+    from ``keys`` on ``example`` (:attr:`init_variables`), the ``pretrained``
+    weights in place of the random ones, the optimizer's state."""
+    return self.init_state(self.init_variables(keys, example), base_lr,
+                           pretrained)
+
+  def _init_variables(self, key: jax.Array, example: Example
+                      ) -> dict[str, Any]:
     k_params, k_dropout = jax.random.split(key)
     batch = self.task.preprocess(
         {k: jnp.asarray(v) for k, v in example.arrays.items()}, self.info)
     variables = self.model.init({"params": k_params, "dropout": k_dropout},
                                 *self.task.model_inputs(batch), train=False)
-    variables = {k: v for k, v in variables.items()
-                 if k not in _CAPTURE_COLLECTIONS}
+    return {k: v for k, v in variables.items()
+            if k not in _CAPTURE_COLLECTIONS}
+
+  def _init_state(self, variables: dict[str, Any], base_lr: jax.Array,
+                  pretrained: Optional[Mapping[str, Any]]) -> TrainState:
+    variables = dict(variables)
     params = with_pretrained(variables.pop("params"), pretrained)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, model_state=variables,

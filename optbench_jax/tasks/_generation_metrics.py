@@ -32,7 +32,6 @@ from typing import Sequence
 
 import numpy as np
 import sacrebleu
-from rouge_score import rouge_scorer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -131,6 +130,8 @@ def summary_scores(hypotheses: Sequence[str], references: Sequence[str],
     0-100; ``meteor`` NaN and ``meteor_available`` 0.0 without WordNet).
   """
   _same_lengths(hypotheses, references, sources)
+  # Imported here: rouge-score imports NLTK, 4 s of every process's start.
+  from rouge_score import rouge_scorer  # pylint: disable=import-outside-toplevel
   scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
   rows = [scorer.score(r, h) for h, r in zip(hypotheses, references)]
   out = {k: float(np.mean([row[k].fmeasure for row in rows]))

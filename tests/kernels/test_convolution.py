@@ -226,16 +226,20 @@ def _flags_after_import(environment):
 
 def test_import_sets_eigen_convolutions_and_keeps_user_flags():
   flag = f"--{xla_cpu.FLAG}={xla_cpu.VALUE}"
+  unrolling = f"--{xla_cpu.EXTRA_OPTIONS}={xla_cpu.NO_UNROLLING}"
   outcome, flags = _flags_after_import({"JAX_PLATFORMS": "cpu"})
-  assert outcome.startswith("applied") and flags == flag
+  assert outcome == f"applied {flag}; applied {unrolling}"
+  assert flags == f"{flag} {unrolling}"
   user = "--xla_force_host_platform_device_count=1"
   outcome, flags = _flags_after_import({"JAX_PLATFORMS": "cpu",
                                         "XLA_FLAGS": user})
-  assert flags == f"{user} {flag}"
-  mine = f"--{xla_cpu.FLAG}=-reduce"
+  assert flags == f"{user} {flag} {unrolling}"
+  mine = f"--{xla_cpu.FLAG}=-reduce --{xla_cpu.EXTRA_OPTIONS}=x"
   outcome, flags = _flags_after_import({"JAX_PLATFORMS": "cpu",
                                         "XLA_FLAGS": mine})
-  assert outcome.startswith("kept") and flags == mine
+  assert outcome == (f"kept the user's XLA_FLAGS setting of {xla_cpu.FLAG}; "
+                     f"kept the user's XLA_FLAGS setting of "
+                     f"{xla_cpu.EXTRA_OPTIONS}") and flags == mine
 
 
 def test_several_cpu_devices_keep_ynnpack_convolutions(monkeypatch):
@@ -247,6 +251,8 @@ def test_several_cpu_devices_keep_ynnpack_convolutions(monkeypatch):
       "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
   assert outcome.startswith("not applied: 4 CPU devices")
   assert xla_cpu.FLAG not in flags
+  assert outcome.endswith(f"; applied --{xla_cpu.EXTRA_OPTIONS}="
+                          f"{xla_cpu.NO_UNROLLING}")
   cpu = types.SimpleNamespace(platform="cpu")
   monkeypatch.setattr(xla_cpu, "_outcome", "applied --" + xla_cpu.FLAG)
   with pytest.warns(UserWarning, match="2 CPU devices"):

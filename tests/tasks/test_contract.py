@@ -86,11 +86,11 @@ class DecodingTask(Task):
             "decoded": np.asarray(stats["tokens"])}
 
 
-def _program(runs):
+def _program(runs, optimizer="adam"):
   info = DatasetInfo(name="toy", task="toy_decoding", num_classes=3,
                      input_shape=(4,))
-  spec = transforms.get("adam")
-  tx = optimizer_lib.build("adam", 1e-2)
+  spec = transforms.get(optimizer)
+  tx = optimizer_lib.build(optimizer, 1e-2)
   hyper = Hyper(batch_size=4, eval_batch_size=4, total_steps=4,
                 scheduler="none")
   return Program(DecodingTask(), Accumulator(), info, spec, tx, hyper,
@@ -130,10 +130,30 @@ def test_init_compiles_once_for_equal_examples():
   for _ in range(2):  # two Example objects with the same content
     program.initial_state([0], [1e-2], program.example(
         {k: v.copy() for k, v in data.items()}))
-  assert program.init._cache_size() == 1
+  assert program.init_variables._cache_size() == 1
   program.initial_state([0], [1e-2], program.example(
       {k: v + 1 for k, v in data.items()}))
-  assert program.init._cache_size() == 2
+  assert program.init_variables._cache_size() == 2
+
+
+def test_initialisation_and_evaluation_are_one_program_for_all_optimizers():
+  """What does not depend on the optimizer is lowered to the same program
+  for every optimizer (so the persistent cache compiles it once per
+  configuration): the model's initialisation and the evaluation step."""
+  data = _data()
+  texts = []
+  for name in ("adam", "schedule_free_adamw", "sam"):
+    program = _program(runs=2, optimizer=name)
+    example = program.example(data)
+    keys = program.run_keys([0, 1])[0]
+    state = program.initial_state([0, 1], [1e-2, 1e-2], example)
+    variables = program.eval_variables(state)
+    index = jnp.arange(4)
+    texts.append((
+        program.init_variables.lower(keys, example).as_text(),
+        program.eval_batch.lower(variables, program.place(data), index,
+                                 jnp.ones(4)).as_text()))
+  assert texts[0] == texts[1] == texts[2]
 
 
 def test_base_task_assumes_no_input_names():

@@ -60,6 +60,8 @@ def test_text_campaign_learns_and_writes_its_files(tmp_path, task, model):
   if model == "distilbert_sentiment":
     args += ["--pretrained", str(tiny_distilbert(tmp_path / "bert")),
              "--max-samples", "128"]
+  else:   # a quarter of each width, as the README's try-it commands
+    args += ["--width", "0.25"]
   assert cli.main(args) == 0
   campaign = tmp_path / "out" / task / "synthetic" / model
   run = campaign / "adam"

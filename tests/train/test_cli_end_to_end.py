@@ -10,16 +10,19 @@ from optbench_jax import cli
 from tests.train.helpers import read_history, small_run_args
 
 
-# ResNet-18 is ~100x the compute of cnn_scratch: fewer, smaller batches and
-# one optimizer (the campaign logic is the same for both models).
-@pytest.mark.parametrize("model, batch_size, max_samples, optimizers", [
-    ("cnn_scratch", 32, 128, ("sgd_momentum", "adam")),
-    ("resnet18", 16, 32, ("sgd_momentum",))])
+# ResNet-18 is ~100x the compute of cnn_scratch: fewer, smaller batches, one
+# optimizer, half its widths and 64 test images (the campaign logic is the
+# same for both models).
+@pytest.mark.parametrize("model, batch_size, max_samples, optimizers, extra", [
+    ("cnn_scratch", 32, 128, ("sgd_momentum", "adam"), ()),
+    ("resnet18", 16, 32, ("sgd_momentum",),
+     ("--width", "0.5", "--test-max-samples", "64"))])
 def test_campaign_writes_results_and_learns(
-    tmp_path, capsys, model, batch_size, max_samples, optimizers):
+    tmp_path, capsys, model, batch_size, max_samples, optimizers, extra):
   assert cli.main(small_run_args(tmp_path, model=model, batch_size=batch_size,
                                  max_samples=max_samples,
-                                 optimizers=",".join(optimizers))) == 0
+                                 optimizers=",".join(optimizers),
+                                 extra=extra)) == 0
   printed = capsys.readouterr().out.splitlines()
   campaign = tmp_path / "image_classification" / "synthetic" / model
   for name in ("summary.csv", "epochs.csv", "accuracy_all_optimizers.png",
