@@ -11,10 +11,8 @@ subset (adam at two learning rates, one of them diverging; one epoch, 128
 examples) and writes its figure and CSV, whose numbers are the runs'.
 """
 import csv
-import importlib.util
 import json
 import os
-import pathlib
 
 import matplotlib.image
 import pytest
@@ -23,16 +21,10 @@ from optbench_jax import data, experiment, models
 from optbench_jax.errors import OptBenchError
 from optbench_jax.campaign import dispatch
 from optbench_jax.train.plan import make_plan
+from tests.train.helpers import load_script
 
-SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
-
-def _script(name):
-  spec = importlib.util.spec_from_file_location(f"{name}_script",
-                                                SCRIPTS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+_script = load_script
 
 
 def _main(module, argv):

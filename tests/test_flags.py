@@ -3,10 +3,8 @@
 naming the flag, with exit status 2, before anything is loaded, trained or
 written (issues 22 and 25)."""
 import dataclasses
-import importlib.util
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -16,17 +14,12 @@ from optbench_jax import cli, experiment, flags
 from optbench_jax.errors import OptBenchError
 from optbench_jax.analysis import analyze
 from optbench_jax.train import settings
-from tests.train.helpers import small_run_args
+from tests.train.helpers import SCRIPTS, load_script, small_run_args
 
-SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
 
 def _script(name):
-  spec = importlib.util.spec_from_file_location(f"{name}_flags_test",
-                                                SCRIPTS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script(name, f"{name}_flags_test")
 
 
 def _status(call, argv):

@@ -22,7 +22,7 @@ import shlex
 
 import pytest
 
-from optbench_jax import cli, tasks
+from optbench_jax import cli, flags, tasks
 from optbench_jax.train import plan, settings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -68,9 +68,7 @@ def test_every_task_has_a_try_it_command():
 @pytest.mark.parametrize("task_name", sorted(COMMANDS))
 def test_try_it_command_as_written_passes_the_plan(task_name):
   args = cli.build_parser().parse_args(COMMANDS[task_name])
-  process = cli._PROCESS_OPTIONS  # pylint: disable=protected-access
-  cfg = settings.CampaignConfig(**{k: v for k, v in vars(args).items()
-                                   if k not in process})
+  cfg = flags.from_args(settings.CampaignConfig, args)
   assert plan.make_plan(cfg).campaign.task == task_name
 
 

@@ -12,7 +12,8 @@ from optbench_jax.analysis import statistics
 SEED_METRICS = ("best_primary", "final_primary", "test_primary",
                 "best_val_loss", "convergence_epoch")
 SEED_COLUMNS = ("task", "dataset", "model", "optimizer", "learning_rate",
-                "primary_metric", "n_seeds", "n_diverged") + tuple(
+                "primary_metric", "n_seeds", "n_diverged",
+                "n_converged") + tuple(
                     f"{m}_{s}" for m in SEED_METRICS
                     for s in ("mean", "std", "ci95"))
 
@@ -24,7 +25,9 @@ def over_seeds(rows: Sequence[dict]) -> list[dict]:
   deviation and the half-width of the two-sided 95 % Student-t confidence
   interval of the mean, ``t_{0.975, n−1} · s / √n``, over the seeds whose
   run produced the value (a diverged run has no best/final values; it is
-  counted in ``n_diverged``).
+  counted in ``n_diverged``). ``convergence_epoch`` is therefore averaged
+  over the ``n_converged`` seeds whose run converged (``summary.csv``'s
+  ``converged``), not over all ``n_seeds``.
   """
   groups: dict = {}
   for row in rows:
@@ -36,7 +39,9 @@ def over_seeds(rows: Sequence[dict]) -> list[dict]:
                                          "primary_metric")}
     summary.update(optimizer=optimizer, learning_rate=lr,
                    n_seeds=len(members), n_diverged=sum(
-                       m.get("status") == "diverged" for m in members))
+                       m.get("status") == "diverged" for m in members),
+                   n_converged=sum(m.get("converged") in (True, "True")
+                                   for m in members))
     for metric in SEED_METRICS:
       values = [float(m[metric]) for m in members
                 if m.get(metric) not in (None, "")

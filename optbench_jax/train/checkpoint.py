@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -51,7 +51,10 @@ class Checkpoints:
         store.epoch_checkpoints(run_dir),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep or None,
                                              create=True,
-                                             enable_async_checkpointing=False))
+                                             enable_async_checkpointing=False),
+        # states are saved with StandardSave: its handler also reads an
+        # epoch's metadata (damaged_epochs)
+        item_handlers=ocp.StandardCheckpointHandler())
 
   def save(self, epoch: int, state: Any) -> None:
     with interrupts.critical():
@@ -60,6 +63,14 @@ class Checkpoints:
 
   def epochs(self) -> list[int]:
     return list(self.manager.all_steps())
+
+  def damaged_epochs(self) -> list[int]:
+    """The kept epochs whose checkpoint cannot be read in full."""
+    return [epoch for epoch in self.epochs()
+            if not _readable(lambda: self.manager.item_metadata(epoch),
+                             lambda abstract: self.manager.restore(
+                                 epoch, args=ocp.args.StandardRestore(
+                                     abstract)))]
 
   def drop_after(self, epoch: int) -> None:
     """Deletes the checkpoints of epochs after ``epoch`` (a resumed run
@@ -115,15 +126,22 @@ def initial_intact(run_dir: str) -> bool:
   path = store.initial_checkpoint(run_dir)
   if not os.path.isdir(path):
     return False
+  with ocp.StandardCheckpointer() as checkpointer:
+    return _readable(lambda: checkpointer.metadata(path),
+                     lambda abstract: checkpointer.restore(path, abstract))
+
+
+def _readable(metadata: Callable[[], Any],
+              restore: Callable[[Any], Any]) -> bool:
+  """Whether a checkpoint's ``metadata()``, then a ``restore`` of every
+  array it lists (onto one local device, whatever devices wrote it),
+  succeed."""
   host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      stored = checkpointer.metadata(path)
-      stored = getattr(stored, "item_metadata", stored)
-      # Read onto one local device, whatever devices wrote it.
-      checkpointer.restore(path, {
-          k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=host)
-          for k, v in stored.items()})
+    stored = metadata()
+    stored = getattr(stored, "item_metadata", stored)
+    restore({k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=host)
+             for k, v in stored.items()})
   except Exception:  # pylint: disable=broad-except
     return False
   return True

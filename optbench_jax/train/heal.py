@@ -8,6 +8,9 @@ but a kill, a full disk or a bad copy may have damaged its other files:
 * missing plots (a kill between the history and the plots) are drawn;
 * a missing or damaged ``checkpoints/initial`` is written again: the
   initial parameters are a function of the seed alone;
+* a damaged epoch checkpoint is deleted with every later one, and the run
+  is trained again from the last intact epoch before it (from the start if
+  there is none), as deterministically as any resumed run;
 * a damaged ``samples/epoch_NNN.json`` or ``samples/test.json`` is written
   again from the checkpoint of its epoch: a task's samples are its
   decoding of the fixed validation subset (of the test split after the
@@ -49,6 +52,8 @@ def heal_finished(run: store.StoredRun, rc: RunConfig,
   run_dir = run.run_dir
   store.remove_partial_writes(run_dir)
   store.remove_partial_writes(os.path.join(run_dir, store.SAMPLES))
+  if rc.checkpoint and _drop_damaged_epochs(run_dir, rc):
+    return False
   damaged = store.damaged_samples(run_dir)
   initial_lost = rc.checkpoint and not checkpoint.initial_intact(run_dir)
   if damaged or initial_lost:
@@ -68,6 +73,19 @@ def heal_finished(run: store.StoredRun, rc: RunConfig,
                                                              run_dir)):
     plots.plot_run(run_dir, rc, primary, run.history)
   return True
+
+
+def _drop_damaged_epochs(run_dir: str, rc: RunConfig) -> bool:
+  """Deletes the first damaged epoch checkpoint and every later one;
+  whether there was one."""
+  checkpoints = Checkpoints(run_dir, rc.keep_checkpoints)
+  try:
+    damaged = checkpoints.damaged_epochs()
+    if damaged:
+      checkpoints.drop_after(min(damaged) - 1)
+  finally:
+    checkpoints.close()
+  return bool(damaged)
 
 
 def _rewrite_samples(run: store.StoredRun, rc: RunConfig, setup, program,

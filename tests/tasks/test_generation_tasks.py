@@ -1,7 +1,8 @@
 """The generative tasks end to end, their decoding and their metrics.
 
-Each of the six generation models trains 2 epochs on its task's synthetic
-data through the CLI at a quarter of its widths (the loss falls, decoded
+Each of the six generation models (three of them in the slow suite) trains
+2 epochs on its task's synthetic data through the CLI at a quarter of its
+widths (the loss falls, decoded
 samples and metrics are written); a sequence-to-sequence model trained briefly on the copy task
 decodes its input back; decoding with the key/value cache gives exactly
 the tokens of full recomputation; beam size 1 equals greedy; perplexity is
@@ -28,11 +29,18 @@ METRICS = {"machine_translation": ("bleu", "chrf", "ter", "tf_token_accuracy"),
                                   "compression_ratio"),
            "text_generation": ("perplexity", "bits_per_token",
                                "token_accuracy")}
-MODELS = [("machine_translation", "transformer_seq2seq"),
+# The default suite trains one model per task (a Transformer, an LSTM and a
+# GRU); the others are slow (their layers are checked against their twins
+# in tests/models).
+MODELS = [pytest.param("machine_translation", "transformer_seq2seq",
+                       marks=pytest.mark.slow),
           ("machine_translation", "lstm_seq2seq"),
           ("text_summarization", "bart_small"),
-          ("text_summarization", "tiny_transformer_seq2seq"),
-          ("text_generation", "gpt_small"), ("text_generation", "gru_lm")]
+          pytest.param("text_summarization", "tiny_transformer_seq2seq",
+                       marks=pytest.mark.slow),
+          pytest.param("text_generation", "gpt_small",
+                       marks=pytest.mark.slow),
+          ("text_generation", "gru_lm")]
 
 
 @pytest.mark.parametrize("task,model", MODELS)
@@ -90,7 +98,7 @@ def _model_and_batch(name, task="machine_translation"):
                                       learning_rate=1e-3))
   splits = Workload.of(config).fit(data.prepare(
       data.load(task, "synthetic"), seed=0), config)
-  model = models.get(task, name).build(splits.info)
+  model = models.get(task, name).build(splits.info, width=0.25)
   batch = {k: jnp.asarray(v[:4]) for k, v in splits.val.items()}
   source = batch["source"]
   variables = model.init(jax.random.key(0), *tasks.get(task).model_inputs(

@@ -28,10 +28,16 @@ METRICS = {
     "ner": ("f1", "precision", "recall", "token_f1_excl_o"),
     "question_answering": ("f1", "exact_match", "precision", "recall"),
 }
+# Every model of the text tasks; the default suite trains one model per task
+# and DistilBERT from a checkpoint, the others are slow (their layers are
+# checked against their twins in tests/models).
 MODELS = [("sentiment_analysis", "lstm_sentiment"),
-          ("ner", "lstm_crf_ner"), ("ner", "bilstm_crf_charcnn_ner"),
+          ("ner", "lstm_crf_ner"),
+          pytest.param("ner", "bilstm_crf_charcnn_ner",
+                       marks=pytest.mark.slow),
           ("question_answering", "bilstm_attention_qa"),
-          ("question_answering", "transformer_qa"),
+          pytest.param("question_answering", "transformer_qa",
+                       marks=pytest.mark.slow),
           ("sentiment_analysis", "distilbert_sentiment")]
 
 

@@ -1,8 +1,20 @@
 """Shared helpers for engine tests."""
+import importlib.util
 import json
 import os
+import pathlib
 
 TIME_KEYS = ("train_time_s", "eval_time_s")
+SCRIPTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
+
+
+def load_script(name, module_name=None):
+  """``experiments/<name>.py`` imported as a module (a fresh one per call)."""
+  spec = importlib.util.spec_from_file_location(
+      module_name or f"{name}_script", SCRIPTS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def read_history(run_dir):

@@ -150,6 +150,35 @@ def test_a_damaged_initial_checkpoint_is_written_again_on_resume(images,
         read_history(reference))
 
 
+def test_a_finished_runs_damaged_epoch_checkpoint_is_trained_again(images,
+                                                                  tmp_path):
+  """Seed 0: its last epoch's checkpoint truncated (trained again from
+  epoch 1); seed 1: an array of epoch 1's lost (trained again from the
+  start). Both end as the uninterrupted runs: every kept checkpoint
+  readable, the same history and samples (a function of each epoch's
+  parameters); seed 2, intact, is not touched."""
+  root = _copy(images, tmp_path)
+  epochs = lambda seed: (_image_run(root, seed) / store.CHECKPOINTS /
+                         store.EPOCH_CHECKPOINTS)
+  _damage_checkpoint(epochs(0) / "2", "truncated")
+  _damage_checkpoint(epochs(1) / "1", "missing")
+  untouched = _image_run(root, 2) / store.METADATA
+  before = untouched.read_bytes()
+  assert cli.main([*IMAGE_ARGS, "--output-dir", str(root), "--resume"]) == 0
+  for seed in (0, 1):
+    run, reference = _image_run(root, seed), _image_run(images, seed)
+    kept = checkpoint.Checkpoints(str(run))
+    try:
+      assert kept.epochs() == [1, 2] and not kept.damaged_epochs(), seed
+    finally:
+      kept.close()
+    assert without_times(read_history(run)) == without_times(
+        read_history(reference))
+    _same_samples(run, reference)
+  assert untouched.read_bytes() == before
+  assert not _leftovers(root)
+
+
 @pytest.mark.parametrize("which", ["initial", "epoch"])
 def test_analyze_names_a_damaged_checkpoint_in_one_line(images, tmp_path,
                                                         capsys, which):

@@ -74,11 +74,17 @@ def test_over_seeds_is_mean_std_and_t_half_width():
   closed form); a diverged run (no values) counts in n_diverged only."""
   rows = [{"task": "t", "dataset": "d", "model": "m", "primary_metric": "acc",
            "optimizer": "adam", "learning_rate": 1e-3, "status": "completed",
-           "best_primary": v} for v in (1.0, 2.0, 4.0)]
-  rows.append({**rows[0], "status": "diverged", "best_primary": None})
+           "best_primary": v, "converged": c, "convergence_epoch": e}
+          for v, c, e in ((1.0, True, 3), (2.0, False, None),
+                          (4.0, True, 5))]
+  rows.append({**rows[0], "status": "diverged", "best_primary": None,
+               "converged": False, "convergence_epoch": None})
   (summary,) = seeds.over_seeds(rows)
   std = math.sqrt(7 / 3)
   assert summary["n_seeds"] == 4 and summary["n_diverged"] == 1
+  # the convergence epoch is a mean over the 2 seeds that converged
+  assert summary["n_converged"] == 2
+  assert summary["convergence_epoch_mean"] == 4.0
   assert summary["best_primary_mean"] == pytest.approx(7 / 3, rel=1e-12)
   assert summary["best_primary_std"] == pytest.approx(std, rel=1e-12)
   assert summary["best_primary_ci95"] == pytest.approx(

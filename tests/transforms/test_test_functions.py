@@ -1,8 +1,6 @@
 """The 2-D test functions (minima, gradients) and the trajectory script."""
-import importlib.util
 import json
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,17 +9,10 @@ import pytest
 
 from optbench_jax.errors import OptBenchError
 from optbench_jax.transforms import test_functions as tf
-
-SCRIPT = (pathlib.Path(__file__).resolve().parents[2] / "experiments"
-          / "test_functions.py")
-
+from tests.train.helpers import load_script
 
 def _script():
-  spec = importlib.util.spec_from_file_location("test_functions_script",
-                                                SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("test_functions")
 
 
 @pytest.mark.parametrize("name", list(tf.FUNCTIONS))
