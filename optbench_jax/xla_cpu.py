@@ -100,12 +100,12 @@ def _backend_started() -> bool:
   return bridge is not None and bridge.backends_are_initialized()
 
 
-def _add(flag: str, value: str, devices_matter: bool) -> str:
-  """Adds ``--flag=value`` to ``XLA_FLAGS`` where safe; says what it did."""
+def _add(flag: str, value: str, *, known: str, devices_matter: bool) -> str:
+  """Adds ``--flag=value`` to ``XLA_FLAGS`` where safe (``known``: the
+  string jaxlib must hold); says what it did."""
   flags = os.environ.get("XLA_FLAGS", "")
   platforms = os.environ.get("JAX_PLATFORMS", "")
   devices = _requested_cpu_devices(flags)
-  known = value if flag == EXTRA_OPTIONS else flag
   if flag in flags:
     return "kept the user's XLA_FLAGS setting of " + flag
   if devices_matter and devices > 1:
@@ -127,8 +127,8 @@ def apply_defaults() -> str:
   did: the convolutions' flag, then ``; `` and the loop unrolling's."""
   global _outcome
   if _outcome is None:
-    _outcome = "; ".join((_add(FLAG, VALUE, devices_matter=True),
-                          _add(EXTRA_OPTIONS, NO_UNROLLING,
+    _outcome = "; ".join((_add(FLAG, VALUE, known=FLAG, devices_matter=True),
+                          _add(EXTRA_OPTIONS, NO_UNROLLING, known=NO_UNROLLING,
                                devices_matter=False)))
   return _outcome
 

@@ -40,7 +40,7 @@ def over_seeds(rows: Sequence[dict]) -> list[dict]:
     summary.update(optimizer=optimizer, learning_rate=lr,
                    n_seeds=len(members), n_diverged=sum(
                        m.get("status") == "diverged" for m in members),
-                   n_converged=sum(m.get("converged") in (True, "True")
+                   n_converged=sum(m.get("converged") is True
                                    for m in members))
     for metric in SEED_METRICS:
       values = [float(m[metric]) for m in members

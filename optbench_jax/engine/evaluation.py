@@ -32,10 +32,6 @@ class Evaluation:
     return self.spec.prepare_for_eval(
         state.params, optimizer_lib.inner_state(state.opt_state))
 
-  def _prepared_params(self, params, opt_state):
-    return self.spec.prepare_for_eval(
-        params, optimizer_lib.inner_state(opt_state))
-
   def eval_variables(self, state: TrainState) -> dict:
     """The variables the runs are evaluated with (leading run axis): the
     parameters of :meth:`eval_params` and the model's state. The batch
@@ -43,7 +39,7 @@ class Evaluation:
     then the same for every optimizer of a configuration (compiled once,
     reused through the persistent compilation cache)."""
     params = (state.params if self.spec.prepare_for_eval is None
-              else self.prepared_params(state.params, state.opt_state))
+              else self.prepared_params(state))
     return {"params": params, **state.model_state}
 
   def _eval_streamed_batch(self, variables, batch):

@@ -158,7 +158,7 @@ class Program(Evaluation):
                                     (0, 0, None, 0, 0)), donate_argnums=(0, 4))
     self.eval_batch = jax.jit(vm(self._eval_batch, (0, None, None, None)))
     self.eval_streamed_batch = jax.jit(vm(self._eval_streamed_batch, (0, None)))
-    self.prepared_params = jax.jit(vm(self._prepared_params, (0, 0)))
+    self.prepared_params = jax.jit(vm(self.eval_params, (0,)))
     self.update_plateau = jax.jit(vm(self._update_plateau, (0, 0)))
     self.epoch_start = jax.jit(vm(self._epoch_start, (0, None)),
                                donate_argnums=0)
