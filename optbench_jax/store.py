@@ -33,6 +33,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from typing import Any, Iterator, Optional, Sequence
 
@@ -178,6 +179,42 @@ def remove_partial_writes(directory: str, *, recursive: bool = False) -> None:
           os.unlink(os.path.join(root, name))
         except FileNotFoundError:
           pass  # another process cleaned it first
+
+
+@contextlib.contextmanager
+def unchanged_on_error(directory: str, names: Sequence[str]) -> Iterator[None]:
+  """Undoes what the block wrote into ``directory`` if it raises: each file
+  of ``names`` there gets its earlier bytes back (or is deleted if it did
+  not exist), and the directories created on the way to ``directory`` are
+  removed. A refusal that only the fitted data can raise (a QA
+  ``--max-length`` that cuts every answer) thus leaves the output directory
+  as it found it, although the vocabulary was cached before it."""
+  created = None
+  path = os.path.abspath(directory)
+  while not os.path.exists(path):
+    created, path = path, os.path.dirname(path)
+  before = {}
+  for name in names:
+    file = os.path.join(directory, name)
+    if os.path.isfile(file):
+      with open(file, "rb") as f:
+        before[file] = f.read()
+    else:
+      before[file] = None
+  try:
+    yield
+  except BaseException:
+    if created is not None:  # new, so nothing in it is anyone else's result
+      shutil.rmtree(created, ignore_errors=True)
+    else:
+      for file, blob in before.items():
+        if blob is None:
+          if os.path.exists(file):
+            os.unlink(file)
+        else:
+          with atomic_path(file) as tmp, open(tmp, "wb") as f:
+            f.write(blob)
+    raise
 
 
 # -- JSON and CSV --------------------------------------------------------------

@@ -119,3 +119,27 @@ def test_find_runs_stops_at_runs_and_skips_their_folders(tmp_path):
     store.find_runs(str(tmp_path / "empty"), flag="--campaign-dir")
   with pytest.raises(OptBenchError, match="is not a directory"):
     store.find_runs(str(tmp_path / "missing"))
+
+
+def test_a_block_that_raises_leaves_the_directory_as_it_was(tmp_path):
+  kept = tmp_path / "kept"
+  kept.mkdir()
+  (kept / "a.json").write_text("before")
+  with pytest.raises(OptBenchError):
+    with store.unchanged_on_error(str(kept), ["a.json", "b.json"]):
+      store.write_text(str(kept / "a.json"), "after")
+      store.write_text(str(kept / "b.json"), "new")
+      raise OptBenchError("refused")
+  assert sorted(os.listdir(kept)) == ["a.json"]
+  assert (kept / "a.json").read_text() == "before"
+  # Directories the block created are removed, the outermost included.
+  new = tmp_path / "new" / "deeper"
+  with pytest.raises(OptBenchError):
+    with store.unchanged_on_error(str(new), ["a.json"]):
+      store.write_text(str(new / "a.json"), "x")
+      raise OptBenchError("refused")
+  assert sorted(os.listdir(tmp_path)) == ["kept"]
+  # Without an error, what the block wrote stays.
+  with store.unchanged_on_error(str(new), ["a.json"]):
+    store.write_text(str(new / "a.json"), "x")
+  assert (new / "a.json").read_text() == "x"

@@ -10,7 +10,9 @@ training loss and the task's primary metric.
 
 The tiny runs are compile-bound (XLA:CPU compiles the initialisation, the
 epoch and the evaluation whatever the size): the README states their
-measured CPU time. The three heaviest (:data:`SLOW`) are marked ``slow``.
+measured CPU time. The three heaviest (:data:`SLOW`) are marked ``slow``,
+and so are those whose dataset and model another test of the default suite
+trains (:data:`TRAINED_ELSEWHERE`).
 """
 from __future__ import annotations
 
@@ -41,6 +43,18 @@ TINY_TASK_SETTINGS = {"max_length": "32", "target_length": "8",
 # Tiny runs whose compilations alone take a minute of CPU here (README's
 # measurements): U-Net, the summariser, the translator.
 SLOW = ("semantic_segmentation", "text_summarization", "machine_translation")
+# Tiny runs of a dataset and model that another test of the default suite
+# trains already (its command passes the plan above): ``slow`` too.
+TRAINED_ELSEWHERE = {
+    "image_classification":
+        "tests/train/test_real_data.py::test_mnist_5k_reaches_sane_accuracy",
+    "sentiment_analysis": "tests/tasks/test_text_real_data.py::"
+                          "test_pang_lee_sentences_are_a_real_sentiment_smoke_test",
+    "ner": "tests/tasks/test_text_real_data.py::"
+           "test_wnut16_trains_a_bilstm_crf_on_real_tweets",
+    "question_answering": "tests/tasks/test_text_tasks.py::"
+                          "test_text_campaign_learns_and_writes_its_files",
+}
 
 
 def try_it_commands(text: str) -> dict[str, list[str]]:
@@ -80,7 +94,8 @@ def tiny(argv: list[str], task: tasks.Task, output_dir) -> list[str]:
 
 
 @pytest.mark.parametrize("task_name", [
-    pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
+    pytest.param(name, marks=pytest.mark.slow)
+    if name in SLOW or name in TRAINED_ELSEWHERE else name
     for name in sorted(COMMANDS)])
 def test_try_it_command_runs_tiny(task_name, tmp_path):
   argv = COMMANDS[task_name]
@@ -94,3 +109,14 @@ def test_try_it_command_runs_tiny(task_name, tmp_path):
   meta = json.loads((history_file.parent / "run_metadata.json").read_text())
   assert meta["width"] == 0.25 and meta["status"] == "completed"
   assert meta["n_test"] <= 4
+
+
+@pytest.mark.parametrize("task_name", sorted(TRAINED_ELSEWHERE))
+def test_the_test_that_trains_it_elsewhere_exists_with_its_model(task_name):
+  path, name = TRAINED_ELSEWHERE[task_name].split("::")
+  source = (ROOT / path).read_text(encoding="utf-8")
+  assert f"def {name}(" in source
+  argv = COMMANDS[task_name]
+  dataset, model = (argv[argv.index(f) + 1] for f in ("--dataset", "--model"))
+  assert f'"{model}"' in source
+  assert dataset == "synthetic" or f'"{dataset}"' in source

@@ -91,13 +91,17 @@ def load_splits(plan: Plan):
   the vocabulary cached in the campaign directory), once for all of its
   optimizers; the split data are checked against the plan
   (:func:`~optbench_jax.train.plan.check_data`) before anything is fitted
-  or written."""
+  or written, and a refusal raised while fitting undoes what the fit
+  wrote."""
   workload, cfg = plan.workload, plan.campaign
   prepared = workload.prepare(workload.load(cfg.data_dir,
                                             offline=cfg.offline), cfg)
   check_data(plan, prepared)
   workload.fetch_pretrained(cfg, offline=cfg.offline)
-  with campaign_lock(plan) as out_dir:
+  # A refusal raised by the fit (it needs the vocabulary, which is cached
+  # first) leaves the directory as it was.
+  with store.unchanged_on_error(plan.directory, [store.VOCABULARY]), \
+       campaign_lock(plan) as out_dir:
     store.remove_partial_writes(out_dir)
     return workload.fit(prepared, cfg, cache_dir=out_dir)
 

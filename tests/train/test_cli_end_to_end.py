@@ -65,7 +65,7 @@ def _run_module(*args, cwd=None):
                         capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
-@pytest.mark.parametrize("args, expected", [
+BAD_INPUT = [
     (["--task", "image_clasification", "--dataset", "synthetic", "--model",
       "cnn_scratch"], "unknown task 'image_clasification'. Did you mean"),
     (["--task", "image_classification", "--dataset", "imagenet", "--model",
@@ -79,14 +79,27 @@ def _run_module(*args, cwd=None):
      "--lr-overrides names 'sgd'"),
     (["--task", "image_classification", "--dataset", "synthetic", "--model",
       "cnn_scratch", "--scheduler", "step"], "unknown --scheduler 'step'"),
-])
-def test_bad_input_gives_one_line_error(args, expected):
+]
+
+
+def test_bad_input_exits_2_with_one_line_and_no_traceback():
+  """The whole exit path, in a process of its own (``python -m``)."""
+  args, expected = BAD_INPUT[0]
   result = _run_module("run", *args)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1, result.stderr
   assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
   assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, expected", BAD_INPUT)
+def test_bad_input_gives_one_line_error(capsys, args, expected):
+  assert cli.main(["run", *args]) == 2
+  captured = capsys.readouterr()
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1, captured.err
+  assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
 
 
 def test_list_prints_tasks_models_and_optimizers():

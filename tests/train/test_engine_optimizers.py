@@ -2,8 +2,9 @@
 
 The default suite runs one optimizer per kind of extra the engine supplies
 (grad_fn, full_grad via epoch_start, kfac_stats, hvp_fn + key, value +
-value_fn, prepare_for_eval); the ``slow`` test runs every registered one, as
-``--optimizers all`` does.
+value_fn, prepare_for_eval: lookahead; schedule_free_adamw, the other user of
+that hook, runs in the ``slow`` tests); the ``slow`` test runs every
+registered one, as ``--optimizers all`` does.
 """
 import csv
 
@@ -12,8 +13,7 @@ import pytest
 from optbench_jax import cli, transforms
 from tests.train.helpers import read_history, small_run_args
 
-ONE_PER_EXTRA = ["sam", "svrg", "kfac", "adahessian", "lbfgs", "lookahead",
-                 "schedule_free_adamw"]
+ONE_PER_EXTRA = ["sam", "svrg", "kfac", "adahessian", "lbfgs", "lookahead"]
 
 
 def _run(tmp_path, optimizers, extra=()):

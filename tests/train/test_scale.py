@@ -157,10 +157,11 @@ _DATA_PARALLEL = textwrap.dedent("""
     train = lambda rcs, dirs: train_runs(plan_runs(rcs, dirs), splits)
     one_run = lambda rc, d: run_one(plan_runs([rc], [d])[0], splits)
     one = one_run(rc, out + "/one")
-    # The yardstick: one device, the same run beside a second one in a
-    # vmapped program (only the order of float32 sums changes).
+    # The yardstick of a chaotic model (ResNet-18): one device, the same
+    # run beside a second one in a vmapped program (only the order of
+    # float32 sums changes).
     one_vmapped = train([rc, dataclasses.replace(rc, seed=1)],
-                  [out + "/o0", out + "/o1"])
+                  [out + "/o0", out + "/o1"]) if model == "resnet18" else None
     rc4 = dataclasses.replace(rc, devices=4)
     four = one_run(rc4, out + "/four")
     both = train([rc4, dataclasses.replace(rc4, seed=1)],
@@ -172,7 +173,8 @@ _DATA_PARALLEL = textwrap.dedent("""
     program = setup.program(1)
     compiled = setup.compile(program, [_Member(rc4, None)],
                              setup.data(program, splits.train))
-    json.dump({"one": one[0], "one_vmapped": one_vmapped[0][0],
+    json.dump({"one": one[0],
+               "one_vmapped": one_vmapped and one_vmapped[0][0],
                "four": four[0], "vmapped": both[0][0],
                "streamed": streamed[0][0],
                "devices": four[1]["data_parallel_devices"],
@@ -211,6 +213,8 @@ def test_four_device_data_parallel_equals_one_device(tmp_path, model,
   # device. Measured (cnn_scratch) 9.9e-8 for 4 devices: alone, with 2
   # vmapped runs, and host-streamed.
   for name in ("one_vmapped", "four", "vmapped", "streamed"):
+    if result[name] is None:  # the yardstick: ResNet-18 only
+      continue
     assert (_max_relative_difference(result[name][:1], result["one"][:1])
             < first_epoch)
     assert _max_relative_difference(result[name], result["one"]) < tolerance
