@@ -27,6 +27,11 @@ their results: ``--overwrite``).
 
 Bad input prints one line ``error: ...`` and exits with status 2; a failing
 work unit is reported, the others go on, and the script exits with status 1.
+A refusal that only a configuration's data can raise (its dataset missing
+offline, a batch larger than its training split) comes when that unit loads
+its data, before it trains or writes anything, and fails that unit alone:
+checking it for every configuration first would mean loading (or
+downloading) every dataset before the first run starts.
 """
 from __future__ import annotations
 

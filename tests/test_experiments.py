@@ -238,3 +238,21 @@ def test_units_whose_data_is_missing_fail_alone_with_status_1(
   assert all("dataset 'mnist' is not in any local cache" in line
              for line in failed)
   assert "0 of 2 work units finished" in captured.out
+
+
+def test_a_batch_larger_than_a_units_split_fails_that_unit_alone(
+    tmp_path, capsys):
+  """A refusal that only a configuration's data can raise (its batch size
+  against its training split) comes once that unit's data are loaded,
+  before it trains or writes anything: the unit fails in one line and the
+  script exits 1 (the others would go on), as a unit whose data are
+  missing does."""
+  module = _script("lr_sensitivity")
+  assert _main(module, ["--optimizers", "adam", "--epochs", "1",
+                        "--max-samples", "100", "--output-dir",
+                        str(tmp_path)]) == 1
+  captured = capsys.readouterr()
+  (failed,) = [line for line in captured.err.splitlines()
+               if line.startswith("FAILED ")]
+  assert "--batch-size 128 is larger than the training split" in failed
+  assert not list(tmp_path.rglob("run_metadata.json"))

@@ -30,6 +30,12 @@ def _params(p):
   return p["transitions"], p["start"], p["end"]
 
 
+# Compiled once per shape (eager, every call compiles its scans again);
+# test_jit_and_vmap_over_runs_equal_eager compares them with eager calls.
+jitted = {name: jax.jit(getattr(crf, name))
+          for name in ("log_partition", "sequence_score", "viterbi", "nll")}
+
+
 def _path_score(e, y, transitions, start, end):
   """S(y) of one unpadded sequence, written out term by term."""
   s = start[y[0]] + end[y[-1]] + sum(e[t, y[t]] for t in range(len(y)))
@@ -54,10 +60,10 @@ def test_log_partition_score_and_viterbi_equal_brute_force(x64):
   for seed in range(3):
     p = _problem(seed)
     want = _brute_force(p)
-    log_z = crf.log_partition(p["emissions"], p["mask"], *_params(p))
-    score = crf.sequence_score(p["emissions"], p["tags"], p["mask"],
-                               *_params(p))
-    tags, best = crf.viterbi(p["emissions"], p["mask"], *_params(p))
+    log_z = jitted["log_partition"](p["emissions"], p["mask"], *_params(p))
+    score = jitted["sequence_score"](p["emissions"], p["tags"], p["mask"],
+                                     *_params(p))
+    tags, best = jitted["viterbi"](p["emissions"], p["mask"], *_params(p))
     assert log_z.dtype == jnp.float64
     for i, (z, path, top) in enumerate(want):
       n = LENGTHS[i]
@@ -67,7 +73,7 @@ def test_log_partition_score_and_viterbi_equal_brute_force(x64):
       assert tuple(np.asarray(tags[i, :n])) == path
       assert np.all(np.asarray(tags[i, n:]) == 0)
       assert abs(float(best[i]) - top) < 1e-10
-    nll = crf.nll(p["emissions"], p["tags"], p["mask"], *_params(p))
+    nll = jitted["nll"](p["emissions"], p["tags"], p["mask"], *_params(p))
     np.testing.assert_allclose(nll, log_z - score, rtol=0, atol=1e-12)
     assert np.all(np.asarray(nll) >= 0)
 
@@ -84,9 +90,10 @@ def test_padding_changes_nothing_and_empty_rows_give_zero(x64):
   # Garbage in the padding of the original too.
   p["emissions"] = np.where(p["mask"][..., None] > 0, p["emissions"], 1e3)
   for q in (p, padded):
-    q["nll"] = crf.nll(q["emissions"], q["tags"], q["mask"], *_params(q))
-    q["tags_best"], q["best"] = crf.viterbi(q["emissions"], q["mask"],
-                                            *_params(q))
+    q["nll"] = jitted["nll"](q["emissions"], q["tags"], q["mask"],
+                             *_params(q))
+    q["tags_best"], q["best"] = jitted["viterbi"](q["emissions"], q["mask"],
+                                                  *_params(q))
   np.testing.assert_allclose(padded["nll"], p["nll"], rtol=0, atol=1e-12)
   np.testing.assert_allclose(padded["best"], p["best"], rtol=0, atol=1e-12)
   np.testing.assert_array_equal(padded["tags_best"][:, :T], p["tags_best"])
@@ -94,13 +101,14 @@ def test_padding_changes_nothing_and_empty_rows_give_zero(x64):
 
   # A row without real tokens: nll 0, tags 0, score 0, gradients finite.
   empty = dict(p, mask=p["mask"] * np.array([[1], [1], [0], [1]]))
-  value = crf.nll(empty["emissions"], empty["tags"], empty["mask"],
-                  *_params(empty))
+  value = jitted["nll"](empty["emissions"], empty["tags"], empty["mask"],
+                        *_params(empty))
   assert float(value[2]) == 0.0 and np.all(np.isfinite(value))
-  tags, best = crf.viterbi(empty["emissions"], empty["mask"], *_params(empty))
+  tags, best = jitted["viterbi"](empty["emissions"], empty["mask"],
+                                 *_params(empty))
   assert np.all(np.asarray(tags[2]) == 0) and float(best[2]) == 0.0
-  grads = jax.grad(lambda e, *ps: jnp.mean(crf.nll(
-      e, empty["tags"], empty["mask"], *ps)), argnums=(0, 1, 2, 3))(
+  grads = jax.jit(jax.grad(lambda e, *ps: jnp.mean(crf.nll(
+      e, empty["tags"], empty["mask"], *ps)), argnums=(0, 1, 2, 3)))(
           empty["emissions"], *_params(empty))
   assert all(np.all(np.isfinite(g)) for g in grads)
   assert np.all(np.asarray(grads[0][2]) == 0)

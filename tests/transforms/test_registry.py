@@ -212,11 +212,15 @@ def test_lbfgs_linesearch_takes_optax_values_too():
   loss = lambda p: jnp.sum((p["w"] - 0.3) ** 4) + jnp.sum(p["b"] ** 2)
 
   def run(tx, steps=4):
-    p, state = params, tx.init(params)
-    for _ in range(steps):
+    @jax.jit  # one compilation (eager, the zoom line search's loops
+    def step(p, state):  # compile op by op at every step)
       value, grads = jax.value_and_grad(loss)(p)
       updates, state = tx.update(grads, state, p, value=value, value_fn=loss)
-      p = optax.apply_updates(p, updates)
+      return optax.apply_updates(p, updates), state
+
+    p, state = params, tx.init(params)
+    for _ in range(steps):
+      p, state = step(p, state)
     return p
 
   for ours, optax_value in [
