@@ -1,6 +1,5 @@
 """Shared test fixtures."""
 import os
-import pathlib
 import tempfile
 
 # Tests run on the CPU with deterministic settings, whatever the machine has.
@@ -24,29 +23,6 @@ except ImportError:
   pass
 else:
   torchvision_models.define_missing_operators()
-
-
-# The order in which pytest-xdist hands test files to its two workers
-# (``--dist loadfile --no-loadscope-reorder``): the directories of long
-# end-to-end and model files first, the quick unit-test files last, so that
-# neither worker is left alone with a long file at the end (longest first;
-# xdist's own order, by number of tests, puts the long files, which hold few
-# tests, last). Within a directory, pytest's order.
-LONGEST_FIRST = ("train", "tasks", "models", "analysis", "campaign",
-                 "kernels", "transforms", "nn")
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  tests = pathlib.Path(__file__).parent
-
-  def rank(item):
-    parts = pathlib.Path(item.path).relative_to(tests).parts
-    if len(parts) > 1 and parts[0] in LONGEST_FIRST:
-      return LONGEST_FIRST.index(parts[0])
-    return len(LONGEST_FIRST)
-
-  items.sort(key=rank)  # stable
 
 
 @pytest.fixture
