@@ -10,11 +10,13 @@ METRICS = ("dice", "iou", "pixel_accuracy", "mean_class_accuracy")
 
 
 # 32×32 synthetic images, the models at a quarter of their widths (full
-# width: tests/models/test_segmentation_models.py checks the layers).
-# DeepLabV3 (78 s here, most of it compiling ResNet-50) is slow; its layers
-# are checked in tests/models/test_segmentation_models.py.
+# width: tests/models/test_segmentation_models.py checks the layers). Both
+# are slow: DeepLabV3 (78 s here, most of it compiling ResNet-50), and U-Net
+# on synthetic images is the README's try-it command, whose tiny run
+# (tests/test_try_it.py) is in the default suite.
 @pytest.mark.parametrize("model", [
-    "unet_vanilla", pytest.param("deeplabv3_resnet50", marks=pytest.mark.slow)])
+    pytest.param("unet_vanilla", marks=pytest.mark.slow),
+    pytest.param("deeplabv3_resnet50", marks=pytest.mark.slow)])
 def test_segmentation_campaign_learns_and_writes_its_files(tmp_path, model):
   args = ["run", "--task", "semantic_segmentation", "--dataset", "synthetic",
           "--model", model, "--optimizers", "adam", "--epochs", "2",

