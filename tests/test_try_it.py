@@ -42,6 +42,8 @@ TINY = ["--epochs", "1", "--max-samples", "24", "--batch-size", "8",
 # Only for the tasks that have the setting (others refuse it).
 TINY_TASK_SETTINGS = {"max_length": "32", "target_length": "8",
                       "beam_size": "1"}
+
+
 def try_it_commands(text: str) -> dict[str, list[str]]:
   """``{task: argv}`` of the commands in the README's try-it section."""
   section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
@@ -88,17 +90,16 @@ def test_try_it_command_runs_tiny(task_name, tmp_path):
   assert [h["epoch"] for h in history] == [1]
   assert math.isfinite(history[0]["train_loss"])
   assert math.isfinite(history[0]["val_loss"])
-  assert history[0][task.primary_metric] is not None
+  primary = task.primary_metric
+  assert history[0][primary] is not None
   run = history_file.parent
   meta = json.loads((run / "run_metadata.json").read_text())
   assert meta["width"] == 0.25 and meta["status"] == "completed"
   assert meta["n_test"] <= 4
   if meta["n_test"]:  # datasets without a test split have no test metrics
-    assert task.primary_metric in meta["test_metrics"]
+    assert primary in meta["test_metrics"]
   assert "object at 0x" not in json.dumps(meta["dataset_info"])
-  primary = task.primary_metric
   for name in ("summary.csv", "epochs.csv", f"{primary}_all_optimizers.png"):
     assert (run.parent / name).stat().st_size > 0, name
   for name in (f"{primary}_and_val_loss.png", "train_vs_val_loss.png"):
     assert (run / name).stat().st_size > 0, name
-
