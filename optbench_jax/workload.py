@@ -93,12 +93,16 @@ class Workload:
 
   def splits(self, protocol: Any, *, data_dir: Optional[str] = None,
              cache_dir: Optional[str] = None,
-             raw: Optional[RawDataset] = None) -> Splits:
+             raw: Optional[RawDataset] = None,
+             offline: bool = False) -> Splits:
     """load → prepare → fit: the data of every run of ``protocol`` (a
     resolved run or campaign configuration); ``raw``: an already loaded
-    dataset."""
-    raw = self.load(data_dir) if raw is None else raw
-    return self.fit(self.prepare(raw, protocol), protocol, cache_dir)
+    dataset. A missing dataset or pretrained checkpoint is downloaded
+    first unless ``offline``."""
+    raw = self.load(data_dir, offline=offline) if raw is None else raw
+    prepared = self.prepare(raw, protocol)
+    self.fetch_pretrained(protocol, offline=offline)
+    return self.fit(prepared, protocol, cache_dir)
 
   def fetch_pretrained(self, protocol: Any, *, offline: bool = False
                        ) -> Optional[str]:

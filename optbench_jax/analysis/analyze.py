@@ -123,6 +123,9 @@ class Selection:
   data_dir: Optional[str] = setting(
       None, "where the run's dataset cache lives (default: the data "
       "libraries' own caches, as run's --data-dir)", check=flags.directory)
+  offline: bool = setting(
+      False, "never download: a dataset or checkpoint missing from the "
+      "local cache is an error (as run's --offline)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -339,11 +342,13 @@ def analyze(selection: Selection, options: Options, *, log=print
   what, directory = parse_what(selection.what), selection.run_dir
   compare, data_dir = selection.compare_run, selection.data_dir
   run_dirs = find_runs(directory, selection.seeds)
-  other = (restore.load_run(compare, data_dir=data_dir)
+  other = (restore.load_run(compare, data_dir=data_dir,
+                            offline=selection.offline)
            if compare is not None else None)
   analysed, per_run = [], {}
   for run_dir in run_dirs:
-    run = restore.load_run(run_dir, data_dir=data_dir)
+    run = restore.load_run(run_dir, data_dir=data_dir,
+                           offline=selection.offline)
     if other is not None and (other.config.task, other.config.dataset,
                               other.config.model) != (
         run.config.task, run.config.dataset, run.config.model):

@@ -205,11 +205,13 @@ class Run:
     return loss_fn
 
 
-def load_run(run_dir: str, *, data_dir: Optional[str] = None) -> Run:
+def load_run(run_dir: str, *, data_dir: Optional[str] = None,
+             offline: bool = False) -> Run:
   """Rebuilds the run in ``run_dir`` (module docstring); one-line errors for
   a directory that is not a run, damaged metadata or missing data. The
   run's settings go through the plan's edge (``stored_run``) and its data
-  through the workload's one path, as when it was trained."""
+  through the workload's one path, as when it was trained (a missing
+  dataset or checkpoint downloaded first, unless ``offline``)."""
   path = os.path.join(run_dir, store.METADATA)
   try:
     metadata = store.read_json_if_intact(path, dict)
@@ -222,7 +224,8 @@ def load_run(run_dir: str, *, data_dir: Optional[str] = None) -> Run:
   rc = spec.config
   splits = spec.workload.splits(rc, data_dir=data_dir,
                                 cache_dir=store.campaign_dir_above(
-                                    run_dir, rc.task, rc.dataset, rc.model))
+                                    run_dir, rc.task, rc.dataset, rc.model),
+                                offline=offline)
   setup = RunSetup(rc, splits)
   program = setup.program(1)
   # The structure (optimizer NamedTuples, zero-size leaves) that the

@@ -17,6 +17,9 @@ same way through ``huggingface_hub.snapshot_download``
   own timeout (``HF_HUB_ETAG_TIMEOUT``) and no retries: no network, a
   missing repository or a server in trouble is one line at once, not a
   stack of retries. The commit is then downloaded, and recorded.
+* **Loading scripts.** A repository that is a loading script
+  (``<name>.py``), which ``datasets`` 4.0 and later refuse to run, is
+  refused in one line from the same request (:func:`refuse_loading_script`).
 * **Concurrent jobs** (shards, Ray workers) that miss the same dataset take
   a file lock in the cache (:func:`cache_lock`): one downloads, the others
   wait (saying so) and then read its copy. ``datasets`` prepares into a
@@ -91,6 +94,22 @@ def hub_commit(what: str, repo_id: str, repo_type: str) -> Any:
         f"({one_line(e, 120)}); connect this machine, or fill the cache on "
         f"one with internet (python -m optbench_jax data prepare) and copy "
         f"it here") from None
+
+
+def refuse_loading_script(what: str, repo_id: str, info: Any,
+                          version: str) -> None:
+  """A one-line :class:`DownloadError` when the dataset repository is a
+  loading script (``<name>.py`` at its root, e.g. ``bbaaaa/iwslt14-de-en``):
+  ``datasets`` 4.0 dropped scripts, and ``load_dataset`` refuses such a
+  repository only after its metadata requests; refused here before any."""
+  script = repo_id.rsplit("/", 1)[-1] + ".py"
+  files = {getattr(s, "rfilename", None) for s in (info.siblings or ())}
+  if script in files:
+    raise DownloadError(
+        f"{what}: the Hub repository {repo_id} is a loading script "
+        f"({script}), which datasets {version} does not run (scripts were "
+        f"dropped in datasets 4.0); prepare it with datasets<4 on another "
+        f"machine and copy the cache (--data-dir)")
 
 
 @contextlib.contextmanager
@@ -181,7 +200,9 @@ class HubDownload:
       found = self._cached_copy(datasets, cache)
       if found is not None:   # prepared by another process meanwhile
         return found
-      commit = hub_commit(self.what, hub_id, "dataset").sha
+      info = hub_commit(self.what, hub_id, "dataset")
+      refuse_loading_script(self.what, hub_id, info, datasets.__version__)
+      commit = info.sha
       try:
         datasets.load_dataset(hub_id, self.source.config, cache_dir=cache,
                               revision=commit)

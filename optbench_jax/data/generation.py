@@ -13,8 +13,10 @@ From the Hugging Face Hub (downloaded on first use; each Hub translation
 dataset has a ``translation`` column of ``{language: sentence}`` dicts):
 
 * ``europarl_bilingual``: Europarl German-English, German → English,
-  ~1.9M sentence pairs, training split only (``Helsinki-NLP/europarl``
-  config ``de-en``, formerly ``europarl_bilingual``).
+  1,961,119 sentence pairs, training split only (``Helsinki-NLP/europarl``
+  config ``de-en``, formerly ``europarl_bilingual``; the size of its card
+  since the Parquet conversion, commit ``986d6f0`` "Add de-en data files";
+  Europarl v7's own release has 1,920,209).
 * ``iwslt14_en_de``: IWSLT 2014 TED talks, English → German, 171,721
   training and 4,698 test pairs (``bbaaaa/iwslt14-de-en`` config ``de-en``;
   ``may-ohta/iwslt14`` has the same training pairs and a 4,782-pair test
@@ -22,6 +24,10 @@ dataset has a ``translation`` column of ``{language: sentence}`` dicts):
   are the ones known to have ``translation`` dicts with train/validation/
   test splits; the exact test set differs between them and from fairseq's
   preprocessed IWSLT'14 (``bbaaaa/iwslt14-de-en-preprocess``, not read).
+  Both are loading-script repositories (``iwslt14-de-en.py``,
+  ``iwslt14.py``), which ``datasets`` 4.0 and later refuse to run: read
+  from a cache prepared with ``datasets<4``, not downloaded
+  (:func:`~optbench_jax.data.download.refuse_loading_script`).
 * ``opus_books_en_de``: OPUS Books, English → German, 51,467 pairs,
   training split only (``Helsinki-NLP/opus_books`` config ``de-en``,
   formerly ``opus_books``).
@@ -163,7 +169,7 @@ _TRANSLATION = {"translation": "translation"}
 _register_translation(
     "europarl_bilingual",
     [HFSource(("Helsinki-NLP/europarl", "europarl_bilingual"), "de-en",
-              _TRAIN_ONLY, _TRANSLATION, {"train": 1_920_209})],
+              _TRAIN_ONLY, _TRANSLATION, {"train": 1_961_119})],
     "de", "en",
     "Europarl German → English sentence pairs (training split only), from "
     "the HF Hub")

@@ -10,6 +10,7 @@ the registry's; tests of a good download declare the tiny copy's sizes.
 import io
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -220,6 +221,24 @@ def test_unknown_repository_is_one_line(hub, tmp_path):
     data.load(TASK, NAME, str(tmp_path / "data"))
 
 
+def test_a_loading_script_repository_is_refused_before_any_download(
+    hub, tmp_path):
+  """``datasets`` ≥ 4 runs no loading script: a repository that is one
+  (the IWSLT'14 copies are) is refused from the repository request."""
+  hub.repos.clear()
+  hub.add("dataset", HUB_ID, {"README.md": README, "imdb.py": b"import x\n",
+                              "data/plain_text.zip": b"PK"})
+  with pytest.raises(download.DownloadError) as e:
+    data.load(TASK, NAME, str(tmp_path / "data"))
+  message = str(e.value)
+  assert "\n" not in message
+  assert (f"dataset 'imdb': the Hub repository {HUB_ID} is a loading script "
+          f"(imdb.py), which datasets {datasets.__version__} does not run"
+          ) in message
+  assert len(api_requests(hub)) == 1
+  assert not hub.downloads()
+
+
 def test_size_mismatch_is_refused_in_one_line(hub, tmp_path):
   """The registry's sizes are IMDB's (25,000 + 25,000), not the tiny
   copy's: refused after the download, and again from the cache."""
@@ -360,6 +379,29 @@ def test_a_damaged_copy_is_one_line_without_a_request(hub, tmp_path):
   assert (f"dataset 'imdb': found {where / ENTRY} but could not read it"
           in message and message.endswith("delete it to download it again"))
   assert hub.requests == before
+
+
+def test_analyze_offline_refuses_in_one_line(hub, tmp_path, capsys):
+  """``analyze`` reads a run's data through the same path as ``run``: a
+  run of IMDB whose cache is gone is refused under ``--offline``, before
+  any request (the run's metadata is the stored digits run's, retargeted)."""
+  stored = (pathlib.Path(ROOT) / "tests" / "fixtures" / "campaign_v1" /
+            "image_classification" / "digits" / "cnn_scratch" /
+            "sgd_momentum" / "seed_0" / "run_metadata.json")
+  metadata = json.loads(stored.read_text())
+  metadata.update(task=TASK, dataset=NAME, model="lstm_sentiment",
+                  optimizer="adam", learning_rate=1e-3,
+                  max_length=64, vocab_size=1000)
+  run_dir = tmp_path / "out" / TASK / NAME / "lstm_sentiment" / "adam"
+  run_dir.mkdir(parents=True)
+  (run_dir / "run_metadata.json").write_text(json.dumps(metadata))
+  args = ["analyze", "--run-dir", str(run_dir), "--offline", "--data-dir",
+          str(tmp_path / "data")]
+  assert cli.main(args) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: dataset 'imdb' is not")
+  assert err[0].endswith("not downloaded: --offline is set.")
+  assert hub.requests == []
 
 
 def test_run_offline_refuses_in_one_line(hub, tmp_path, capsys):
