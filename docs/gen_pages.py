@@ -108,15 +108,15 @@ def tasks_page(tasks, data, models) -> str:
 
 
 def download_source(spec) -> str:
-  """The Hub id (config) a dataset downloads from, linked to its card, and
-  the split sizes the card publishes; "–" for no download."""
+  """The source a dataset downloads from (Hub id and config, or TFDS
+  name), linked to its card, and the split sizes the card publishes; "–"
+  for no download."""
   download = getattr(spec, "download", None)
   if download is None:
     return "–"
-  source = download.source
-  config = f" `{source.config}`" if source.config else ""
-  sizes = ", ".join(f"{split} {n:,}" for split, n in source.sizes.items())
-  return f"[`{source.hub_id}`]({source.card}){config} ({sizes})"
+  sizes = ", ".join(f"{split} {n:,}" for split, n in
+                    download.published.items())
+  return f"[`{download.label}`]({download.card}) ({sizes})"
 
 
 def datasets_page(tasks, data) -> str:

@@ -1,8 +1,8 @@
 """``python -m optbench_jax data {prepare,list}``: datasets before a campaign.
 
 * ``data prepare --dataset imdb,sst2``: downloads what is missing (through
-  ``datasets``, see ``data/download.py``) and checks every copy against the
-  split sizes its dataset card publishes, once, before a sharded or Ray
+  ``datasets``, see ``data/download.py``, or TFDS, ``data/tfds.py``) and
+  checks every copy against the split sizes its source publishes, once, before a sharded or Ray
   campaign starts; concurrent preparations of one cache download once.
 * ``data list``: every registered dataset, where it comes from, and whether
   it is prepared: where, and its size on disk.
@@ -15,7 +15,6 @@ import os
 from typing import Optional
 
 from optbench_jax.data import base
-from optbench_jax.data import hf as hf_lib
 from optbench_jax.errors import OptBenchError
 
 ALL = "all"
@@ -90,8 +89,10 @@ def prepare(specs: list[base.DatasetSpec], data_dir: Optional[str],
       print(f"{spec.name}: no download needed ({found.get('source')})")
       continue
     verb = "downloaded" if found["downloaded"] else "cached"
-    print(f"{spec.name}: {verb} {found['hub_id']} at revision "
-          f"{found['revision']}, {sizes} (the published sizes), in "
+    what = (f"{found['hub_id']} at revision {found['revision']}"
+            if "hub_id" in found else
+            f"TFDS {found['tfds_name']} {found['version']}")
+    print(f"{spec.name}: {verb} {what}, {sizes} (the published sizes), in "
           f"{found['path']}")
   return 0
 
@@ -106,17 +107,16 @@ def list_datasets(data_dir: Optional[str]) -> int:
       rows.append((key, "package or generated", "-", "no download", "-",
                    "-"))
       continue
-    source = spec.download.source
-    hub = source.hub_id + (f" ({source.config})" if source.config else "")
-    sizes = " / ".join(f"{n:,}" for n in source.sizes.values()) or "-"
-    entries = spec.download.cached(data_dir)
+    download = spec.download
+    sizes = " / ".join(f"{n:,}" for n in download.published.values()) or "-"
+    entries = download.cached(data_dir)
     if entries:
       size = _size(sum(map(disk_usage, entries)))
-      rows.append((key, hub, sizes, "prepared", size,
+      rows.append((key, download.label, sizes, "prepared", size,
                    os.path.dirname(entries[0])))
     else:
-      rows.append((key, hub, sizes, "missing", "-",
-                   hf_lib.cache_dir_for(data_dir)))
+      rows.append((key, download.label, sizes, "missing", "-",
+                   download.cache_root(data_dir)))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
   for row in rows:
     print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])

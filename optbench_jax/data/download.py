@@ -161,6 +161,25 @@ class HubDownload:
   def what(self) -> str:
     return f"dataset {self.name!r}"
 
+  @property
+  def label(self) -> str:
+    """The source, in words (``data list``): hub id (config)."""
+    config = self.source.config
+    return self.source.hub_id + (f" ({config})" if config else "")
+
+  @property
+  def published(self):
+    """The split sizes its dataset card publishes."""
+    return self.source.sizes
+
+  @property
+  def card(self) -> str:
+    """Where :attr:`published` is published."""
+    return self.source.card
+
+  def cache_root(self, data_dir: Optional[str] = None) -> str:
+    return cache_dir_for(data_dir)
+
   def cached(self, data_dir: Optional[str] = None) -> list[str]:
     """The prepared cache entries of this dataset (any of its hub ids)."""
     cache = cache_dir_for(data_dir)

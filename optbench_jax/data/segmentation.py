@@ -12,8 +12,11 @@ Training augmentation: :func:`~optbench_jax.data.augment.flip_scale_crop`.
   + 3,669 test images) with its trimaps turned binary: foreground (trimap 1)
   → 1, background (2) → 0, outline (3) → 255. Sources: the Hugging Face
   dataset ``tchevrou/oxford-iiit-pet`` (``image``, trimap image ``label``;
-  ``timm/oxford-iiit-pet`` has breeds only, no trimaps), then TFDS
-  ``oxford_iiit_pet`` (``image``, ``segmentation_mask`` with values 1, 2, 3).
+  ``timm/oxford-iiit-pet`` has breeds only, no trimaps; an id not confirmed
+  against its card), then TFDS ``oxford_iiit_pet`` (``image``,
+  ``segmentation_mask`` with values 1, 2, 3), read from either cache. A
+  missing copy is downloaded by TFDS (the canonical source: the authors'
+  files at robots.ox.ac.uk), which needs TensorFlow to prepare it.
 * ``voc2012``: PASCAL VOC 2012 segmentation (Everingham et al., 2010; 1,464
   train + 1,449 val images), 21 classes (background and 20 objects), object
   boundaries and difficult regions 255. Source: the Hugging Face dataset
@@ -186,8 +189,10 @@ PET_SOURCES: Sequence = (
              {"train": "train", "test": "test"},
              {"image": "image", "label": "label"},
              {"train": 3_680, "test": 3_669}),
+    # The TFDS catalog's sizes of oxford_iiit_pet 4.0.0.
     TFDSSource("oxford_iiit_pet", {"train": "train", "test": "test"},
-               {"image": "image", "label": "segmentation_mask"}),
+               {"image": "image", "label": "segmentation_mask"},
+               sizes={"train": 3_680, "test": 3_669}, download=True),
 )
 VOC_SOURCES: Sequence = (
     HFSource(("nateraw/pascal-voc-2012",), None,

@@ -17,6 +17,15 @@ dataset was prepared in the ``array_record`` format (``tfds build NAME
 TFDS's default format, ``tfrecord``, is read with ``tf.data`` and so needs
 TensorFlow; without it, such a copy is reported as unusable in the error.
 ``tensorflow_datasets`` is imported only when a prepared copy exists.
+
+A source marked ``download=True`` is its dataset's download path
+(:class:`TFDSDownload`): a missing copy is made by TFDS itself,
+``tfds.builder(name, data_dir=...).download_and_prepare()`` in the
+``array_record`` format (its downloader, checksums and progress bars),
+under the cache's lock, then read as any prepared copy and checked against
+the split sizes the TFDS catalog publishes. Preparing a dataset whose
+features are encoded images (``tfds.features.Image``) needs TensorFlow:
+without it the download stops in one line that says so.
 """
 from __future__ import annotations
 
@@ -31,7 +40,9 @@ from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
-from optbench_jax.data.hf import INSTALL_HINT, Loaded, stack
+from optbench_jax.data import download as download_lib
+from optbench_jax.data.hf import (INSTALL_HINT, Loaded, SizeMismatchError,
+                                  stack)
 from optbench_jax.errors import MissingDataError, one_line
 
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
@@ -77,6 +88,26 @@ def _quiet() -> Iterator[None]:
     logger.setLevel(level)
 
 
+CATALOG = "https://www.tensorflow.org/datasets/catalog"
+# Retries of one file by TFDS's downloader (its own default is 10, with
+# exponential backoff: minutes before a server in trouble or no network is
+# reported).
+RETRIES = 2
+
+
+@contextlib.contextmanager
+def _bounded_retries() -> Iterator[None]:
+  """TFDS's downloader retries a file :data:`RETRIES` times in the block
+  (its module constant ``MAX_RETRIES``, read at each request)."""
+  from tensorflow_datasets.core.download import downloader
+  saved = downloader.MAX_RETRIES
+  downloader.MAX_RETRIES = RETRIES
+  try:
+    yield
+  finally:
+    downloader.MAX_RETRIES = saved
+
+
 @dataclasses.dataclass(frozen=True)
 class TFDSSource:
   """A TFDS dataset, read only from a local ``data_dir``.
@@ -85,11 +116,18 @@ class TFDSSource:
     name: the TFDS name, with its config if any (``"imdb_reviews/plain_text"``).
     splits: our split name -> the dataset's split name.
     columns: our column name -> the dataset's top-level feature name.
+    sizes: the dataset's split name -> the number of examples the TFDS
+      catalog publishes (checked after a download, and on every read of a
+      copy this source downloads).
+    download: this source is its dataset's download path
+      (:class:`TFDSDownload`).
   """
   name: str
   splits: Mapping[str, str] = dataclasses.field(
       default_factory=lambda: {"train": "train", "test": "test"})
   columns: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  download: bool = False
 
   def looked_in(self, data_dir: Optional[str]) -> str:
     """Where :meth:`load` looks, in words, for messages."""
@@ -107,7 +145,7 @@ class TFDSSource:
     """Reads the newest prepared version found.
 
     Args:
-      name: our name of the dataset (unused; for the common source API).
+      name: our name of the dataset (for messages).
       data_dir: ``--data-dir``, or None for TFDS's default.
 
     Returns:
@@ -116,8 +154,9 @@ class TFDSSource:
     Raises:
       MissingDataError: no prepared copy, or one that cannot be read here
         (TFDS not installed, ``tfrecord`` without TensorFlow, ...).
+      SizeMismatchError: a copy whose split sizes are not the published
+        :attr:`sizes`.
     """
-    del name
     root = data_dir_for(data_dir)
     versions = prepared_versions(root, self.name)
     problem = ""
@@ -127,13 +166,30 @@ class TFDSSource:
         problem = f"found {versions[-1]} but {problem}"
     elif versions:
       try:
-        return self._read(versions[-1])
+        loaded = self._read(versions[-1])
       except Exception as e:  # pylint: disable=broad-except
         problem = f"found {versions[-1]} but could not read it ({one_line(e)})"
+      else:
+        self.check_sizes(name, loaded.provenance["split_sizes"], versions[-1])
+        return loaded
     note = f"; {problem}" if problem else ""
     raise MissingDataError(
         f"TensorFlow Datasets: {self.looked_in(data_dir)}{note}. To fill it, "
         f"on a machine with internet: {self.fill_hint(data_dir)}")
+
+  def check_sizes(self, name: str, found: Mapping[str, int], path: str
+                  ) -> None:
+    """A one-line :class:`SizeMismatchError` when ``found`` (split ->
+    examples) disagrees with the published :attr:`sizes` (none: no check)."""
+    published = dict(self.sizes)
+    if not published or {s: found.get(s) for s in published} == published:
+      return
+    says = lambda sizes: ", ".join(f"{s} {n:,}" for s, n in sizes.items())
+    raise SizeMismatchError(
+        f"dataset {name!r}: the copy of TFDS {self.name} in {path} has "
+        f"{says({s: found.get(s, 0) for s in published})} examples, but the "
+        f"TFDS catalog publishes {says(published)}; delete it to prepare it "
+        f"again")
 
   def _read(self, path: str) -> Loaded:
     import tensorflow_datasets as tfds
@@ -211,3 +267,117 @@ def _class_names(feature: Any) -> Optional[list[str]]:
     feature = feature.feature
   names = getattr(feature, "names", None)
   return list(names) if names else None
+
+
+@dataclasses.dataclass(frozen=True)
+class TFDSDownload:
+  """A dataset that TFDS downloads and prepares (module docstring).
+
+  Attributes:
+    name: our name of the dataset.
+    source: its TFDS source (``download=True``).
+  """
+  name: str
+  source: TFDSSource
+
+  @property
+  def what(self) -> str:
+    return f"dataset {self.name!r}"
+
+  @property
+  def label(self) -> str:
+    """The source, in words (``data list``)."""
+    return f"TFDS {self.source.name}"
+
+  @property
+  def published(self) -> Mapping[str, int]:
+    """The split sizes the TFDS catalog publishes."""
+    return self.source.sizes
+
+  @property
+  def card(self) -> str:
+    """The dataset's page in the TFDS catalog."""
+    return f"{CATALOG}/{self.source.name.split('/')[0]}"
+
+  def cache_root(self, data_dir: Optional[str] = None) -> str:
+    return data_dir_for(data_dir)
+
+  def cached(self, data_dir: Optional[str] = None) -> list[str]:
+    """The newest prepared copy, if any."""
+    return prepared_versions(data_dir_for(data_dir), self.source.name)[-1:]
+
+  def fetch(self, data_dir: Optional[str] = None, *, offline: bool = False
+            ) -> dict:
+    """Makes sure a checked copy is prepared; returns its provenance (and
+    ``path``, ``downloaded``), as
+    :meth:`~optbench_jax.data.download.HubDownload.fetch` does.
+
+    Raises:
+      MissingDataError: TFDS not installed, or missing and the network
+        forbidden.
+      DownloadError: the download or the preparation failed (one line).
+      SizeMismatchError: the copy has other split sizes than published.
+    """
+    root = data_dir_for(data_dir)
+    if not tfds_installed():
+      raise MissingDataError(f"{self.what}: TensorFlow Datasets downloads "
+                             f"it, and tensorflow-datasets is not installed "
+                             f"({INSTALL_HINT})")
+    found = self.cached(data_dir)
+    if found:
+      return self._checked(found[0], downloaded=False)
+    reason = download_lib.refusal(offline)
+    if reason:
+      raise MissingDataError(
+          f"{self.what} is not prepared in {root} and {reason}; prepare it "
+          f"where the network is allowed (python -m optbench_jax data "
+          f"prepare --dataset {self.name})")
+    key = "tfds__" + self.source.name.replace("/", "__")
+    with download_lib.cache_lock(root, key, self.what):
+      found = self.cached(data_dir)
+      if found:   # prepared by another process meanwhile
+        return self._checked(found[0], downloaded=False)
+      self._prepare(root, download_lib.DownloadError)
+      found = self.cached(data_dir)
+      if not found:
+        raise download_lib.DownloadError(
+            f"{self.what}: TFDS prepared {self.source.name} but no copy is "
+            f"in {root}")
+      return self._checked(found[0], downloaded=True)
+
+  def _prepare(self, root: str, error: type) -> None:
+    import tensorflow_datasets as tfds
+    try:
+      with _quiet(), _bounded_retries():
+        builder = tfds.builder(self.source.name, data_dir=root,
+                               file_format="array_record")
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                try_download_gcs=False))
+    except ModuleNotFoundError as e:
+      # TFDS re-raises it from the feature encoder with its own message.
+      if ((e.name or "").split(".")[0] == "tensorflow"
+          or "No module named 'tensorflow'" in str(e)):
+        raise error(
+            f"{self.what}: TFDS needs TensorFlow to prepare "
+            f"{self.source.name} (it encodes its images): pip install "
+            f"tensorflow-cpu, or prepare it on another machine (python -m "
+            f"optbench_jax data prepare) and copy {root}") from None
+      raise error(f"{self.what}: preparing {self.source.name} with TFDS "
+                  f"failed ({one_line(e, 160)})") from None
+    except Exception as e:  # pylint: disable=broad-except
+      raise error(
+          f"{self.what}: downloading and preparing {self.source.name} with "
+          f"TFDS into {root} failed ({one_line(e, 160)}); run again to "
+          f"resume") from None
+
+  def _checked(self, path: str, downloaded: bool) -> dict:
+    import tensorflow_datasets as tfds
+    with _quiet():
+      info = tfds.builder_from_directory(path).info
+    found = {split: info.splits[split].num_examples for split in info.splits}
+    published = dict(self.source.sizes)
+    self.source.check_sizes(self.name, found, path)
+    return {"tfds_name": self.source.name, "version": os.path.basename(path),
+            "split_sizes": found, "published_sizes": published,
+            "path": path, "downloaded": downloaded}

@@ -41,7 +41,7 @@ from optbench_jax.data import augment as augment_lib
 from optbench_jax.data.base import DatasetInfo, DatasetSpec, RawDataset, register
 from optbench_jax.data.download import HubDownload
 from optbench_jax.data.hf import Arrays, HFSource, Loaded
-from optbench_jax.data.tfds import TFDSSource
+from optbench_jax.data.tfds import TFDSDownload, TFDSSource
 from optbench_jax.errors import MissingDataError, OptBenchError
 
 __all__ = ["HFSource", "TFDSSource", "image_split", "load_cached",
@@ -88,11 +88,14 @@ def load_cached(name: str, sources: Sequence[Source],
 def register_cached(name: str, task: str, sources: Sequence[Source],
                     build: Build, description: str = "",
                     augment: Optional[Callable] = None,
-                    defaults: Optional[dict] = None) -> DatasetSpec:
+                    defaults: Optional[dict] = None, *,
+                    add: Callable[[DatasetSpec], DatasetSpec] = register
+                    ) -> DatasetSpec:
   """Registers a dataset read by :func:`load_cached` and shaped by ``build``
   (``augment``: its training augmentation, see ``data/augment.py``;
-  ``defaults``: its values of unset run settings); its first
-  :class:`HFSource` is the one downloaded when no source has it."""
+  ``defaults``: its values of unset run settings); :func:`downloader`
+  says which source is downloaded when no source has it. ``add`` registers
+  the entry (the identity: build it only)."""
 
   def load(data_dir: Optional[str] = None) -> RawDataset:
     loaded = load_cached(name, sources, data_dir)
@@ -100,11 +103,21 @@ def register_cached(name: str, task: str, sources: Sequence[Source],
     return dataclasses.replace(raw, info=dataclasses.replace(
         raw.info, provenance=dict(loaded.provenance or {})))
 
-  hub = next((s for s in sources if isinstance(s, HFSource)), None)
-  return register(DatasetSpec(
+  return add(DatasetSpec(
       name=name, task=task, load=load, augment=augment,
       description=description, defaults=dict(defaults or {}),
-      download=HubDownload(name, hub) if hub is not None else None))
+      download=downloader(name, sources)))
+
+
+def downloader(name: str, sources: Sequence[Source]):
+  """The download path of a dataset: its TFDS source marked ``download``
+  (:class:`~optbench_jax.data.tfds.TFDSDownload`), else its first
+  :class:`HFSource` (:class:`HubDownload`), else None."""
+  for source in sources:
+    if isinstance(source, TFDSSource) and source.download:
+      return TFDSDownload(name, source)
+  hub = next((s for s in sources if isinstance(s, HFSource)), None)
+  return HubDownload(name, hub) if hub is not None else None
 
 
 def image_split(name: str, arrays: Arrays, input_shape: tuple,
@@ -131,10 +144,12 @@ def image_split(name: str, arrays: Arrays, input_shape: tuple,
 def register_image_classification(
     name: str, sources: Sequence[Source], *, num_classes: int,
     input_shape: tuple, augment: Optional[Callable] = None,
-    description: str = ""
+    description: str = "",
+    add: Callable[[DatasetSpec], DatasetSpec] = register
 ) -> DatasetSpec:
   """Registers an ``image_classification`` dataset with ``image``/``label``
-  columns (sources map theirs onto these) and train/test splits."""
+  columns (sources map theirs onto these) and train/test splits (``add``:
+  as :func:`register_cached`)."""
 
   def build(splits: dict[str, Arrays], source: str,
             class_names: dict[str, list[str]]) -> RawDataset:
@@ -151,7 +166,7 @@ def register_image_classification(
         info=info)
 
   return register_cached(name, "image_classification", sources, build,
-                         description, augment)
+                         description, augment, add=add)
 
 
 _SPLITS = {"train": "train", "test": "test"}

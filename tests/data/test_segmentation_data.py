@@ -148,12 +148,17 @@ def test_pet_from_hf_cache_maps_the_trimap_and_resizes(tmp_path):
     assert (raw.train["label"][trimap == value] == want).all()
 
 
-def test_pet_from_tfds(tmp_path):
+def test_pet_from_tfds(tmp_path, monkeypatch):
   tfds = pytest.importorskip("tensorflow_datasets")
   pytest.importorskip("array_record")
   from tensorflow_datasets.datasets.oxford_iiit_pet import (
       oxford_iiit_pet_dataset_builder as pet_builder)
   arrays = tiny_pet(seed=1)
+  # The tiny copy's sizes stand for the catalog's (3,680 / 3,669).
+  source = segmentation.PET_SOURCES[1]
+  assert source.sizes == {"train": 3_680, "test": 3_669}
+  monkeypatch.setitem(source.__dict__, "sizes", {
+      split: len(arrays[split]["image"]) for split in arrays})
 
   class Tiny(pet_builder.Builder, skip_registration=True):
     """TFDS's own ``oxford_iiit_pet`` builder, fed tiny splits."""
