@@ -147,19 +147,31 @@ def _import_datasets(what: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class HubDownload:
-  """A dataset that downloads from the Hugging Face Hub.
+class Download:
+  """A dataset's download path (``DatasetSpec.download``): :class:`HubDownload`
+  or :class:`~optbench_jax.data.tfds.TFDSDownload`. Each has ``label``,
+  ``card``, ``published`` (the split sizes its source publishes),
+  ``cache_root(data_dir)``, ``cached(data_dir)`` and ``fetch(data_dir,
+  offline=...)``.
 
   Attributes:
     name: our name of the dataset.
-    source: its Hub source; its first hub id is the one downloaded.
   """
   name: str
-  source: HFSource
 
   @property
   def what(self) -> str:
     return f"dataset {self.name!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class HubDownload(Download):
+  """A dataset that downloads from the Hugging Face Hub.
+
+  Attributes:
+    source: its Hub source; its first hub id is the one downloaded.
+  """
+  source: HFSource
 
   @property
   def label(self) -> str:

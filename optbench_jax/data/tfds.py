@@ -36,6 +36,7 @@ import importlib.util
 import logging
 import os
 import re
+import sys
 from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
@@ -270,19 +271,13 @@ def _class_names(feature: Any) -> Optional[list[str]]:
 
 
 @dataclasses.dataclass(frozen=True)
-class TFDSDownload:
+class TFDSDownload(download_lib.Download):
   """A dataset that TFDS downloads and prepares (module docstring).
 
   Attributes:
-    name: our name of the dataset.
     source: its TFDS source (``download=True``).
   """
-  name: str
   source: TFDSSource
-
-  @property
-  def what(self) -> str:
-    return f"dataset {self.name!r}"
 
   @property
   def label(self) -> str:
@@ -348,7 +343,10 @@ class TFDSDownload:
   def _prepare(self, root: str, error: type) -> None:
     import tensorflow_datasets as tfds
     try:
-      with _quiet(), _bounded_retries():
+      # TFDS prints its progress on stdout: it goes to stderr, beside the
+      # progress bars, so stdout holds only the command's results.
+      with (_quiet(), _bounded_retries(),
+            contextlib.redirect_stdout(sys.stderr)):
         builder = tfds.builder(self.source.name, data_dir=root,
                                file_format="array_record")
         builder.download_and_prepare(

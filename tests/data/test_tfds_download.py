@@ -104,8 +104,7 @@ def test_prepare_downloads_through_tfds_once_then_lists_it(server, tmp_path,
   where = tmp_path / "tfds"
   assert cli.main(["data", "prepare", "--dataset", NAME, "--data-dir",
                    str(where)]) == 0
-  # The last line: TFDS prints its own progress before it.
-  out = capsys.readouterr().out.strip().splitlines()[-1]
+  out = capsys.readouterr().out.strip()   # TFDS's progress is on stderr
   prepared = where / TFDS_NAME / "1.0.0"
   assert out == (f"{NAME}: downloaded TFDS {TFDS_NAME} 1.0.0, train 40, "
                  f"test 8 (the published sizes), in {prepared}")
