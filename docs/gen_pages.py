@@ -224,6 +224,15 @@ def optimizers_page(transforms) -> str:
     masks = ", ".join(f"{role}: `{kw}`" for role, kw in spec.masks.items())
     rows.append([code(name), hyper or "–", masks or "–"])
   out.append(table(["name", "hyperparameters", "masks"], rows))
+  out.append("\n## Search spaces\n\n"
+             "What tuning samples for each optimizer (`spec.search_space`, "
+             "`optbench_jax/transforms/search.py`): each dimension's "
+             "distribution and the source of its range.\n\n")
+  rows = []
+  for name, spec in specs.items():
+    for key, dim in spec.search_space.items():
+      rows.append([code(name), code(key), dim.describe(), dim.source])
+  out.append(table(["name", "dimension", "distribution", "source"], rows))
   return "".join(out)
 
 

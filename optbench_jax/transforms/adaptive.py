@@ -79,6 +79,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optbench_jax.transforms import search
 from optbench_jax.transforms.base import OptimizerSpec, configure, register
 
 _MaskOrFn = Any
@@ -104,6 +105,9 @@ register(OptimizerSpec(
     name="adamw", factory=configure(optax.adamw), family="adaptive",
     default_lr=1e-3, weight_decay="decoupled", masks={"weight_decay": "mask"},
     default_weight_decay=1e-2,  # torch.optim.AdamW's (optax.adamw's: 1e-4)
+    search_space=search.algoperf(
+        "adamw", learning_rate=(1e-4, 1e-2, "log"),
+        b1=(2e-2, 0.5, "log", True), weight_decay=(5e-3, 1.0, "log")),
     paper="Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization "
           "(ICLR)",
     reference="torch.optim.AdamW"))

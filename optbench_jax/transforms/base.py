@@ -57,6 +57,7 @@ import optax
 
 from optbench_jax.errors import OptBenchError
 from optbench_jax.registry import Registry
+from optbench_jax.transforms import search
 
 FAMILIES = ("gd", "adaptive", "sharpness", "wrapper", "variance_reduction",
             "second_order")
@@ -172,6 +173,10 @@ class OptimizerSpec:
       None means the training parameters.
     epoch_start: ``(opt_state, params, full_grad) -> opt_state`` called at the
       start of each epoch when ``"full_grad"`` is in ``needs``.
+    search_space: what tuning samples (:mod:`~optbench_jax.transforms.search`:
+      ``learning_rate``, ``weight_decay`` or factory keywords, each with
+      its source); None: the learning rate over a decade either side of
+      ``default_lr``.
   """
   name: str
   factory: Callable[..., optax.GradientTransformation]
@@ -187,6 +192,7 @@ class OptimizerSpec:
   optax_function: Optional[Callable[..., Any]] = None
   prepare_for_eval: Optional[Callable[[Any, Any], Any]] = None
   epoch_start: Optional[Callable[[Any, Any, Any], Any]] = None
+  search_space: Optional[Mapping[str, Any]] = None
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -223,6 +229,11 @@ class OptimizerSpec:
                        f"not parameters of the factory")
     object.__setattr__(self, "hyperparameters",
                        types.MappingProxyType({**defaults, **overrides}))
+    space = dict(self.search_space if self.search_space is not None
+                 else search.default_space(self.default_lr))
+    search.check(self.name, space, list(self.hyperparameters),
+                 self.weight_decay != "none")
+    object.__setattr__(self, "search_space", types.MappingProxyType(space))
     if self.optax_function is None:
       object.__setattr__(self, "optax_function",
                          getattr(self.factory, "configures", None))

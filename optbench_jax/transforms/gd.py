@@ -12,6 +12,7 @@ All are ``optax.sgd``; weight decay is coupled L2 (PyTorch's ``weight_decay``).
 """
 import optax
 
+from optbench_jax.transforms import search
 from optbench_jax.transforms.base import OptimizerSpec, configure, register
 
 register(OptimizerSpec(
@@ -30,6 +31,9 @@ register(OptimizerSpec(
 register(OptimizerSpec(
     name="nesterov", factory=configure(optax.sgd, momentum=0.9, nesterov=True),
     family="gd", default_lr=0.01, weight_decay="coupled",
+    search_space=search.algoperf(
+        "nesterov", learning_rate=(2e-2, 5.0, "log"),
+        momentum=(5e-3, 0.3, "log", True), weight_decay=(1e-7, 5e-5, "log")),
     paper="Sutskever et al. 2013, On the importance of initialization and "
           "momentum in deep learning (ICML)",
     reference="torch.optim.SGD(momentum=0.9, nesterov=True)"))

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import optax
 
+from optbench_jax.transforms import search
 from optbench_jax.transforms.base import OptimizerSpec, configure, register
 
 
@@ -60,6 +61,9 @@ register(OptimizerSpec(
     weight_decay="decoupled",
     masks={"weight_decay": "mask", "trust_ratio": "trust_ratio_mask"},
     optax_function=optax.lamb,
+    search_space=search.algoperf(
+        "lamb", learning_rate=(1e-4, 1e-2, "log"),
+        b1=(5e-2, 0.3, "log", True), weight_decay=(1e-3, 1.0, "log")),
     paper="You et al. 2020, Large Batch Optimization for Deep Learning: "
           "Training BERT in 76 minutes (ICLR)",
     reference="pytorch_optimizer.Lamb"))

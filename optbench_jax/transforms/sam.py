@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optbench_jax.transforms import search
 from optbench_jax.transforms.base import (OptimizerSpec, missing_extra,
                                           register)
 from optbench_jax.transforms.lookahead import make_base
@@ -228,6 +229,10 @@ register(OptimizerSpec(
     name="sam", factory=sam_by_name, family="sharpness", default_lr=0.01,
     weight_decay="base",
     needs=frozenset({"grad_fn"}),
+    # AlgoPerf's SAM wraps AdamW: its learning-rate range is not this
+    # entry's (SGD with momentum); its ρ choices are.
+    search_space={**search.default_space(0.01),
+                  **search.algoperf("sam", rho=[0.01, 0.02, 0.05])},
     paper="Foret et al. 2021, Sharpness-Aware Minimization for Efficiently "
           "Improving Generalization (ICLR)",
     reference="pytorch_optimizer.SAM(base_optimizer=torch.optim.SGD, "
