@@ -43,6 +43,7 @@ import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from optbench_jax import flags
+from optbench_jax.data.hf import format_sizes
 from optbench_jax.errors import OptBenchError
 from optbench_jax.flags import (all_of, at_least, directory, each, not_empty,
                                 number_list, positive_finite, seed_value,
@@ -271,11 +272,10 @@ def prepare(plans: Sequence[tuple[str, Plan]], data_dir: Optional[str],
                  and p.campaign.pretrained not in (None, "none")}
   print("to prepare:")
   for spec in specs.values():
-    source = spec.download.source if spec.download else None
+    download = spec.download
     print(f"  dataset {spec.name}: " + (
-        f"{source.hub_id}, published "
-        + ", ".join(f"{s} {n:,}" for s, n in source.sizes.items())
-        if source else "no download"))
+        f"{download.origin}, published {format_sizes(download.published)}"
+        if download else "no download"))
   for name in checkpoints:
     print(f"  checkpoint {name}")
   commands.prepare(list(specs.values()), data_dir, offline)

@@ -149,8 +149,8 @@ def _import_datasets(what: str):
 @dataclasses.dataclass(frozen=True)
 class Download:
   """A dataset's download path (``DatasetSpec.download``): :class:`HubDownload`
-  or :class:`~optbench_jax.data.tfds.TFDSDownload`. Each has ``label``,
-  ``card``, ``published`` (the split sizes its source publishes),
+  or :class:`~optbench_jax.data.tfds.TFDSDownload`. Each has ``origin``
+  (where it downloads from), ``label``, ``card``, ``published`` (the split sizes its source publishes),
   ``cache_root(data_dir)``, ``cached(data_dir)`` and ``fetch(data_dir,
   offline=...)``.
 
@@ -174,10 +174,15 @@ class HubDownload(Download):
   source: HFSource
 
   @property
+  def origin(self) -> str:
+    """Where it downloads from: the hub id."""
+    return self.source.hub_id
+
+  @property
   def label(self) -> str:
     """The source, in words (``data list``): hub id (config)."""
     config = self.source.config
-    return self.source.hub_id + (f" ({config})" if config else "")
+    return self.origin + (f" ({config})" if config else "")
 
   @property
   def published(self):

@@ -65,6 +65,11 @@ class Loaded(NamedTuple):
 class SizeMismatchError(OptBenchError):
   """A copy of a dataset whose split sizes are not the published ones."""
 
+
+def format_sizes(sizes: Mapping[str, int]) -> str:
+  """``{"train": 25000, "test": 25000}`` as ``train 25,000, test 25,000``."""
+  return ", ".join(f"{split} {n:,}" for split, n in sizes.items())
+
 OFFLINE_ENV = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 INSTALL_HINT = "pip install 'optbench_jax[data]'"
 CARDS = "https://huggingface.co/datasets"  # where dataset cards are published
@@ -282,13 +287,13 @@ class HFSource:
     revision = _revision_of(dataset) if hub_id else None
     expected = {s: n for s, n in self.sizes.items() if s in found}
     if any(found[s] != n for s, n in expected.items()):
-      show = lambda sizes: ", ".join(f"{s} {n:,}" for s, n in sizes.items())
       raise SizeMismatchError(
           f"dataset {name!r}: the copy of {hub_id or self.hub_id}"
           + (f" at revision {revision}" if revision else "")
-          + f" in {where} has {show(found)} examples, but its dataset card"
-          f" ({self.card}) publishes {show(expected)} (a changed Hub copy, "
-          f"a wrong hub id or an interrupted download); delete {where} to "
+          + f" in {where} has {format_sizes(found)} examples, but its dataset"
+          f" card ({self.card}) publishes {format_sizes(expected)} (a "
+          f"changed Hub copy, a wrong hub id or an interrupted download); "
+          f"delete {where} to "
           f"download it again")
     return {"hub_id": hub_id, "config": self.config, "revision": revision,
             "split_sizes": found, "published_sizes": dict(self.sizes)}

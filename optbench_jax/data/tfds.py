@@ -280,9 +280,14 @@ class TFDSDownload(download_lib.Download):
   source: TFDSSource
 
   @property
+  def origin(self) -> str:
+    """Where it downloads from: the TFDS dataset."""
+    return f"TFDS {self.source.name}"
+
+  @property
   def label(self) -> str:
     """The source, in words (``data list``)."""
-    return f"TFDS {self.source.name}"
+    return self.origin
 
   @property
   def published(self) -> Mapping[str, int]:

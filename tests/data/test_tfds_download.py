@@ -206,3 +206,21 @@ def test_images_without_tensorflow_are_one_line(server, tmp_path,
       f"dataset {NAME!r}: TFDS needs TensorFlow to prepare {TFDS_NAME} (it "
       f"encodes its images): pip install tensorflow-cpu")
   assert not tfds_lib.prepared_versions(str(tmp_path), TFDS_NAME)
+
+
+def test_experiment_prepare_lists_a_tfds_dataset(tmp_path, capsys,
+                                                 monkeypatch):
+  """``--prepare`` names each dataset's source and published sizes through
+  the download's interface, a TFDS one (Oxford Pet) included."""
+  from tests.test_experiments import _main, _script
+  for var in download.OFFLINE_ENV:
+    monkeypatch.delenv(var, raising=False)
+  module = _script("thesis_campaign")
+  argv = ["--configs", "pet_unet", "--data-dir", str(tmp_path / "data"),
+          "--output-dir", str(tmp_path / "out"), "--prepare", "--offline"]
+  assert _main(module, argv) == 2
+  captured = capsys.readouterr()
+  assert ("  dataset oxford_iiit_pet: TFDS oxford_iiit_pet, published "
+          "train 3,680, test 3,669") in captured.out.splitlines()
+  err = captured.err.strip().splitlines()
+  assert len(err) == 1 and "--offline is set" in err[0]
