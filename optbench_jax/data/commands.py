@@ -2,8 +2,9 @@
 
 * ``data prepare --dataset imdb,sst2``: downloads what is missing (through
   ``datasets``, see ``data/download.py``, or TFDS, ``data/tfds.py``) and
-  checks every copy against the split sizes its source publishes, once, before a sharded or Ray
-  campaign starts; concurrent preparations of one cache download once.
+  checks every copy against the split sizes its source publishes, once,
+  before a sharded or Ray campaign starts; concurrent preparations of one
+  cache download once.
 * ``data list``: every registered dataset, where it comes from, and whether
   it is prepared: where, and its size on disk.
 """
@@ -15,6 +16,7 @@ import os
 from typing import Optional
 
 from optbench_jax.data import base
+from optbench_jax.data import hf as hf_lib
 from optbench_jax.errors import OptBenchError
 
 ALL = "all"
@@ -83,8 +85,7 @@ def prepare(specs: list[base.DatasetSpec], data_dir: Optional[str],
   """Fetches and checks each dataset; one line each."""
   for spec in specs:
     found = base.fetch(spec.task, spec.name, data_dir, offline=offline)
-    sizes = ", ".join(f"{s} {n:,}" for s, n in
-                      (found.get("split_sizes") or {}).items())
+    sizes = hf_lib.format_sizes(found.get("split_sizes") or {})
     if spec.download is None:
       print(f"{spec.name}: no download needed ({found.get('source')})")
       continue

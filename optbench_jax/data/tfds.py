@@ -43,7 +43,7 @@ import numpy as np
 
 from optbench_jax.data import download as download_lib
 from optbench_jax.data.hf import (INSTALL_HINT, Loaded, SizeMismatchError,
-                                  stack)
+                                  format_sizes, stack)
 from optbench_jax.errors import MissingDataError, one_line
 
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
@@ -185,12 +185,11 @@ class TFDSSource:
     published = dict(self.sizes)
     if not published or {s: found.get(s) for s in published} == published:
       return
-    says = lambda sizes: ", ".join(f"{s} {n:,}" for s, n in sizes.items())
     raise SizeMismatchError(
         f"dataset {name!r}: the copy of TFDS {self.name} in {path} has "
-        f"{says({s: found.get(s, 0) for s in published})} examples, but the "
-        f"TFDS catalog publishes {says(published)}; delete it to prepare it "
-        f"again")
+        f"{format_sizes({s: found.get(s, 0) for s in published})} examples, "
+        f"but the TFDS catalog publishes {format_sizes(published)}; delete it "
+        f"to prepare it again")
 
   def _read(self, path: str) -> Loaded:
     import tensorflow_datasets as tfds
@@ -337,7 +336,7 @@ class TFDSDownload(download_lib.Download):
       found = self.cached(data_dir)
       if found:   # prepared by another process meanwhile
         return self._checked(found[0], downloaded=False)
-      self._prepare(root, download_lib.DownloadError)
+      self._prepare(root)
       found = self.cached(data_dir)
       if not found:
         raise download_lib.DownloadError(
@@ -345,7 +344,7 @@ class TFDSDownload(download_lib.Download):
             f"in {root}")
       return self._checked(found[0], downloaded=True)
 
-  def _prepare(self, root: str, error: type) -> None:
+  def _prepare(self, root: str) -> None:
     import tensorflow_datasets as tfds
     try:
       # TFDS prints its progress on stdout: it goes to stderr, beside the
@@ -361,15 +360,16 @@ class TFDSDownload(download_lib.Download):
       # TFDS re-raises it from the feature encoder with its own message.
       if ((e.name or "").split(".")[0] == "tensorflow"
           or "No module named 'tensorflow'" in str(e)):
-        raise error(
+        raise download_lib.DownloadError(
             f"{self.what}: TFDS needs TensorFlow to prepare "
             f"{self.source.name} (it encodes its images): pip install "
             f"tensorflow-cpu, or prepare it on another machine (python -m "
             f"optbench_jax data prepare) and copy {root}") from None
-      raise error(f"{self.what}: preparing {self.source.name} with TFDS "
-                  f"failed ({one_line(e, 160)})") from None
+      raise download_lib.DownloadError(
+          f"{self.what}: preparing {self.source.name} with TFDS failed "
+          f"({one_line(e, 160)})") from None
     except Exception as e:  # pylint: disable=broad-except
-      raise error(
+      raise download_lib.DownloadError(
           f"{self.what}: downloading and preparing {self.source.name} with "
           f"TFDS into {root} failed ({one_line(e, 160)}); run again to "
           f"resume") from None
@@ -379,8 +379,7 @@ class TFDSDownload(download_lib.Download):
     with _quiet():
       info = tfds.builder_from_directory(path).info
     found = {split: info.splits[split].num_examples for split in info.splits}
-    published = dict(self.source.sizes)
     self.source.check_sizes(self.name, found, path)
     return {"tfds_name": self.source.name, "version": os.path.basename(path),
-            "split_sizes": found, "published_sizes": published,
+            "split_sizes": found, "published_sizes": dict(self.published),
             "path": path, "downloaded": downloaded}
