@@ -52,11 +52,17 @@ REPORT = "report"
 SUMMARY = "summary.csv"
 EPOCHS = "epochs.csv"
 SEEDS = "seeds.csv"
+TRIALS = "trials"             # <campaign>/trials/<optimizer>/trial_NNN
+TUNING = "tuning.csv"         # one row per trial (--tune)
+BUDGET = "budget.csv"         # the best result per number of trials
 VOCABULARY = "vocabulary.json"
 LOCK = ".campaign.lock"
 TMP_PREFIX = ".tmp-"
 # Directories below a run or a campaign that never hold runs.
-NOT_RUNS = (CHECKPOINTS, SAMPLES, ANALYSIS, REPORT)
+# Not searched for runs: a run's own folders, and the tuning trials (the
+# campaign's results are the selected trials' re-runs; find the trials
+# under <campaign>/trials).
+NOT_RUNS = (CHECKPOINTS, SAMPLES, ANALYSIS, REPORT, TRIALS)
 
 FINISHED = ("completed", "diverged")
 
@@ -90,6 +96,13 @@ def run_dir(output_dir: str, task: str, dataset: str, model: str,
   if seed is not None:
     parts.append(f"seed_{seed}")
   return os.path.join(*parts)
+
+
+def trial_dir(output_dir: str, task: str, dataset: str, model: str,
+              optimizer: str, trial: int) -> str:
+  """``<campaign_dir>/trials/<optimizer>/trial_NNN``: a tuning trial."""
+  return os.path.join(campaign_dir(output_dir, task, dataset, model), TRIALS,
+                      optimizer, f"trial_{trial:03d}")
 
 
 def run_label(optimizer: str, *, learning_rate: Optional[float] = None,

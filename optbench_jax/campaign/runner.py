@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import warnings
 from typing import Optional, Sequence
 
 import jax
@@ -40,6 +41,7 @@ from tqdm.auto import tqdm
 
 from optbench_jax import store
 from optbench_jax.analysis import seeds as seeds_lib
+from optbench_jax.campaign import tuning as tuning_lib
 from optbench_jax.errors import OptBenchError
 from optbench_jax.train import outputs, plots, settings
 from optbench_jax.engine import distributed
@@ -114,7 +116,7 @@ def finished_runs(plan: Plan) -> list[tuple[str, list, dict]]:
   from the campaign's in anything that changes its numbers is not the
   campaign's and is left out."""
   found = []
-  for spec in plan.runs:
+  for spec in tuning_lib.final_runs(plan):
     run = store.read_finished(spec.run_dir)
     if run is not None and not settings.differences(run.metadata,
                                                     spec.config):
@@ -139,6 +141,8 @@ def write_aggregates(plan: Plan, *, plots_too: bool = True) -> list[dict]:
     if plan.several_seeds:
       store.write_csv(os.path.join(out_dir, store.SEEDS),
                       seeds_lib.over_seeds(rows), seeds_lib.SEED_COLUMNS)
+    if plan.tuned:
+      tuning_lib.write_files(plan, out_dir)
     if plots_too:
       long_rows = [r for _, history, meta in runs
                    for r in outputs.long_format(history, meta)]
@@ -185,19 +189,46 @@ def run_campaign(cfg: CampaignConfig | Plan,
   bar = tqdm(selected, desc="runs", disable=quiet, dynamic_ncols=True)
   for optimizer in bar:
     bar.set_description(f"run {optimizer}")
-    runs = plan.runs_of(optimizer)
-    epochs = tqdm(total=cfg.epochs * len(runs), desc=optimizer, leave=False,
-                  disable=quiet, dynamic_ncols=True)
+    trials = plan.trials_of(optimizer)
+    epochs = tqdm(total=cfg.epochs * (len(trials) + (
+        len(cfg.seed_list) if plan.tuned else len(plan.runs_of(optimizer)))),
+                  desc=optimizer, leave=False, disable=quiet,
+                  dynamic_ncols=True)
 
-    def on_epoch(index, record, epochs=epochs, runs=runs):
-      epochs.update(1)
-      epochs.set_postfix({"run": runs[index].label, task.primary_metric:
-                          record.get(task.primary_metric),
-                          "val_loss": record["val_loss"]})
+    def train(runs, stored, epochs=epochs):
+      def on_epoch(index, record):
+        epochs.update(1)
+        epochs.set_postfix({"run": runs[index].label, task.primary_metric:
+                            record.get(task.primary_metric),
+                            "val_loss": record["val_loss"]})
+      return run_lib.train_runs(
+          runs, splits, resume=cfg.resume, on_epoch=on_epoch,
+          max_together=cfg.runs_per_program, stored=stored)
 
-    results = run_lib.train_runs(
-        runs, splits, resume=cfg.resume, on_epoch=on_epoch,
-        max_together=cfg.runs_per_program, stored=stored)
+    if plan.tuned:
+      # Trials that share a program (all but traced values) train together.
+      groups: list[tuple] = []
+      for spec in trials:
+        key = run_lib.program_key(spec.config)
+        group = next((g for k, g in groups if k == key), None)
+        if group is None:
+          groups.append((key, [spec]))
+        else:
+          group.append(spec)
+      for _, group in groups:
+        train(group, stored)
+      write_aggregates(plan, plots_too=False)   # tuning.csv
+      chosen = tuning_lib.selected(plan, optimizer)
+      if chosen is None:
+        warnings.warn(f"{optimizer}: no trial of --tune {cfg.tune} reached a "
+                      f"finite validation {task.primary_metric}; nothing to "
+                      f"re-run (see {store.TUNING})")
+        epochs.close()
+        continue
+      runs = list(plan.reruns(chosen.config))
+      results = train(runs, check_store(plan, specs=runs))
+    else:
+      results = train(list(plan.runs_of(optimizer)), stored)
     epochs.close()
     rows.extend(outputs.summarize(history, meta, task.higher_is_better)
                 for history, meta in results)

@@ -49,7 +49,7 @@ from optbench_jax.engine.evaluation import Evaluation
 from optbench_jax.engine.epoch import (Example, accumulate, batches,
                                        epoch_metrics, num_examples, zero_totals)
 from optbench_jax.engine.precision import to_float32, with_compute_dtype
-from optbench_jax.engine.state import TrainState, unalias
+from optbench_jax.engine.state import TrainState, unalias, with_pretrained
 from optbench_jax.engine.streaming import prefetch
 from optbench_jax.transforms import OptimizerSpec, build_extras
 from optbench_jax.transforms.base import RUN_AXIS
@@ -92,26 +92,6 @@ class Compiled:
   on_device: bool
 
 
-def with_pretrained(params: dict, pretrained: Optional[Mapping[str, Any]]
-                    ) -> dict:
-  """``params`` with whole submodules replaced by pretrained ones (same
-  structure, shapes and dtypes, else a one-line error)."""
-  if not pretrained:
-    return params
-  params = dict(params)
-  for name, tree in pretrained.items():
-    if name not in params:
-      raise OptBenchError(f"pretrained weights for {name!r}, which the model "
-                          f"does not have (it has {', '.join(params)})")
-    ours = jax.tree.map(lambda x: (x.shape, x.dtype), params[name])
-    theirs = jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), tree)
-    if ours != theirs:
-      raise OptBenchError(f"pretrained weights for {name!r} do not fit the "
-                          f"model (shapes or names differ)")
-    params[name] = tree
-  return params
-
-
 class Program(Evaluation):
   """Builds and jit-compiles the functions of one (task, model, optimizer).
 
@@ -151,7 +131,7 @@ class Program(Evaluation):
     # input shape (one compilation, reused through the persistent cache).
     self.init_variables = jax.jit(vm(self._init_variables, (0, None)),
                                   static_argnums=1)
-    self.init_state = jax.jit(vm(self._init_state, (0, 0, None)))
+    self.init_state = jax.jit(vm(self._init_state, (0, 0, 0, None)))
     self.train_epoch = jax.jit(vm(self._train_epoch, (0, None, 0)),
                                donate_argnums=0)
     self.streamed_step = jax.jit(vm(self._step_and_accumulate,
@@ -217,22 +197,37 @@ class Program(Evaluation):
     return Example({k: np.asarray(v[:1]) for k, v in data.items()})
 
   def initial_state(self, seeds: Sequence[int],
-                    learning_rates: Sequence[float], example: Example
-                    ) -> TrainState:
-    """The runs' initial states, on the program's devices."""
+                    learning_rates: Sequence[float], example: Example,
+                    hyperparameters: Optional[Sequence[Mapping[str, float]]]
+                    = None) -> TrainState:
+    """The runs' initial states, on the program's devices;
+    ``hyperparameters``: each run's traced hyperparameters (None: the
+    values the optimizer was built with, for every run)."""
     k_init, _ = self.run_keys(seeds)
     state = self.init(k_init, example,
                       jnp.asarray(learning_rates, jnp.float32),
-                      self.pretrained)
+                      self.pretrained, self.per_run(hyperparameters))
     return unalias(self.place(state))
 
+  @staticmethod
+  def per_run(hyperparameters: Optional[Sequence[Mapping[str, float]]]
+              ) -> dict[str, jax.Array]:
+    """Runs' traced hyperparameters, one array (over runs) per name."""
+    if not hyperparameters or not hyperparameters[0]:
+      return {}
+    return {k: jnp.asarray([float(h[k]) for h in hyperparameters],
+                           jnp.float32) for k in hyperparameters[0]}
+
   def init(self, keys: jax.Array, example: Example, base_lr: jax.Array,
-           pretrained: Optional[Mapping[str, Any]]) -> TrainState:
+           pretrained: Optional[Mapping[str, Any]],
+           hyperparameters: Optional[Mapping[str, jax.Array]] = None
+           ) -> TrainState:
     """The runs' initial states (a leading run axis): their model variables
     from ``keys`` on ``example`` (:attr:`init_variables`), the ``pretrained``
-    weights in place of the random ones, the optimizer's state."""
+    weights in place of the random ones, the optimizer's state with each
+    run's traced ``hyperparameters`` (arrays over runs, by name)."""
     return self.init_state(self.init_variables(keys, example), base_lr,
-                           pretrained)
+                           dict(hyperparameters or {}), pretrained)
 
   def _init_variables(self, key: jax.Array, example: Example
                       ) -> dict[str, Any]:
@@ -245,26 +240,30 @@ class Program(Evaluation):
             if k not in _CAPTURE_COLLECTIONS}
 
   def _init_state(self, variables: dict[str, Any], base_lr: jax.Array,
+                  hyperparameters: Mapping[str, jax.Array],
                   pretrained: Optional[Mapping[str, Any]]) -> TrainState:
     variables = dict(variables)
     params = with_pretrained(variables.pop("params"), pretrained)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-        opt_state=self.tx.init(params),
+        opt_state=optimizer_lib.set_hyperparameters(self.tx.init(params),
+                                                    hyperparameters),
         plateau=self.plateau.init(jnp.zeros(())),
         base_lr=jnp.asarray(base_lr, jnp.float32))
 
   # -- compilation -----------------------------------------------------------
   def compile(self, seeds: Sequence[int], learning_rates: Sequence[float],
-              train_data, example: Example, *, on_device: bool) -> Compiled:
+              train_data, example: Example, *, on_device: bool,
+              hyperparameters: Optional[Sequence[Mapping[str, float]]] = None
+              ) -> Compiled:
     """Compiles the epoch from abstract shapes (nothing is allocated)."""
     k_init, k_train = self.run_keys(seeds)
     lrs = jnp.asarray(learning_rates, jnp.float32)
     abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                               sharding=self.sharding)
     state = jax.tree.map(abstract, jax.eval_shape(
-        lambda k, lr: self.init(k, example, lr, self.pretrained), k_init,
-        lrs))
+        lambda k, lr, h: self.init(k, example, lr, self.pretrained, h),
+        k_init, lrs, self.per_run(hyperparameters)))
     key = abstract(k_train)
     t0 = time.perf_counter()
     if on_device:

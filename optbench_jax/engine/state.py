@@ -1,11 +1,14 @@
-"""The train state of a program (one leading axis of runs) and its buffers."""
+"""The train state of a program (one leading axis of runs), its buffers, and
+pretrained weights put into its parameters."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
+
+from optbench_jax.errors import OptBenchError
 
 
 @flax.struct.dataclass
@@ -53,3 +56,23 @@ def run_slice(tree, i: int):
 def stack_runs(trees):
   """Trees of single runs stacked on a leading axis of runs."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def with_pretrained(params: dict, pretrained: Optional[Mapping[str, Any]]
+                    ) -> dict:
+  """``params`` with whole submodules replaced by pretrained ones (same
+  structure, shapes and dtypes, else a one-line error)."""
+  if not pretrained:
+    return params
+  params = dict(params)
+  for name, tree in pretrained.items():
+    if name not in params:
+      raise OptBenchError(f"pretrained weights for {name!r}, which the model "
+                          f"does not have (it has {', '.join(params)})")
+    ours = jax.tree.map(lambda x: (x.shape, x.dtype), params[name])
+    theirs = jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), tree)
+    if ours != theirs:
+      raise OptBenchError(f"pretrained weights for {name!r} do not fit the "
+                          f"model (shapes or names differ)")
+    params[name] = tree
+  return params

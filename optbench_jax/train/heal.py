@@ -59,8 +59,8 @@ def heal_finished(run: store.StoredRun, rc: RunConfig,
   if damaged or initial_lost:
     built = setup()
     program = built.program(1)
-    state = run_slice(program.initial_state([rc.seed], [rc.learning_rate],
-                                            built.example), 0)
+    state = run_slice(program.initial_state(
+        [rc.seed], [rc.learning_rate], built.example, [rc.traced_values]), 0)
     if damaged and not _rewrite_samples(run, rc, built, program, state,
                                         damaged):
       return False

@@ -30,7 +30,7 @@ from optbench_jax import data as data_lib
 from optbench_jax import flags, store, transforms
 from optbench_jax.data.base import Splits
 from optbench_jax.errors import OptBenchError
-from optbench_jax.train import settings
+from optbench_jax.train import settings, tuning
 from optbench_jax.engine import distributed
 from optbench_jax.train.settings import CampaignConfig, RunConfig
 from optbench_jax.workload import Workload
@@ -51,10 +51,35 @@ class RunSpec:
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """A campaign, resolved: every run it trains, in the campaign's order
-  (optimizers, then learning rates, then seeds)."""
+  (optimizers, then learning rates, then seeds). A tuned campaign
+  (``--tune``) plans its trials; its runs are the selected trial's re-runs
+  (:meth:`reruns`), known once the trials are trained."""
   campaign: CampaignConfig        # task defaults resolved
   optimizers: tuple[str, ...]
   runs: tuple[RunSpec, ...]
+  trials: tuple[RunSpec, ...] = ()
+
+  @property
+  def tuned(self) -> bool:
+    return self.campaign.tune != "none"
+
+  def trials_of(self, optimizer: str) -> tuple[RunSpec, ...]:
+    return tuple(r for r in self.trials if r.config.optimizer == optimizer)
+
+  def reruns(self, trial: RunConfig) -> tuple[RunSpec, ...]:
+    """The selected ``trial`` re-run on the campaign's seeds, where an
+    untuned campaign's runs of its optimizer go."""
+    c = self.campaign
+    several = self.several_seeds
+    out = []
+    for seed in c.seed_list:
+      where = {"seed": seed if several else None}
+      out.append(RunSpec(
+          dataclasses.replace(trial, seed=seed, trial=None),
+          store.run_dir(c.output_dir, c.task, c.dataset, c.model,
+                        trial.optimizer, **where),
+          store.run_label(trial.optimizer, **where)))
+    return tuple(out)
 
   @property
   def directory(self) -> str:
@@ -144,6 +169,11 @@ def make_plan(cfg: CampaignConfig) -> Plan:
                           f"--optimizers ({', '.join(optimizers)})")
   grid, several = cfg.lr_grid is not None, len(cfg.seed_list) > 1
   resolved = settings.resolve(cfg)
+  if cfg.tune != "none":
+    _check_devices(resolved)
+    return Plan(campaign=resolved, optimizers=tuple(optimizers), runs=(),
+                trials=tuple(spec for optimizer in optimizers
+                             for spec in _trials(cfg, optimizer)))
   runs = []
   for optimizer in optimizers:
     for lr in learning_rates(cfg, optimizer):
@@ -164,6 +194,31 @@ def make_plan(cfg: CampaignConfig) -> Plan:
   _check_devices(resolved)
   return Plan(campaign=resolved, optimizers=tuple(optimizers),
               runs=tuple(runs))
+
+
+def _trials(cfg: CampaignConfig, optimizer: str) -> list[RunSpec]:
+  """The tuning trials of ``optimizer`` (``train/tuning.py``)."""
+  space = tuning.space(optimizer)
+  if cfg.weight_decay is not None and "weight_decay" in space:
+    raise OptBenchError(f"--tune {cfg.tune} tunes the weight decay of "
+                        f"{optimizer}; omit --weight-decay")
+  traced = tuning.traced(optimizer, cfg.tune)
+  specs = []
+  for k, point in enumerate(tuning.points(optimizer, cfg.tune, cfg.trials,
+                                          cfg.tune_seed)):
+    point = dict(point)
+    lr = point.pop("learning_rate")
+    protocol = settings.protocol_of(cfg)
+    if "weight_decay" in point:
+      protocol["weight_decay"] = point.pop("weight_decay")
+    rc = settings.resolve(RunConfig(
+        **protocol, optimizer=optimizer, learning_rate=lr,
+        seed=cfg.tune_seed, optimizer_hyperparameters=point,
+        traced_hyperparameters=traced, trial=k))
+    specs.append(RunSpec(rc, store.trial_dir(
+        cfg.output_dir, cfg.task, cfg.dataset, cfg.model, optimizer, k),
+        f"{optimizer} trial {k}"))
+  return specs
 
 
 def plan_runs(configs: Sequence[RunConfig], run_dirs: Sequence[str],
@@ -201,15 +256,20 @@ def run_config(metadata: dict) -> RunConfig:
   """A run's settings from its stored metadata (settings added since the
   run was trained take their defaults)."""
   fields = {f.name for f in dataclasses.fields(RunConfig)}
-  return RunConfig(**{k: v for k, v in metadata.items() if k in fields})
+  values = {k: v for k, v in metadata.items() if k in fields}
+  if "traced_hyperparameters" in values:   # a JSON list
+    values["traced_hyperparameters"] = tuple(values["traced_hyperparameters"])
+  return RunConfig(**values)
 
 
 # -- the plan against the store -----------------------------------------------
-def check_store(plan: Plan, optimizers: Optional[Sequence[str]] = None
+def check_store(plan: Plan, optimizers: Optional[Sequence[str]] = None,
+                specs: Optional[Sequence[RunSpec]] = None
                 ) -> dict[str, store.StoredRun]:
-  """Compares the runs of ``plan`` (of ``optimizers`` only, when given)
-  with what is on disk, before anything is loaded, trained or written;
-  the output directory must be writable. Returns the runs it read, by
+  """Compares the runs and trials of ``plan`` (of ``optimizers`` only, when
+  given; ``specs`` instead: a tuned campaign's re-runs, once selected) with
+  what is on disk, before anything is loaded, trained or written; the
+  output directory must be writable. Returns the runs it read, by
   directory (``run.train_runs`` takes them, to read each run once).
 
   With ``--resume``, a run whose stored settings differ in anything that
@@ -220,7 +280,7 @@ def check_store(plan: Plan, optimizers: Optional[Sequence[str]] = None
   """
   cfg = plan.campaign
   check_output_dir(cfg.output_dir)
-  chosen = [r for r in plan.runs
+  chosen = [r for r in (plan.runs + plan.trials if specs is None else specs)
             if optimizers is None or r.config.optimizer in optimizers]
   found, stored = [], {}
   for spec in chosen:

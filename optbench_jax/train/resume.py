@@ -90,9 +90,9 @@ def fresh_start(members, state) -> None:
 
 def initial_state(setup, program: Program, members, resume: bool):
   """The state to start from and its epoch (0, or the resumed epoch)."""
-  state = program.initial_state([m.rc.seed for m in members],
-                                [m.rc.learning_rate for m in members],
-                                setup.example)
+  state = program.initial_state(
+      [m.rc.seed for m in members], [m.rc.learning_rate for m in members],
+      setup.example, [m.rc.traced_values for m in members])
   real = [m for m in members if m.run_dir is not None]
   epochs = (common_resume_epochs(real) if resume and setup.rc.checkpoint
             else [])

@@ -60,8 +60,17 @@ def _first(split, n: Optional[int]):
   return data_lib.take(split, np.arange(min(n, data_lib.num_examples(split))))
 
 
-def _shared(rc: RunConfig) -> RunConfig:
-  return dataclasses.replace(rc, seed=0, learning_rate=1.0)
+def program_key(rc: RunConfig) -> RunConfig:
+  """What runs trained in one program share: everything but the seed, the
+  learning rate and the traced hyperparameters' values (and the trial
+  number)."""
+  traced = set(rc.traced_hyperparameters)
+  return dataclasses.replace(
+      rc, seed=0, learning_rate=1.0, trial=None,
+      weight_decay=None if "weight_decay" in traced else rc.weight_decay,
+      optimizer_hyperparameters={
+          k: v for k, v in rc.optimizer_hyperparameters.items()
+          if k not in traced})
 
 
 @dataclasses.dataclass
@@ -123,7 +132,8 @@ class RunSetup:
                              weight_decay=rc.weight_decay,
                              grad_clip=rc.grad_clip,
                              hyperparameters=rc.optimizer_hyperparameters,
-                             exclude_bias_norm=rc.exclude_bias_norm)
+                             exclude_bias_norm=rc.exclude_bias_norm,
+                             traced=rc.traced_hyperparameters)
     return Program(self.task, model, self.splits.info, self.spec, tx,
                    self.hyper, runs=runs, mesh=self.mesh,
                    pretrained=self.pretrained)
@@ -135,7 +145,9 @@ class RunSetup:
   def compile(self, program: Program, members, train_data) -> Compiled:
     return program.compile([m.rc.seed for m in members],
                            [m.rc.learning_rate for m in members], train_data,
-                           self.example, on_device=self.on_device)
+                           self.example, on_device=self.on_device,
+                           hyperparameters=[m.rc.traced_values
+                                            for m in members])
 
 
 def train_runs(runs: Sequence[RunSpec], splits: Splits, *,
@@ -145,12 +157,14 @@ def train_runs(runs: Sequence[RunSpec], splits: Splits, *,
                memory_budget: Optional[int] = None,
                stored: Optional[Mapping[str, store.StoredRun]] = None
                ) -> list[tuple[list[dict], dict]]:
-  """Trains runs that differ only in seed / learning rate, together.
+  """Trains runs that differ only in seed, learning rate and traced
+  hyperparameters (tuning trials), together.
 
   Args:
     runs: the runs, as the plan resolved them (``plan.make_plan``'s
       ``runs_of(optimizer)``, or ``plan.plan_runs`` for runs given one by
-      one); all settings but ``seed`` and ``learning_rate`` equal.
+      one); all settings but ``seed``, ``learning_rate`` and the traced
+      hyperparameters' values equal (:func:`program_key`).
     splits: the fitted data (``Workload.splits``).
     resume: finished runs are read back (their damaged files healed:
       :mod:`~optbench_jax.train.heal`), unfinished ones continue from their
@@ -169,9 +183,9 @@ def train_runs(runs: Sequence[RunSpec], splits: Splits, *,
     return []
   rcs = [spec.config for spec in runs]
   run_dirs = [spec.run_dir for spec in runs]
-  if any(_shared(rc) != _shared(rcs[0]) for rc in rcs):
-    raise OptBenchError("runs trained together may differ only in seed and "
-                        "learning rate")
+  if any(program_key(rc) != program_key(rcs[0]) for rc in rcs):
+    raise OptBenchError("runs trained together may differ only in seed, "
+                        "learning rate and traced hyperparameters")
   results: list = [None] * len(rcs)
   pending = []
   setup = None

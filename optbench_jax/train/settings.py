@@ -84,6 +84,7 @@ DATA_PLACEMENTS = ("auto", "device", "host")
 TASK_SETTINGS = ("max_length", "vocab_size", "target_length", "beam_size",
                  "length_penalty")
 LR_POLICIES = ("per-optimizer", "fixed")
+TUNING = ("none", "random", "grid")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -198,6 +199,17 @@ class RunConfig(Protocol):
   seed: int = setting(0, flag=None, check=seed_value)
   optimizer_hyperparameters: Mapping[str, Any] = setting(
       flag=None, factory=dict)
+  traced_hyperparameters: Sequence[str] = setting(
+      flag=None, factory=tuple)
+  trial: Optional[int] = setting(None, flag=None, numeric=False)
+
+  @property
+  def traced_values(self) -> dict[str, float]:
+    """The values of the traced hyperparameters (tuning's continuous
+    dimensions, injected per run: ``engine/optimizer.py``)."""
+    return {k: self.weight_decay if k == "weight_decay"
+            else self.optimizer_hyperparameters[k]
+            for k in self.traced_hyperparameters}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -226,6 +238,19 @@ class CampaignConfig(Protocol):
       "1e-4,3e-4,1e-3 (one compiled program; default: none, one learning "
       "rate per optimizer)",
       parse=number_list(float, "--lr-grid"))
+  tune: str = setting(
+      "none", "none (each optimizer at its learning rate), random (--trials "
+      "quasi-random points of each optimizer's search space, AlgoPerf) or "
+      "grid (--trials learning rates log-spaced over its range, DeepOBS); "
+      "the trial best on validation is re-run on --seeds",
+      choices=lambda: TUNING)
+  trials: Optional[int] = setting(
+      None, "trials per optimizer of --tune random|grid (default: none; "
+      "tuning needs it)", check=at_least(1))
+  tune_seed: int = setting(
+      100, "the seed of every trial (initialisation, data order) and of the "
+      "quasi-random points; --seeds must not contain it",
+      check=seed_value)
   runs_per_program: Optional[int] = setting(
       None, "at most this many runs (seeds x LRs) in one program; 'auto' "
       "(default) fits them to device memory", parse=auto_int,
@@ -382,6 +407,23 @@ def _check_campaign(cfg: CampaignConfig) -> None:
     if len(set(cfg.lr_grid)) != len(cfg.lr_grid):
       raise OptBenchError("--lr-grid repeats a learning rate")
   seeds = cfg.seed_list
+  if cfg.tune == "none":
+    if cfg.trials is not None:
+      raise OptBenchError("--trials needs --tune random or --tune grid")
+  else:
+    if cfg.trials is None:
+      raise OptBenchError(f"--tune {cfg.tune} needs --trials N")
+    given = [flag for flag, value in (
+        ("--lr-grid", cfg.lr_grid), ("--lr", cfg.lr),
+        ("--lr-overrides", cfg.lr_overrides)) if value]
+    if given:
+      raise OptBenchError(f"--tune {cfg.tune} chooses the learning rates; "
+                          f"omit {', '.join(given)}")
+    if cfg.tune_seed in seeds:
+      raise OptBenchError(
+          f"--seeds contains --tune-seed {cfg.tune_seed}: the selected "
+          f"trial is re-run on seeds the trials did not use; give other "
+          f"--seeds or another --tune-seed")
   if len(set(seeds)) != len(seeds):
     raise OptBenchError("--seeds repeats a seed")
   bad = [s for s in seeds if seed_value(s)]

@@ -48,6 +48,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import numbers
 import types
 from typing import Any, Callable, Mapping, Optional
 
@@ -364,6 +365,9 @@ def make(name: str, learning_rate: Optional[optax.ScalarOrSchedule] = None,
     for keyword in spec.masks.values():
       kwargs[keyword] = exclude_bias_norm_mask
   mode = spec.weight_decay
+  # A traced λ (a tuned hyperparameter, injected per run) has no value at
+  # trace time: its decay term is built, as for any non-zero λ.
+  decays = not isinstance(weight_decay, numbers.Real) or weight_decay != 0
   coupled_mask = None
   if mode == "coupled" and "weight_decay" in spec.masks:
     # The factory's own decay stays at its default (0): the chained L2 term
@@ -375,15 +379,15 @@ def make(name: str, learning_rate: Optional[optax.ScalarOrSchedule] = None,
     kwargs["weight_decay"] = weight_decay
   if mode == "base":
     kwargs["exclude_bias_norm"] = exclude_bias_norm
-  elif (mode in ("decoupled", "objective") and weight_decay
+  elif (mode in ("decoupled", "objective") and decays
         and exclude_bias_norm and "weight_decay" not in spec.masks):
     raise OptBenchError(
         f"optimizer {name!r} decays every tensor (its rule has no mask); "
         f"exclude_bias_norm needs weight_decay=0 for it")
-  if weight_decay and mode == "none":
+  if decays and mode == "none":
     raise OptBenchError(f"optimizer {name!r} does not take weight decay")
   tx = optax.with_extra_args_support(spec.factory(lr, **kwargs))
-  if weight_decay and mode == "coupled":
+  if decays and mode == "coupled":
     tx = optax.chain(optax.add_decayed_weights(weight_decay, coupled_mask), tx)
   return tx
 
