@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 BUDGET_COLUMNS = ("optimizer", "trials", "expected_best", "p_finite",
@@ -77,6 +78,7 @@ def budget_figure(rows: Sequence[dict], primary: str, title: str) -> Figure:
     ax.plot([r["trials"] for r in mine], [r["expected_best"] for r in mine],
             marker="o", label=optimizer)
   ax.set_xscale("log", base=2)
+  ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
   ax.set_xlabel("tuning budget (trials)")
   ax.set_ylabel(f"expected best validation {primary}")
   ax.set_title(title)

@@ -198,6 +198,12 @@ def test_tuned_campaign_trials_vmapped_equal_trials_alone_and_selection_is_rerun
   assert store.find_runs(str(together)) == [str(together / "adamw" / s)
                                             for s in ("seed_0", "seed_1")]
 
+  # The report shows the re-runs and a tuning section.
+  assert cli.main(["report", "--campaign-dir", str(tmp_path / "together")]) == 0
+  report = (tmp_path / "together" / "report" / "report.md").read_text()
+  assert "### Tuning" in report and "trial_000" not in report
+  assert "| adamw | 2 | 0 |" in report
+
   # Resumed: nothing is retrained, the files are the same.
   before = {p: p.read_bytes() for p in together.rglob("history.json")}
   assert _tuned(tmp_path / "together", "--resume") == 0

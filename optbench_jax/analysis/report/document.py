@@ -126,6 +126,16 @@ def _configuration_section(doc: _Document, config: Configuration,
   for label in config.groups:
     for path in drawn.get(label, []):
       doc.image(path, f"{label}: {os.path.basename(path)}")
+  tuning = tables.tuning_rows(config)
+  if tuning:
+    doc.add("### Tuning", "",
+            "The results above are the selected trial's re-runs on seeds "
+            "that selection did not see. The budget figure: the expected "
+            "best validation value over every subset of that many trials.",
+            "")
+    doc.table(tables.tuning_table(config, tuning))
+    doc.image(figures.budget_figure(config, tuning, doc.report_dir),
+              "tuning budget")
   doc.add("### Pairwise comparisons", "")
   doc.table(tables.pairwise_table(config, opts))
   analysed = tables.analysis_table(config)

@@ -17,7 +17,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from optbench_jax import store
-from optbench_jax.analysis import statistics
+from optbench_jax.analysis import budget, statistics
 from optbench_jax.analysis.report.options import Options
 from optbench_jax.analysis.report.ranking import cost_view
 from optbench_jax.analysis.report.runs import Configuration, Run, completed
@@ -219,3 +219,19 @@ def time_to_target_figure(costs: dict, opts: Options, report_dir: str,
   _timing_footnote(fig, timing)
   return _save(fig, os.path.join(report_dir, "figures",
                                  "time_to_target.png"))
+
+
+def budget_figure(config: Configuration, rows: Sequence[dict],
+                  report_dir: str) -> str:
+  """The expected best validation value per number of trials, from the
+  configuration's ``tuning.csv`` rows (``analysis/budget.py``)."""
+  values = {}
+  for r in rows:
+    values.setdefault(r["optimizer"], []).append(
+        float(r["best_primary"]) if r["status"] == "completed"
+        and r["best_primary"] else None)
+  curve = budget.budget_rows(values, config.higher_is_better, config.primary)
+  fig = budget.budget_figure(curve, config.primary,
+                             f"{config.model} on {config.dataset}")
+  return _save(fig, os.path.join(report_dir, "figures", config.name,
+                                 "budget.png"))

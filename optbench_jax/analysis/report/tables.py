@@ -4,6 +4,7 @@ was run, diverged and unfinished runs, every run): statistics over seeds
 into :class:`~optbench_jax.analysis.report.render.Table` objects."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import os
@@ -342,3 +343,44 @@ def runs_table(runs: Sequence[Run], report_dir: str) -> Table:
            + [cell(row, k) for k in shown] for row in rows]
   return Table("runs", "Every run", headers, cells,
                columns, rows, align="llrrl" + "r" * 5)
+
+
+def tuning_rows(config: Configuration) -> Optional[list[dict]]:
+  """The configuration's ``tuning.csv`` rows (``--tune``), None if it was
+  not tuned."""
+  c = config.runs[0].metadata
+  where = store.campaign_dir_above(config.runs[0].run_dir, c["task"],
+                                   c["dataset"], c["model"])
+  path = where and os.path.join(where, store.TUNING)
+  if not path or not os.path.isfile(path):
+    return None
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def tuning_table(config: Configuration, rows: Sequence[dict]) -> Table:
+  """Per optimizer: its trials (finished, diverged) and the one selected
+  on validation, whose re-runs on fresh seeds are the results above."""
+  cells, csv_rows = [], []
+  for optimizer in dict.fromkeys(r["optimizer"] for r in rows):
+    mine = [r for r in rows if r["optimizer"] == optimizer]
+    chosen = next((r for r in mine if r["selected"] == "True"), None)
+    raw = {"optimizer": optimizer, "trials": len(mine),
+           "diverged": sum(r["status"] == "diverged" for r in mine),
+           "selected_trial": chosen and int(chosen["trial"]),
+           "learning_rate": chosen and float(chosen["learning_rate"]),
+           "hyperparameters": chosen and chosen["hyperparameters"],
+           "best_val": chosen and float(chosen["best_primary"])}
+    cells.append([optimizer, str(raw["trials"]), str(raw["diverged"]),
+                  "none" if chosen is None else str(raw["selected_trial"]),
+                  format_number(raw["learning_rate"]),
+                  raw["hyperparameters"] or "–",
+                  format_number(raw["best_val"])])
+    csv_rows.append(raw)
+  return Table(f"{config.name}/tuning",
+               f"{config.name}: tuning (trials on the tuning seed; the "
+               f"selected trial has the best validation {config.primary})",
+               ["optimizer", "trials", "diverged", "selected trial",
+                "learning rate", "other hyperparameters",
+                f"best val {config.primary}"], cells, list(csv_rows[0]),
+               csv_rows, align="lrrrrlr")
