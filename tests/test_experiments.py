@@ -47,7 +47,7 @@ def _plan(module, tmp_path, argv=()):
 
 
 @pytest.mark.parametrize("name", ["thesis_campaign", "warwick_cifar100",
-                                  "lr_sensitivity"])
+                                  "lr_sensitivity", "tuning_study"])
 def test_every_configuration_is_a_valid_campaign(name, tmp_path):
   module = _script(name)
   assert module.__doc__.strip()  # states where its settings come from
@@ -256,3 +256,31 @@ def test_a_batch_larger_than_a_units_split_fails_that_unit_alone(
                if line.startswith("FAILED ")]
   assert "--batch-size 128 is larger than the training split" in failed
   assert not list(tmp_path.rglob("run_metadata.json"))
+
+
+def test_tuning_study_ranks_ties_and_missing_values():
+  ranks = _script("tuning_study").ranks
+  assert ranks({"a": 0.9, "b": 0.5, "c": 0.9, "d": None}, True) == {
+      "a": 1.5, "b": 3.0, "c": 1.5, "d": 4.0}
+  assert ranks({"a": 2.0, "b": 1.0, "c": None}, False) == {
+      "a": 2.0, "b": 1.0, "c": 3.0}
+
+
+@pytest.mark.slow
+def test_tuning_study_runs_both_campaigns_and_compares_them(tmp_path,
+                                                           capsys):
+  module = _script("tuning_study")
+  argv = ["--configs", "digits_cnn", "--optimizers", "sgd,adam,lion",
+          "--trials", "2", "--epochs", "1", "--seeds", "0",
+          "--max-samples", "256", "--quiet", "--output-dir", str(tmp_path)]
+  assert module.main(argv) == 0
+  rows = _read_csv(tmp_path / "tuning_study.csv")
+  assert [r["optimizer"] for r in rows] == ["sgd", "adam", "lion"]
+  for r in rows:
+    assert r["metric"] == "best validation accuracy" and r["n_seeds"] == "1"
+  assert sorted(float(r["default_rank"]) for r in rows) == [1.0, 2.0, 3.0]
+  report = (tmp_path / "tuning_study.md").read_text()
+  assert "Kendall's τ" in report and "Wall time" in report
+  for kind in ("defaults", "tuned"):
+    assert (tmp_path / kind / "image_classification" / "digits" /
+            "cnn_scratch" / "summary.csv").exists()

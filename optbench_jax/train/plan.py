@@ -198,14 +198,11 @@ def make_plan(cfg: CampaignConfig) -> Plan:
 
 def _trials(cfg: CampaignConfig, optimizer: str) -> list[RunSpec]:
   """The tuning trials of ``optimizer`` (``train/tuning.py``)."""
-  space = tuning.space(optimizer)
-  if cfg.weight_decay is not None and "weight_decay" in space:
-    raise OptBenchError(f"--tune {cfg.tune} tunes the weight decay of "
-                        f"{optimizer}; omit --weight-decay")
-  traced = tuning.traced(optimizer, cfg.tune)
+  fixed = ("weight_decay",) if cfg.weight_decay is not None else ()
+  traced = tuning.traced(optimizer, cfg.tune, fixed)
   specs = []
   for k, point in enumerate(tuning.points(optimizer, cfg.tune, cfg.trials,
-                                          cfg.tune_seed)):
+                                          cfg.tune_seed, fixed)):
     point = dict(point)
     lr = point.pop("learning_rate")
     protocol = settings.protocol_of(cfg)

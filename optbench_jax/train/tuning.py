@@ -8,6 +8,9 @@
   space's learning-rate range (both ends included), every other
   hyperparameter at its default: DeepOBS's protocol.
 
+A setting the campaign fixes is not searched: with ``--weight-decay`` (or
+a configuration of an experiment script that sets it) every trial uses
+that weight decay and the space's ``weight_decay`` dimension is left out.
 Every trial trains on ``--tune-seed``. The trial selected is the one with the
 best validation value of the task's primary metric (the best over its
 evaluated epochs, as ``summary.csv``'s ``best_primary``; a diverged trial is
@@ -31,25 +34,31 @@ from optbench_jax import transforms
 from optbench_jax.transforms import search
 
 
-def space(optimizer: str) -> Mapping[str, search.Dimension]:
-  return transforms.get(optimizer).search_space
+def space(optimizer: str, fixed: Sequence[str] = ()
+          ) -> Mapping[str, search.Dimension]:
+  """The optimizer's search space without the ``fixed`` dimensions."""
+  return {k: v for k, v in transforms.get(optimizer).search_space.items()
+          if k not in fixed}
 
 
-def traced(optimizer: str, tune: str) -> tuple[str, ...]:
+def traced(optimizer: str, tune: str, fixed: Sequence[str] = ()
+           ) -> tuple[str, ...]:
   """The hyperparameters the trials of ``optimizer`` vary as traced values
   (besides the learning rate, always traced): the space's ranges under
   ``--tune random``, none under ``--tune grid``."""
   if tune != "random":
     return ()
-  return tuple(k for k, dim in space(optimizer).items()
+  return tuple(k for k, dim in space(optimizer, fixed).items()
                if k != "learning_rate" and isinstance(dim, search.Range))
 
 
-def points(optimizer: str, tune: str, trials: int, seed: int
-           ) -> list[dict[str, Any]]:
+def points(optimizer: str, tune: str, trials: int, seed: int,
+           fixed: Sequence[str] = ()) -> list[dict[str, Any]]:
   """The trials' hyperparameters (``learning_rate``, possibly
-  ``weight_decay`` and factory keywords), in trial order."""
-  dims = space(optimizer)
+  ``weight_decay`` and factory keywords), in trial order; ``fixed``: the
+  dimensions the campaign sets (``weight_decay`` with ``--weight-decay``),
+  left out of the search."""
+  dims = space(optimizer, fixed)
   if tune == "random":
     return search.sample(dims, trials, seed)
   if tune == "grid":
