@@ -135,6 +135,18 @@ def compare(name: str, defaults, tuned) -> tuple[list[dict], dict]:
   return rows, stats
 
 
+def machine() -> str:
+  """``<CPU model> (<n> cores)``, as far as the system says."""
+  model = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), model)
+  except OSError:
+    pass
+  return f"{model or platform.machine()} ({os.cpu_count()} CPU cores)"
+
+
 def _number(x) -> str:
   return "–" if x is None else f"{x:.4f}"
 
@@ -146,9 +158,8 @@ def write_report(out_dir: str, results, args, wall_s: float) -> str:
   lines = ["# Defaults against tuning", "",
            f"Command: `python experiments/tuning_study.py "
            f"{' '.join(sys.argv[1:])}`", "",
-           f"Wall time: {wall_s / 60:.1f} min on {platform.machine()} "
-           f"({os.cpu_count()} CPU cores, {platform.processor() or 'cpu'}), "
-           f"both campaigns, compilation included.", "",
+           f"Wall time: {wall_s / 60:.1f} min on {machine()}, both "
+           f"campaigns, compilation included.", "",
            f"Tuning: `--tune {args.tune} --trials {args.trials}` on the "
            f"tuning seed; the selected trial re-run on seeds "
            f"{', '.join(map(str, args.seeds))}, the seeds the defaults "

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-from matplotlib import ticker
+from matplotlib import colormaps, ticker
 from matplotlib.figure import Figure
 
 BUDGET_COLUMNS = ("optimizer", "trials", "expected_best", "p_finite",
@@ -70,19 +70,24 @@ def budget_rows(trials: dict[str, Sequence[Optional[float]]],
 def budget_figure(rows: Sequence[dict], primary: str, title: str) -> Figure:
   """The expected best validation value against the number of trials, one
   line per optimizer."""
-  fig = Figure(figsize=(7, 4.5))
+  fig = Figure(figsize=(7.5, 4.8))
   ax = fig.subplots()
-  for optimizer in dict.fromkeys(r["optimizer"] for r in rows):
+  optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
+  colours = colormaps["tab10" if len(optimizers) <= 10 else "tab20"]
+  for k, optimizer in enumerate(optimizers):
     mine = [r for r in rows if r["optimizer"] == optimizer
             and r["expected_best"] is not None]
     ax.plot([r["trials"] for r in mine], [r["expected_best"] for r in mine],
-            marker="o", label=optimizer)
+            marker="osD^v<>"[k % 7], color=colours(k % colours.N),
+            label=optimizer, markersize=4)
   ax.set_xscale("log", base=2)
-  ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+  ticks = sorted({r["trials"] for r in rows})
+  ax.set_xticks(ticks, [str(t) for t in ticks])
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
   ax.set_xlabel("tuning budget (trials)")
   ax.set_ylabel(f"expected best validation {primary}")
   ax.set_title(title)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7, ncol=2 if len(optimizers) > 8 else 1)
   fig.tight_layout()
   return fig
