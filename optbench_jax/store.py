@@ -55,6 +55,7 @@ SEEDS = "seeds.csv"
 TRIALS = "trials"             # <campaign>/trials/<optimizer>/trial_NNN
 TUNING = "tuning.csv"         # one row per trial (--tune)
 BUDGET = "budget.csv"         # the best result per number of trials
+BUDGET_FIGURE = "budget.png"  # ... drawn
 VOCABULARY = "vocabulary.json"
 LOCK = ".campaign.lock"
 TMP_PREFIX = ".tmp-"

@@ -21,7 +21,7 @@ from typing import Optional
 
 from optbench_jax import store
 from optbench_jax.analysis import budget
-from optbench_jax.train import outputs, settings, tuning
+from optbench_jax.train import outputs, plots, settings, tuning
 from optbench_jax.train.plan import Plan, RunSpec
 
 TUNING_COLUMNS = ("optimizer", "trial", "learning_rate", "hyperparameters",
@@ -43,10 +43,14 @@ def trial_rows(plan: Plan, optimizer: str) -> list[Optional[dict]]:
   return rows
 
 
-def selected(plan: Plan, optimizer: str) -> Optional[RunSpec]:
+def selected(plan: Plan, optimizer: str,
+             rows: Optional[list[Optional[dict]]] = None
+             ) -> Optional[RunSpec]:
   """The trial selected for ``optimizer``: None until all its trials are
-  finished, or when none has a finite validation value."""
-  rows = trial_rows(plan, optimizer)
+  finished, or when none has a finite validation value. ``rows``: its
+  :func:`trial_rows`, when already read."""
+  if rows is None:
+    rows = trial_rows(plan, optimizer)
   if not rows or any(r is None for r in rows):
     return None
   index = tuning.select(rows, plan.workload.task.higher_is_better)
@@ -73,7 +77,7 @@ def write_files(plan: Plan, out_dir: str) -> None:
   rows, values = [], {}
   for optimizer in plan.optimizers:
     mine = trial_rows(plan, optimizer)
-    chosen = selected(plan, optimizer)
+    chosen = selected(plan, optimizer, mine)
     for spec, row in zip(plan.trials_of(optimizer), mine):
       if row is None:
         continue
@@ -99,5 +103,4 @@ def write_files(plan: Plan, out_dir: str) -> None:
   fig = budget.budget_figure(
       budget_rows, task.primary_metric,
       f"{c.model} on {c.dataset}: --tune {c.tune}, {c.trials} trials")
-  with store.atomic_path(os.path.join(out_dir, "budget.png")) as tmp:
-    fig.savefig(tmp, dpi=100, format="png")
+  plots.save(fig, os.path.join(out_dir, store.BUDGET_FIGURE))

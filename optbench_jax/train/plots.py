@@ -32,7 +32,7 @@ def run_plot_paths(primary: str, run_dir: str) -> list[str]:
           os.path.join(run_dir, "train_vs_val_loss.png")]
 
 
-def _save(fig: Figure, path: str) -> None:
+def save(fig: Figure, path: str) -> None:
   """Saves atomically (a kill leaves no truncated image)."""
   with store.atomic_path(path) as tmp:
     fig.savefig(tmp, dpi=100, format="png")
@@ -55,7 +55,7 @@ def run_plots(history: Sequence[dict], primary: str, title: str,
   twin.set_ylabel("validation loss", color="tab:red")
   ax.set_title(title)
   fig.tight_layout()
-  _save(fig, paths[0])
+  save(fig, paths[0])
 
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
@@ -67,7 +67,7 @@ def run_plots(history: Sequence[dict], primary: str, title: str,
   ax.set_title(title)
   ax.legend()
   fig.tight_layout()
-  _save(fig, paths[1])
+  save(fig, paths[1])
   return paths
 
 
@@ -111,5 +111,5 @@ def campaign_plots(histories: Mapping[str, Sequence[dict]], primary: str,
     ax.legend(fontsize="small", ncol=2 if len(histories) > 8 else 1)
     fig.tight_layout()
     paths.append(os.path.join(out_dir, name))
-    _save(fig, paths[-1])
+    save(fig, paths[-1])
   return paths

@@ -16,7 +16,9 @@ best validation value of the task's primary metric (the best over its
 evaluated epochs, as ``summary.csv``'s ``best_primary``; a diverged trial is
 never selected, ties go to the lower trial number); it is then re-run on
 ``--seeds``, which the trials did not use, and those re-runs are the
-campaign's results: selection never sees the figures it reports.
+campaign's results: selection never sees the runs whose figures are
+reported (on a dataset without a test split they are measured on the same
+validation examples that selected the trial).
 
 A search space's continuous dimensions (:class:`~optbench_jax.transforms.
 search.Range`) other than the learning rate are *traced*: injected into the

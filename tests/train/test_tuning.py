@@ -211,6 +211,7 @@ def test_tuned_campaign_trials_vmapped_equal_trials_alone_and_selection_is_rerun
   assert cli.main(["report", "--campaign-dir", str(tmp_path / "together")]) == 0
   report = (tmp_path / "together" / "report" / "report.md").read_text()
   assert "### Tuning" in report and "trial_000" not in report
+  assert "cnn_scratch/budget.png)" in report
   assert "| adamw | 2 | 0 |" in report
 
   # Resumed: nothing is retrained, the files are the same.

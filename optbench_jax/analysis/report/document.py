@@ -126,7 +126,7 @@ def _configuration_section(doc: _Document, config: Configuration,
   for label in config.groups:
     for path in drawn.get(label, []):
       doc.image(path, f"{label}: {os.path.basename(path)}")
-  tuning = tables.tuning_rows(config)
+  tuning = tables.campaign_rows(config, store.TUNING)
   if tuning:
     doc.add("### Tuning", "",
             "The results above are the selected trial's re-runs on seeds "
@@ -134,8 +134,10 @@ def _configuration_section(doc: _Document, config: Configuration,
             "best validation value over every subset of that many trials.",
             "")
     doc.table(tables.tuning_table(config, tuning))
-    doc.image(figures.budget_figure(config, tuning, doc.report_dir),
-              "tuning budget")
+    budget_rows = tables.campaign_rows(config, store.BUDGET)
+    if budget_rows:   # written once an optimizer's trials have all finished
+      doc.image(figures.budget_figure(config, budget_rows, doc.report_dir),
+                "tuning budget")
   doc.add("### Pairwise comparisons", "")
   doc.table(tables.pairwise_table(config, opts))
   analysed = tables.analysis_table(config)

@@ -223,15 +223,12 @@ def time_to_target_figure(costs: dict, opts: Options, report_dir: str,
 
 def budget_figure(config: Configuration, rows: Sequence[dict],
                   report_dir: str) -> str:
-  """The expected best validation value per number of trials, from the
-  configuration's ``tuning.csv`` rows (``analysis/budget.py``)."""
-  values = {}
-  for r in rows:
-    values.setdefault(r["optimizer"], []).append(
-        float(r["best_primary"]) if r["status"] == "completed"
-        and r["best_primary"] else None)
-  curve = budget.budget_rows(values, config.higher_is_better, config.primary)
+  """The expected best validation value per number of trials: the
+  campaign's ``budget.csv`` rows, drawn by ``analysis/budget.py``."""
+  curve = [{"optimizer": r["optimizer"], "trials": int(r["trials"]),
+            "expected_best": float(r["expected_best"])
+            if r["expected_best"] else None} for r in rows]
   fig = budget.budget_figure(curve, config.primary,
                              f"{config.model} on {config.dataset}")
   return _save(fig, os.path.join(report_dir, "figures", config.name,
-                                 "budget.png"))
+                                 store.BUDGET_FIGURE))

@@ -345,13 +345,13 @@ def runs_table(runs: Sequence[Run], report_dir: str) -> Table:
                columns, rows, align="llrrl" + "r" * 5)
 
 
-def tuning_rows(config: Configuration) -> Optional[list[dict]]:
-  """The configuration's ``tuning.csv`` rows (``--tune``), None if it was
-  not tuned."""
+def campaign_rows(config: Configuration, name: str) -> Optional[list[dict]]:
+  """The rows of the configuration's campaign file ``name`` (``tuning.csv``,
+  ``budget.csv``), None if there is none."""
   c = config.runs[0].metadata
   where = store.campaign_dir_above(config.runs[0].run_dir, c["task"],
                                    c["dataset"], c["model"])
-  path = where and os.path.join(where, store.TUNING)
+  path = where and os.path.join(where, name)
   if not path or not os.path.isfile(path):
     return None
   with open(path, newline="") as f:
