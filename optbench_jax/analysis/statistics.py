@@ -297,10 +297,15 @@ def target_value(best: float, fraction: float, higher_is_better: bool
 
 
 class Reached(NamedTuple):
-  """When a run first reached its target: 1-based epoch and cumulative
-  training time (seconds, compilation excluded)."""
+  """When a run first reached its target: 1-based epoch, cumulative
+  training time (seconds, compilation excluded) and, from the history's
+  cumulative counts (None in a history written before they were counted),
+  optimizer steps and evaluations: gradient evaluations plus
+  Hessian-vector products (:mod:`optbench_jax.transforms.cost`)."""
   epoch: int
   time_s: float
+  steps: Optional[int] = None
+  evaluations: Optional[int] = None
 
 
 def time_to_target(history: Sequence[dict], target: float, *, metric: str,
@@ -319,7 +324,9 @@ def time_to_target(history: Sequence[dict], target: float, *, metric: str,
     if value is None or not math.isfinite(float(value)):
       continue
     if (value >= target) if higher_is_better else (value <= target):
-      return Reached(int(record["epoch"]), elapsed)
+      counts = [record.get(k) for k in ("grad_evals", "hvps")]
+      return Reached(int(record["epoch"]), elapsed, record.get("steps"),
+                     None if None in counts else int(sum(counts)))
   return None
 
 

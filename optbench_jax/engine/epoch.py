@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optbench_jax.transforms.cost import COSTS
+
 
 def num_examples(data: Mapping) -> int:
   return next(iter(data.values())).shape[0]
@@ -28,19 +30,22 @@ def batches(n: int, batch_size: int, key: Optional[jax.Array]):
   return index, mask
 
 
+# Summed over the epoch's steps: the loss, the valid examples, the gradient
+# norm (averaged by :func:`epoch_metrics`) and the step's evaluations
+# (:mod:`~optbench_jax.transforms.cost`).
+_SUMS = ("loss_sum", "count", "grad_norm") + COSTS
+
+
 def zero_totals(shape):
   """Epoch metrics before the first step (see :func:`accumulate`)."""
-  return {"loss_sum": jnp.zeros(shape), "count": jnp.zeros(shape),
-          "finite": jnp.ones(shape, bool), "grad_norm": jnp.zeros(shape),
-          "learning_rate": jnp.zeros(shape)}
+  return {**{k: jnp.zeros(shape) for k in _SUMS},
+          "finite": jnp.ones(shape, bool), "learning_rate": jnp.zeros(shape)}
 
 
 def accumulate(totals, step_metrics):
   """Adds one step's metrics: sums, all-finite, last learning rate."""
-  return {"loss_sum": totals["loss_sum"] + step_metrics["loss_sum"],
-          "count": totals["count"] + step_metrics["count"],
+  return {**{k: totals[k] + step_metrics[k] for k in _SUMS},
           "finite": jnp.logical_and(totals["finite"], step_metrics["finite"]),
-          "grad_norm": totals["grad_norm"] + step_metrics["grad_norm"],
           "learning_rate": step_metrics["learning_rate"]}
 
 

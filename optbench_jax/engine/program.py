@@ -46,17 +46,16 @@ from optbench_jax.tasks.base import Task
 from optbench_jax.engine import distributed, memory, schedules
 from optbench_jax.engine import optimizer as optimizer_lib
 from optbench_jax.engine.evaluation import Evaluation
+from optbench_jax.engine.hooks import Hooks
 from optbench_jax.engine.epoch import (Example, accumulate, batches,
                                        epoch_metrics, num_examples, zero_totals)
 from optbench_jax.engine.precision import to_float32, with_compute_dtype
 from optbench_jax.engine.state import TrainState, unalias, with_pretrained
 from optbench_jax.engine.streaming import prefetch
-from optbench_jax.transforms import OptimizerSpec, build_extras
+from optbench_jax.transforms import OptimizerSpec, build_extras, step_cost
 from optbench_jax.transforms.base import RUN_AXIS
 
 _CAPTURE_COLLECTIONS = (KFAC_INPUTS, PERTURBATIONS)
-# Dropout key of the full-gradient pass (deterministic, never a training key).
-_FULL_GRADIENT_SEED = 2**31 - 1
 
 
 class LossAux(NamedTuple):
@@ -92,7 +91,7 @@ class Compiled:
   on_device: bool
 
 
-class Program(Evaluation):
+class Program(Evaluation, Hooks):
   """Builds and jit-compiles the functions of one (task, model, optimizer).
 
   Args:
@@ -102,12 +101,16 @@ class Program(Evaluation):
     pretrained: top-level parameter submodules that replace the freshly
       initialised ones in every run (``{"distilbert": encoder params}``),
       or None.
+    optimizer_keywords: the keywords ``tx`` was built with (None: the
+      registry's defaults); they say what a step costs
+      (:func:`~optbench_jax.transforms.step_cost`).
   """
 
   def __init__(self, task: Task, model: nn.Module, info: DatasetInfo,
                spec: OptimizerSpec, tx: optax.GradientTransformation,
                hyper: Hyper, *, runs: int = 1, mesh: Optional[Mesh] = None,
-               pretrained: Optional[Mapping[str, Any]] = None):
+               pretrained: Optional[Mapping[str, Any]] = None,
+               optimizer_keywords: Optional[Mapping[str, Any]] = None):
     if runs < 1:
       raise ValueError(f"a program trains at least one run (got {runs})")
     self.task, self.info = task, info
@@ -115,6 +118,7 @@ class Program(Evaluation):
     self.spec, self.tx, self.hyper = spec, tx, hyper
     self.runs, self.mesh = runs, mesh
     self.pretrained = pretrained
+    self.step_cost = step_cost(spec.name, optimizer_keywords)
     if mesh is not None:
       devices = mesh.devices.size
       for name, size in (("--batch-size", hyper.batch_size),
@@ -333,14 +337,17 @@ class Program(Evaluation):
         kfac_stats_fn=lambda p: self._layer_statistics(p, state.model_state,
                                                        batch, k_dropout),
         params=state.params)
+    before = optimizer_lib.inner_state(opt_state)
     updates, opt_state = self.tx.update(grads, opt_state, state.params,
                                         **extras)
+    cost = self.step_cost(before, optimizer_lib.inner_state(opt_state))
     params = optax.apply_updates(state.params, updates)
     state = state.replace(step=state.step + 1, params=params,
                           model_state=aux.model_state, opt_state=opt_state)
     return state, {"loss_sum": aux.loss_sum, "count": aux.count,
                    "finite": jnp.isfinite(loss),
-                   "grad_norm": optax.global_norm(grads), "learning_rate": lr}
+                   "grad_norm": optax.global_norm(grads), "learning_rate": lr,
+                   **cost}
 
   def _layer_statistics(self, params, model_state, batch, rng):
     def apply_fn(variables, mutable):
@@ -412,38 +419,3 @@ class Program(Evaluation):
       state, totals = step(state, batch, self.place(np.int32(i)), k_steps,
                            totals)
     return state, epoch_metrics(totals, steps)
-
-  # -- hooks -------------------------------------------------------------------
-  def _full_gradient(self, state: TrainState, data):
-    """Mean gradient of the training loss over the whole split (SVRG)."""
-    index, mask = batches(num_examples(data), self.hyper.batch_size, None)
-
-    def body(total, xs):
-      idx, m = xs
-      batch = {k: v[idx] for k, v in data.items()}
-      batch["mask"] = m
-      batch = self.task.preprocess(batch, self.info)
-      key = jax.random.key(_FULL_GRADIENT_SEED)
-      loss_sum = lambda p: self._loss_fn(p, state.model_state, batch,
-                                         key)[1].loss_sum
-      return jax.tree.map(jnp.add, total, jax.grad(loss_sum)(state.params)), None
-
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    total, _ = jax.lax.scan(body, zeros, (index, mask))
-    return jax.tree.map(lambda g: g / jnp.sum(mask), total)
-
-  def _epoch_start(self, state: TrainState, data):
-    full_grad = self._full_gradient(state, data)
-    inner = self.spec.epoch_start(optimizer_lib.inner_state(state.opt_state),
-                                  state.params, full_grad)
-    return state.replace(
-        opt_state=optimizer_lib.with_inner_state(state.opt_state, inner))
-
-  def _update_plateau(self, state: TrainState, val_loss):
-    _, plateau = self.plateau.update(jnp.zeros(()), state.plateau,
-                                     value=val_loss)
-    return state.replace(plateau=plateau)
-
-  @property
-  def needs_epoch_start(self) -> bool:
-    return "full_grad" in self.spec.needs

@@ -1,9 +1,11 @@
-"""The benchmark's four plot kinds (matplotlib, PNG), drawn on bare
+"""The benchmark's plots (matplotlib, PNG), drawn on bare
 :class:`matplotlib.figure.Figure` objects (Agg, no pyplot state).
 
 Per run: the primary metric and the validation loss on two y-axes; train vs
 validation loss. Per campaign: the primary metric of every optimizer; the
-validation loss of every optimizer.
+validation loss of every optimizer; the primary metric against what the
+runs spent — gradient evaluations plus Hessian-vector products
+(:mod:`~optbench_jax.transforms.cost`) and training seconds.
 """
 from __future__ import annotations
 
@@ -112,4 +114,39 @@ def campaign_plots(histories: Mapping[str, Sequence[dict]], primary: str,
     fig.tight_layout()
     paths.append(os.path.join(out_dir, name))
     save(fig, paths[-1])
+  if all(_counted(h) for h in histories.values()):
+    paths.append(os.path.join(out_dir, f"{primary}_vs_cost.png"))
+    save(cost_figure(histories, primary, title), paths[-1])
   return paths
+
+
+def _counted(history: Sequence[dict]) -> bool:
+  return bool(history) and all(
+      h.get(k) is not None for h in history for k in COST_AXES[0][0])
+
+
+# x-axes of :func:`cost_figure`: the summed cumulative history keys, label.
+COST_AXES = ((("grad_evals", "hvps"),
+              "gradient evaluations + Hessian-vector products"),
+             (("cumulative_train_time_s",),
+              "training seconds (compilation excluded)"))
+
+
+def cost_figure(histories: Mapping[str, Sequence[dict]], primary: str,
+                title: str) -> Figure:
+  """The primary metric of every optimizer against its cumulative
+  evaluations and training seconds (a run trained beside others in one
+  program shares that program's seconds)."""
+  fig = Figure(figsize=(12, 4.5))
+  axes = fig.subplots(1, len(COST_AXES), sharey=True)
+  for ax, (keys, label) in zip(axes, COST_AXES):
+    for optimizer, history in histories.items():
+      spent = [sum(h.get(k) or 0 for k in keys) for h in history]
+      ax.plot(spent, _series(history, primary), marker=".", label=optimizer)
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel(primary)
+  axes[-1].legend(fontsize="small", ncol=2 if len(histories) > 8 else 1)
+  fig.suptitle(title)
+  fig.tight_layout()
+  return fig

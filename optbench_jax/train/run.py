@@ -136,7 +136,8 @@ class RunSetup:
                              traced=rc.traced_hyperparameters)
     return Program(self.task, model, self.splits.info, self.spec, tx,
                    self.hyper, runs=runs, mesh=self.mesh,
-                   pretrained=self.pretrained)
+                   pretrained=self.pretrained,
+                   optimizer_keywords=rc.optimizer_hyperparameters)
 
   def data(self, program: Program, split) -> dict:
     arrays = {k: np.asarray(v) for k, v in split.items()}
@@ -310,8 +311,26 @@ def _diverged(m: _Member, train_finite: bool, train_loss: float,
   return max(losses) > factor * reference
 
 
+def _cumulative(m: _Member, train_metrics: dict, steps: int,
+                train_time: float) -> dict:
+  """The run's totals after this epoch: its last record's plus the epoch's
+  ``steps``, evaluations (:mod:`~optbench_jax.transforms.cost`), training
+  examples and seconds (None after a record without them: a history
+  written before they were counted)."""
+  epoch = {"steps": steps,
+           **{k: int(round(float(train_metrics[k])))
+              for k in transforms.COSTS},
+           "examples_seen": int(round(float(train_metrics["count"]))),
+           "cumulative_train_time_s": train_time}
+  last = m.history[-1] if m.history else {}
+  return {k: (v if not m.history else
+              None if last.get(k) is None else last[k] + v)
+          for k, v in epoch.items()}
+
+
 def _record(m: _Member, epoch: int, train_metrics: dict,
-            metrics: Optional[dict], times: tuple[float, float]) -> dict:
+            metrics: Optional[dict], times: tuple[float, float],
+            steps: int) -> dict:
   """The history record of one run's epoch; marks a diverged run."""
   train_loss = float(train_metrics["loss_sum"]) / max(
       float(train_metrics["count"]), 1.0)
@@ -324,6 +343,7 @@ def _record(m: _Member, epoch: int, train_metrics: dict,
             "learning_rate": float(train_metrics["learning_rate"]),
             "grad_norm": float(train_metrics["grad_norm"]),
             "train_time_s": times[0], "eval_time_s": times[1],
+            **_cumulative(m, train_metrics, steps, times[0]),
             "status": "diverged" if diverged else "ok"}
   if diverged:
     m.status, m.live = "diverged", False
@@ -355,6 +375,8 @@ def _train_chunk(setup: RunSetup, program: Program, compiled: Compiled,
     state, train_metrics = compiled.run_epoch(
         state, train_data, program.epoch_keys(train_keys, epoch))
     train_metrics = distributed.to_host(train_metrics)
+    for k, v in program.epoch_start_cost(setup.n_train).items():
+      train_metrics[k] = train_metrics[k] + v
     train_time = time.perf_counter() - t_train
     t_eval = time.perf_counter()
     evaluated = (program.evaluate(state, val_data) if _evaluates(rc, epoch)
@@ -363,7 +385,7 @@ def _train_chunk(setup: RunSetup, program: Program, compiled: Compiled,
     for j, m in enumerate(members):
       if m.live and m.run_dir is not None:
         m.history.append(_record(m, epoch, run_slice(train_metrics, j),
-                                 evaluated[j], times))
+                                 evaluated[j], times, setup.steps_per_epoch))
     if rc.scheduler == "plateau" and evaluated[0] is not None:
       losses = [v["loss"] if _finite(v["loss"]) else 0.0 for v in evaluated]
       state = program.update_plateau(state, np.asarray(losses, np.float32))

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optbench_jax.transforms import cost
 from optbench_jax.transforms.base import (
     OptimizerSpec, any_run, missing_extra, register)
 
@@ -169,11 +170,18 @@ def adahessian(learning_rate: optax.ScalarOrSchedule = 0.15, b1: float = 0.9,
       optax.scale_by_learning_rate(learning_rate))
 
 
+def _hutchinson_cost(keywords, before, after):
+  """One Hessian-vector product (one probe) every ``update_period`` steps."""
+  del after
+  state = cost.find(before, ScaleByAdaHessianState)
+  return {"hvps": cost.due(state.count, keywords["update_period"])}
+
+
 register(OptimizerSpec(
     name="adahessian", factory=adahessian, family="second_order",
     default_lr=0.15,
     weight_decay="decoupled", masks={"weight_decay": "mask"},
-    needs=frozenset({"hvp_fn", "key"}),
+    needs=frozenset({"hvp_fn", "key"}), cost=_hutchinson_cost,
     paper="Yao et al. 2021, ADAHESSIAN: An Adaptive Second Order Optimizer "
           "for Machine Learning (AAAI)",
     reference="pytorch_optimizer.AdaHessian (fed our Hutchinson estimates)"))

@@ -178,6 +178,9 @@ class OptimizerSpec:
       ``learning_rate``, ``weight_decay`` or factory keywords, each with
       its source); None: the learning rate over a decade either side of
       ``default_lr``.
+    cost: ``(keywords, state_before, state_after) -> {counter: count}``,
+      the evaluations one step makes beyond the engine's mini-batch
+      gradient (:mod:`~optbench_jax.transforms.cost`); None: none.
   """
   name: str
   factory: Callable[..., optax.GradientTransformation]
@@ -194,6 +197,8 @@ class OptimizerSpec:
   prepare_for_eval: Optional[Callable[[Any, Any], Any]] = None
   epoch_start: Optional[Callable[[Any, Any, Any], Any]] = None
   search_space: Optional[Mapping[str, Any]] = None
+  cost: Optional[Callable[[Mapping[str, Any], Any, Any],
+                          Mapping[str, Any]]] = None
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -210,6 +215,8 @@ class OptimizerSpec:
     unknown = set(self.needs) - set(EXTRAS)
     if unknown:
       raise ValueError(f"{self.name}: unknown extras {sorted(unknown)}")
+    if self.cost is not None and not callable(self.cost):
+      raise ValueError(f"{self.name}: cost must be a function")
     if "full_grad" in self.needs and self.epoch_start is None:
       raise ValueError(f"{self.name}: needs full_grad but has no epoch_start")
     parameters = set(inspect.signature(self.factory).parameters)
@@ -269,6 +276,16 @@ def any_run(predicate: jax.Array) -> jax.Array:
     return jax.lax.pmax(jnp.asarray(predicate, jnp.int32), RUN_AXIS) > 0
   except NameError:  # not inside the engine's vmap over runs
     return predicate
+
+
+def over_runs() -> bool:
+  """Whether the caller is traced inside the engine's ``vmap`` over runs
+  (where a ``lax.cond`` with a batched predicate runs both branches)."""
+  try:
+    jax.lax.axis_index(RUN_AXIS)
+  except NameError:
+    return False
+  return True
 
 
 def sequential_on_cpu(fn: Callable) -> Callable:

@@ -74,7 +74,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optbench_jax.transforms import kfac_layers
+from optbench_jax.transforms import cost, kfac_layers
 from optbench_jax.transforms.base import (
     OptimizerSpec, any_run, missing_extra, register, sequential_on_cpu)
 
@@ -267,6 +267,10 @@ def kfac(
 register(OptimizerSpec(
     name="kfac", factory=kfac, family="second_order", default_lr=0.01,
     weight_decay="coupled", needs=frozenset({"kfac_stats"}),
+    # Every step's statistics: a forward pass capturing the layer inputs and
+    # the gradient of the loss with respect to the layer outputs.
+    cost=lambda keywords, before, after: {"grad_evals": 1,
+                                          "forward_passes": 1},
     paper="Martens & Grosse 2015, Optimizing Neural Networks with "
           "Kronecker-factored Approximate Curvature (ICML); Grosse & Martens "
           "2016, A Kronecker-factored approximate Fisher matrix for "

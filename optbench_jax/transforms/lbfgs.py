@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optbench_jax.transforms import cost
 from optbench_jax.transforms.base import (OptimizerSpec, missing_extra,
                                           register)
 
@@ -186,6 +187,9 @@ register(OptimizerSpec(
     weight_decay="objective", masks={"weight_decay": "mask"},
     optax_function=optax.lbfgs,
     needs=frozenset({"value", "value_fn"}),
+    # Each iteration of the zoom search evaluates the loss and its gradient.
+    cost=lambda keywords, before, after: {
+        "grad_evals": cost.zoom_linesearch_evaluations(after)},
     paper="Liu & Nocedal 1989, On the limited memory BFGS method for large "
           "scale optimization (Math. Programming)",
     reference="torch.optim.LBFGS(max_iter=1, line_search_fn=None)"))

@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optbench_jax.transforms import search
+from optbench_jax.transforms import cost, search
 from optbench_jax.transforms.base import (OptimizerSpec, missing_extra,
                                           register)
 from optbench_jax.transforms.lookahead import make_base
@@ -193,6 +193,11 @@ def gsam(base_optimizer: optax.GradientTransformation,
   return _two_pass("gsam", base_optimizer, rho, adaptive, eps, alpha)
 
 
+def _perturbed_gradient_cost(keywords, before, after):
+  """One more gradient evaluation per step (at ``θ + ε̂``), and the base's."""
+  return cost.added({"grad_evals": 1}, cost.of_base(keywords, before, after))
+
+
 def sam_by_name(learning_rate: optax.ScalarOrSchedule,
                 rho: optax.ScalarOrSchedule = 0.05, adaptive: bool = False,
                 eps: float = 1e-12, base: str = "sgd_momentum",
@@ -228,7 +233,7 @@ def gsam_by_name(learning_rate: optax.ScalarOrSchedule,
 register(OptimizerSpec(
     name="sam", factory=sam_by_name, family="sharpness", default_lr=0.01,
     weight_decay="base",
-    needs=frozenset({"grad_fn"}),
+    needs=frozenset({"grad_fn"}), cost=_perturbed_gradient_cost,
     # AlgoPerf's SAM wraps AdamW: its learning-rate range is not this
     # entry's (SGD with momentum); its ρ choices are.
     search_space={**search.default_space(0.01),
@@ -241,7 +246,7 @@ register(OptimizerSpec(
 register(OptimizerSpec(
     name="gsam", factory=gsam_by_name, family="sharpness", default_lr=0.01,
     weight_decay="base",
-    needs=frozenset({"grad_fn"}),
+    needs=frozenset({"grad_fn"}), cost=_perturbed_gradient_cost,
     paper="Zhuang et al. 2022, Surrogate Gap Minimization Improves "
           "Sharpness-Aware Training (ICLR)",
     reference="pytorch_optimizer.GSAM(SGD(momentum=0.9), constant rho via "

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from optbench_jax.transforms.adahessian import hutchinson_diagonal
+from optbench_jax.transforms import cost
 from optbench_jax.transforms.base import (
     OptimizerSpec, any_run, missing_extra, register)
 
@@ -111,10 +112,17 @@ def sophia(learning_rate: optax.ScalarOrSchedule = 6e-4, b1: float = 0.96,
       optax.scale_by_learning_rate(learning_rate))
 
 
+def _hutchinson_cost(keywords, before, after):
+  """One Hessian-vector product (one probe) every ``update_period`` steps."""
+  del after
+  state = cost.find(before, ScaleBySophiaState)
+  return {"hvps": cost.due(state.count, keywords["update_period"])}
+
+
 register(OptimizerSpec(
     name="sophia", factory=sophia, family="second_order", default_lr=6e-4,
     weight_decay="decoupled", masks={"weight_decay": "mask"},
-    needs=frozenset({"hvp_fn", "key"}),
+    needs=frozenset({"hvp_fn", "key"}), cost=_hutchinson_cost,
     paper="Liu et al. 2024, Sophia: A Scalable Stochastic Second-order "
           "Optimizer for Language Model Pre-training (ICLR), Sophia-H",
     reference="pytorch_optimizer.SophiaH (fed our Hutchinson estimates)"))

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optbench_jax.transforms import cost
 from optbench_jax.transforms.base import (
     OptimizerSpec, any_run, missing_extra, register)
 from optbench_jax.transforms.lookahead import make_base, replace_state
@@ -122,10 +123,19 @@ def svrg_by_name(learning_rate: optax.ScalarOrSchedule, base: str = "sgd",
   return svrg(inner)
 
 
+def _snapshot_gradient_cost(keywords, before, after):
+  """The snapshot's gradient on the mini-batch, once a snapshot exists (the
+  full-gradient pass at each epoch's start is the engine's to count), and
+  the base's."""
+  state = cost.find(before, SVRGState)
+  return cost.added({"grad_evals": state.has_snapshot.astype(jnp.float32)},
+                    cost.of_base(keywords, before, after))
+
+
 register(OptimizerSpec(
     name="svrg", factory=svrg_by_name, family="variance_reduction",
     default_lr=0.01, weight_decay="base",
-    needs=frozenset({"grad_fn", "full_grad"}),
+    needs=frozenset({"grad_fn", "full_grad"}), cost=_snapshot_gradient_cost,
     paper="Johnson & Zhang 2013, Accelerating Stochastic Gradient Descent "
           "using Predictive Variance Reduction (NeurIPS)",
     reference="", epoch_start=epoch_start))

@@ -52,6 +52,9 @@ LR = {"adam": 0.001, "sgd": 0.01, "lion": 0.0003}
 DIVERGED = (ACC, "lion", 2)        # diverges at epoch 2
 UNFINISHED = (PPL, "adam", 1)      # stopped after 2 of 3 epochs
 EPOCH_TIME = {"adam": 1.0, "sgd": 0.5, "lion": 1.5}
+# Cumulative counts of the histories: 10 steps per epoch, lion (as if it
+# were a two-pass method) 2 gradient evaluations per step.
+STEPS, GRADS_PER_STEP = 10, {"adam": 1, "sgd": 1, "lion": 2}
 
 
 def _metric(config, optimizer, seed, epoch):
@@ -70,17 +73,20 @@ def _history(config, optimizer, seed, epochs=EPOCHS, diverge_at=None):
   primary = "accuracy" if config == ACC else "perplexity"
   records = []
   for epoch in range(1, epochs + 1):
+    counts = {"steps": STEPS * epoch,
+              "grad_evals": STEPS * epoch * GRADS_PER_STEP[optimizer],
+              "hvps": 0}
     if epoch == diverge_at:
       records.append({"epoch": epoch, "train_loss": None, "val_loss": None,
                       primary: None, "train_time_s": EPOCH_TIME[optimizer],
-                      "eval_time_s": 0.1, "status": "diverged"})
+                      "eval_time_s": 0.1, **counts, "status": "diverged"})
       break
     records.append({"epoch": epoch,
                     "train_loss": 2.5 / epoch + 0.05 * seed,
                     "val_loss": _val_loss(optimizer, seed, epoch),
                     primary: _metric(config, optimizer, seed, epoch),
                     "train_time_s": EPOCH_TIME[optimizer],
-                    "eval_time_s": 0.1, "status": "ok"})
+                    "eval_time_s": 0.1, **counts, "status": "ok"})
   return records
 
 
@@ -336,6 +342,7 @@ def test_time_to_target_and_profile_tables(campaign):
   row = _row(rows, configuration=ACC_NAME, seed="0", optimizer="adam")
   assert float(row["target"]) == pytest.approx(0.95 * 0.768)
   assert (int(row["epoch"]), float(row["time_s"])) == (3, 1.0)
+  assert (int(row["steps"]), int(row["evaluations"])) == (30, 30)
   # The diverged run never reached it.
   row = _row(rows, configuration=ACC_NAME, seed="2", optimizer="lion")
   assert row["epoch"] == "" and row["time_s"] == ""
@@ -354,8 +361,9 @@ def test_time_to_target_and_profile_tables(campaign):
             for o in OPTIMIZERS}
   assert solved["sgd"] == pytest.approx(1 / 6)
   for optimizer in OPTIMIZERS:
-    assert float(_row(profile, cost="time", optimizer=optimizer)[
-        "solved"]) == pytest.approx(solved[optimizer])
+    for cost in ("time", "epochs", "evaluations"):
+      assert float(_row(profile, cost=cost, optimizer=optimizer)[
+          "solved"]) == pytest.approx(solved[optimizer])
 
 
 def test_time_based_results_say_how_times_were_measured(campaign):

@@ -249,6 +249,17 @@ def test_time_to_target_on_a_history_by_hand():
       diverged, 0.75, metric="accuracy", higher_is_better=True) is None
 
 
+def test_time_to_target_reads_the_cumulative_counts():
+  counted = [dict(h, steps=10 * h["epoch"], grad_evals=20 * h["epoch"],
+                  hvps=h["epoch"]) for h in HISTORY]
+  assert statistics.time_to_target(
+      counted, 0.75, metric="accuracy", higher_is_better=True) == (
+          statistics.Reached(epoch=3, time_s=6.0, steps=30, evaluations=63))
+  # A history written before the counts were recorded has none.
+  assert statistics.time_to_target(
+      HISTORY, 0.75, metric="accuracy", higher_is_better=True).evaluations is None
+
+
 def test_target_value_is_a_fraction_of_the_best():
   assert statistics.target_value(0.8, 0.95, True) == pytest.approx(0.76)
   assert statistics.target_value(20.0, 0.8, False) == pytest.approx(25.0)

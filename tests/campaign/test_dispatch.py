@@ -26,7 +26,8 @@ from optbench_jax.train.settings import CampaignConfig
 from tests.train.helpers import read_history, without_times
 
 TIME_COLUMNS = ("train_time_s", "eval_time_s", "compile_time_s",
-                "total_runtime_s", "time_to_convergence_s")
+                "total_runtime_s", "time_to_convergence_s",
+                "cumulative_train_time_s")
 CAMPAIGN = ("image_classification", "digits", "cnn_scratch")
 OPTIMIZERS = ("sgd", "adam")
 SEEDS = (0, 1)

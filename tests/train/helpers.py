@@ -4,7 +4,7 @@ import json
 import os
 import pathlib
 
-TIME_KEYS = ("train_time_s", "eval_time_s")
+TIME_KEYS = ("train_time_s", "eval_time_s", "cumulative_train_time_s")
 SCRIPTS = pathlib.Path(__file__).resolve().parents[2] / "experiments"
 
 

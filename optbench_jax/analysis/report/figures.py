@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from optbench_jax import store
 from optbench_jax.analysis import budget, statistics
 from optbench_jax.analysis.report.options import Options
-from optbench_jax.analysis.report.ranking import cost_view
+from optbench_jax.analysis.report.ranking import cost_fields, cost_view
 from optbench_jax.analysis.report.runs import Configuration, Run, completed
 from optbench_jax.train import plots
 
@@ -174,12 +174,14 @@ def _timing_footnote(fig: Figure, timing: str) -> None:
 
 def profile_figure(costs: dict, opts: Options, report_dir: str,
                    timing: str) -> str:
-  """Dolan–Moré profiles with time and with epochs as the cost; ``timing``
+  """Dolan–Moré profiles with time, epochs and (where counted) evaluations
+  as the cost; ``timing``
   (:func:`~optbench_jax.analysis.report.ranking.timing_note`) under them."""
-  fig = Figure(figsize=(11, 4.6))
-  axes = fig.subplots(1, 2)
-  for ax, (field, what) in zip(axes, (("time_s", "training time per run"),
-                                      ("epoch", "epochs"))):
+  fields = cost_fields(costs)
+  fig = Figure(figsize=(5.5 * len(fields), 4.6))
+  axes = fig.subplots(1, len(fields))
+  for ax, (field, what) in zip(axes, fields):
+    what = "training time per run" if field == "time_s" else what
     profile = statistics.performance_profile(cost_view(costs, field))
     for optimizer, rho in profile.rho.items():
       ax.step(profile.taus, rho, where="post", label=optimizer)
@@ -195,13 +197,15 @@ def profile_figure(costs: dict, opts: Options, report_dir: str,
 
 def time_to_target_figure(costs: dict, opts: Options, report_dir: str,
                           timing: str) -> str:
-  """Fraction of problems solved against the training time and epochs;
-  ``timing`` under them."""
-  fig = Figure(figsize=(11, 4.6))
-  axes = fig.subplots(1, 2)
-  for ax, (field, what) in zip(axes, (("time_s",
-                                       "training time per run (s)"),
-                                      ("epoch", "epoch"))):
+  """Fraction of problems solved against the training time, epochs and
+  (where counted) evaluations; ``timing`` under them."""
+  fields = cost_fields(costs)
+  fig = Figure(figsize=(5.5 * len(fields), 4.6))
+  axes = fig.subplots(1, len(fields))
+  labels = {"time_s": "training time per run (s)", "epoch": "epoch",
+            "evaluations": "gradient evaluations + Hessian-vector products"}
+  for ax, (field, _) in zip(axes, fields):
+    what = labels[field]
     view = cost_view(costs, field)
     finite = sorted({float(c) for row in view.values() for c in row.values()
                      if c is not None})

@@ -140,9 +140,23 @@ def target_costs(configurations: Sequence[Configuration], opts: Options):
 
 def cost_view(costs: dict, field: str) -> dict:
   """``costs`` with one field of each :class:`statistics.Reached`
-  (``time_s`` or ``epoch``), None where the target was not reached."""
+  (``time_s``, ``epoch``, ``steps`` or ``evaluations``), None where the
+  target was not reached (or the history does not count that field)."""
   return {p: {s: None if c is None else getattr(c, field)
               for s, c in row.items()} for p, row in costs.items()}
+
+
+# The costs that profiles and time-to-target compare, with their names.
+COST_FIELDS = (("time_s", "time"), ("epoch", "epochs"),
+               ("evaluations", "evaluations"))
+
+
+def cost_fields(costs: dict) -> list[tuple[str, str]]:
+  """:data:`COST_FIELDS` that every run reaching its target counts
+  (histories written before evaluations were counted have none)."""
+  return [(field, what) for field, what in COST_FIELDS
+          if all(c is None or getattr(c, field) is not None
+                 for row in costs.values() for c in row.values())]
 
 
 def time_to_target_table(costs: dict, targets: dict, opts: Options,
@@ -156,25 +170,32 @@ def time_to_target_table(costs: dict, targets: dict, opts: Options,
                    "optimizer": optimizer, "best": targets[name][0],
                    "target": targets[name][1],
                    "epoch": reached and reached.epoch,
+                   "steps": reached and reached.steps,
+                   "evaluations": reached and reached.evaluations,
                    "time_s": reached and reached.time_s})
+  count = lambda v: "" if v is None else str(v)
   cells = [[r["configuration"], str(r["seed"]), r["optimizer"],
             format_number(r["target"]),
             "not reached" if r["epoch"] is None else str(r["epoch"]),
+            count(r["steps"]), count(r["evaluations"]),
             format_number(r["time_s"], "time")] for r in rows]
-  return Table("time_to_target", "Epoch and training time at which each run "
+  return Table("time_to_target", "Epoch, optimizer steps, evaluations "
+               "(gradient evaluations + Hessian-vector products) and "
+               "training time at which each run "
                f"first reached {opts.target_fraction:g} of its "
                f"configuration's best result ({timing})",
                ["configuration", "seed", "optimizer", "target", "epoch",
-                "training time per run (s)"], cells,
+                "steps", "evaluations", "training time per run (s)"], cells,
                ["configuration", "seed", "optimizer", "best", "target",
-                "epoch", "time_s"], rows, align="lrlrrr")
+                "epoch", "steps", "evaluations", "time_s"], rows,
+               align="lrlrrrrr")
 
 
 def profile_table(costs: dict, timing: str) -> Table:
   """ρ_s(1) (fastest) and ρ_s(∞) (solved) of both profiles; ``timing``:
   :func:`timing_note`."""
   rows = []
-  for field, what in (("time_s", "time"), ("epoch", "epochs")):
+  for field, what in cost_fields(costs):
     profile = statistics.performance_profile(cost_view(costs, field),
                                              [1.0, math.inf])
     for optimizer, rho in profile.rho.items():
