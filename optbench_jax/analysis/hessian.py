@@ -8,7 +8,7 @@ float64 when ``jax.enable_x64`` is on and the parameters are float64).
 * **Hessian-vector product** (Pearlmutter 1994), forward-over-reverse:
   ``Hv = d/dε ∇L(θ + εv)|ε=0``, i.e. ``jax.jvp(jax.grad(L), (θ,), (v,))``,
   at the cost of about two gradients.
-* **Lanczos** with full reorthogonalisation (``analysis/lanczos.py``):
+* **Lanczos** with full reorthogonalisation (``nn/lanczos.py``):
   ``Qᵀ H Q = T`` tridiagonal, one HVP per step.
 * **Top eigenvalues**: the Ritz values ``θ_i`` (eigenvalues of ``T``),
   largest first; Ritz vectors ``Q s_i`` on request.
@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from optbench_jax.analysis import lanczos
+from optbench_jax.nn import lanczos
 from optbench_jax.errors import OptBenchError
 from optbench_jax.kernels.convolution import forward_mode_autodiff
 from optbench_jax.transforms.extras import hvp as transforms_hvp

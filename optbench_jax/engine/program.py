@@ -47,6 +47,7 @@ from optbench_jax.engine import distributed, memory, schedules
 from optbench_jax.engine import optimizer as optimizer_lib
 from optbench_jax.engine.evaluation import Evaluation
 from optbench_jax.engine.hooks import Hooks
+from optbench_jax.engine.sharpness import Sharpness
 from optbench_jax.engine.epoch import (Example, accumulate, batches,
                                        epoch_metrics, num_examples, zero_totals)
 from optbench_jax.engine.precision import to_float32, with_compute_dtype
@@ -91,7 +92,7 @@ class Compiled:
   on_device: bool
 
 
-class Program(Evaluation, Hooks):
+class Program(Evaluation, Hooks, Sharpness):
   """Builds and jit-compiles the functions of one (task, model, optimizer).
 
   Args:
@@ -144,6 +145,7 @@ class Program(Evaluation, Hooks):
     self.eval_streamed_batch = jax.jit(vm(self._eval_streamed_batch, (0, None)))
     self.prepared_params = jax.jit(vm(self.eval_params, (0,)))
     self.update_plateau = jax.jit(vm(self._update_plateau, (0, 0)))
+    self.sharpness = jax.jit(vm(self._sharpness, (0, None, 0)))
     self.epoch_start = jax.jit(vm(self._epoch_start, (0, None)),
                                donate_argnums=0)
     self.epoch_plan = jax.jit(vm(self._epoch_plan, (None, 0)),

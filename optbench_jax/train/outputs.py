@@ -1,4 +1,5 @@
-"""What a run's history says: the convergence rule, summary rows, epochs.
+"""What a run's history says: the convergence rule, summary rows, epochs,
+cumulative counts.
 
 The files these rows go to are the run store's (``optbench_jax/store.py``).
 
@@ -18,7 +19,9 @@ rule runs over the evaluated epochs.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
+
+from optbench_jax.transforms.cost import COSTS
 
 CONVERGENCE_RTOL = 0.01
 SUMMARY_COLUMNS = (
@@ -85,3 +88,20 @@ def long_format(history: Iterable[dict], metadata: dict) -> list[dict]:
   keys = {k: metadata.get(k) for k in ("task", "dataset", "model", "optimizer",
                                        "seed", "learning_rate")}
   return [{**keys, **h} for h in history]
+
+
+def cumulative(history: Sequence[dict], train_metrics: Mapping, steps: int,
+               train_time: float) -> dict:
+  """A run's totals after an epoch: its history's last record's plus the
+  epoch's ``steps``, evaluations (:mod:`~optbench_jax.transforms.cost`),
+  training examples and seconds (``train_metrics``: the engine's sums over
+  the epoch); None after a record without them (a history written before
+  they were counted)."""
+  epoch = {"steps": steps,
+           **{k: int(round(float(train_metrics[k]))) for k in COSTS},
+           "examples_seen": int(round(float(train_metrics["count"]))),
+           "cumulative_train_time_s": train_time}
+  last = history[-1] if history else {}
+  return {k: (v if not history else
+              None if last.get(k) is None else last[k] + v)
+          for k, v in epoch.items()}

@@ -5,7 +5,8 @@ Per run: the primary metric and the validation loss on two y-axes; train vs
 validation loss. Per campaign: the primary metric of every optimizer; the
 validation loss of every optimizer; the primary metric against what the
 runs spent — gradient evaluations plus Hessian-vector products
-(:mod:`~optbench_jax.transforms.cost`) and training seconds.
+(:mod:`~optbench_jax.transforms.cost`) and training seconds; with
+``--track-sharpness``, each optimizer's sharpness against ``2/η``.
 """
 from __future__ import annotations
 
@@ -117,7 +118,37 @@ def campaign_plots(histories: Mapping[str, Sequence[dict]], primary: str,
   if all(_counted(h) for h in histories.values()):
     paths.append(os.path.join(out_dir, f"{primary}_vs_cost.png"))
     save(cost_figure(histories, primary, title), paths[-1])
+  if any(h.get("sharpness") is not None for history in histories.values()
+         for h in history):
+    paths.append(os.path.join(out_dir, "sharpness.png"))
+    save(sharpness_figure(histories, title), paths[-1])
   return paths
+
+
+def sharpness_figure(histories: Mapping[str, Sequence[dict]],
+                     title: str) -> Figure:
+  """Each optimizer's top Hessian eigenvalue (``--track-sharpness``, solid)
+  and ``2/η`` of its learning rate at that epoch (dashed, same colour):
+  gradient descent on a quadratic is stable while ``λ_max < 2/η``."""
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
+  for optimizer, history in histories.items():
+    measured = [h for h in history if h.get("sharpness") is not None]
+    if not measured:
+      continue
+    line, = ax.plot(_epochs(measured), _series(measured, "sharpness"),
+                    marker=".", label=optimizer)
+    ax.plot(_epochs(measured),
+            [2 / h["learning_rate"] if h.get("learning_rate") else
+             float("nan") for h in measured], "--", color=line.get_color())
+  ax.set_yscale("log")
+  ax.set_xlabel("epoch")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  ax.set_ylabel("top Hessian eigenvalue (solid); 2/η (dashed)")
+  ax.set_title(title)
+  ax.legend(fontsize="small", ncol=2 if len(histories) > 8 else 1)
+  fig.tight_layout()
+  return fig
 
 
 def _counted(history: Sequence[dict]) -> bool:

@@ -30,6 +30,7 @@ import shutil
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
+import jax
 import numpy as np
 
 from optbench_jax import data as data_lib
@@ -311,23 +312,6 @@ def _diverged(m: _Member, train_finite: bool, train_loss: float,
   return max(losses) > factor * reference
 
 
-def _cumulative(m: _Member, train_metrics: dict, steps: int,
-                train_time: float) -> dict:
-  """The run's totals after this epoch: its last record's plus the epoch's
-  ``steps``, evaluations (:mod:`~optbench_jax.transforms.cost`), training
-  examples and seconds (None after a record without them: a history
-  written before they were counted)."""
-  epoch = {"steps": steps,
-           **{k: int(round(float(train_metrics[k])))
-              for k in transforms.COSTS},
-           "examples_seen": int(round(float(train_metrics["count"]))),
-           "cumulative_train_time_s": train_time}
-  last = m.history[-1] if m.history else {}
-  return {k: (v if not m.history else
-              None if last.get(k) is None else last[k] + v)
-          for k, v in epoch.items()}
-
-
 def _record(m: _Member, epoch: int, train_metrics: dict,
             metrics: Optional[dict], times: tuple[float, float],
             steps: int) -> dict:
@@ -343,7 +327,8 @@ def _record(m: _Member, epoch: int, train_metrics: dict,
             "learning_rate": float(train_metrics["learning_rate"]),
             "grad_norm": float(train_metrics["grad_norm"]),
             "train_time_s": times[0], "eval_time_s": times[1],
-            **_cumulative(m, train_metrics, steps, times[0]),
+            **outputs.cumulative(m.history, train_metrics, steps,
+                                 times[0]),
             "status": "diverged" if diverged else "ok"}
   if diverged:
     m.status, m.live = "diverged", False
@@ -382,10 +367,12 @@ def _train_chunk(setup: RunSetup, program: Program, compiled: Compiled,
     evaluated = (program.evaluate(state, val_data) if _evaluates(rc, epoch)
                  else [None] * program.runs)
     times = (train_time, time.perf_counter() - t_eval)
+    measured = _sharpness(setup, program, state, train_keys, epoch)
     for j, m in enumerate(members):
       if m.live and m.run_dir is not None:
         m.history.append(_record(m, epoch, run_slice(train_metrics, j),
                                  evaluated[j], times, setup.steps_per_epoch))
+        m.history[-1].update(run_slice(measured, j))
     if rc.scheduler == "plateau" and evaluated[0] is not None:
       losses = [v["loss"] if _finite(v["loss"]) else 0.0 for v in evaluated]
       state = program.update_plateau(state, np.asarray(losses, np.float32))
@@ -393,6 +380,34 @@ def _train_chunk(setup: RunSetup, program: Program, compiled: Compiled,
     if not any(m.live for m in real):
       break
   _finish(setup, program, members, state)
+
+
+# Folded into a run's training key: the stream of its sharpness
+# measurements' keys (then folded with the epoch), apart from the epochs'.
+_SHARPNESS_STREAM = 0x5348
+
+
+def _sharpness(setup: RunSetup, program: Program, state, train_keys,
+               epoch: int) -> dict:
+  """``--track-sharpness``: ``{key: values over runs}`` of this epoch's
+  measurement (:mod:`~optbench_jax.engine.sharpness`), or ``{}``; a
+  non-finite value (a diverged run) is None."""
+  every = setup.rc.track_sharpness
+  if not every or (epoch + 1) % every:
+    return {}
+  train = setup.splits.train
+  size = min(setup.hyper.eval_batch_size, setup.n_train)
+  batch = {k: np.asarray(v[:size]) for k, v in train.items()}
+  batch["mask"] = np.ones(size, np.float32)
+  keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(train_keys,
+                                                         _SHARPNESS_STREAM)
+  values = distributed.to_host(program.sharpness(
+      state, program.place(batch), program.epoch_keys(keys, epoch)))
+  number = lambda k, x: (None if not math.isfinite(x) else
+                         int(x) if k.endswith(("iterations", "probes"))
+                         else float(x))
+  return {k: np.asarray([number(k, x) for x in np.asarray(v, np.float64)],
+                        object) for k, v in values.items()}
 
 
 def _save_epoch(members, state, epoch: int, on_epoch) -> None:

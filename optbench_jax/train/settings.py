@@ -179,6 +179,11 @@ class Protocol:
       1.0, "model size: a multiplier of the model's channel and hidden "
       "widths (1 = the source's size; e.g. 0.25 for quick tries); models "
       "with pretrained weights need --pretrained none", check=positive_finite)
+  track_sharpness: Optional[int] = setting(
+      None, "every N epochs, measure the Hessian's top eigenvalue (Lanczos) "
+      "and trace (Hutchinson) on a fixed training batch, for every run, "
+      "into its history (default: never; cost in the docs' outputs page)",
+      parse=optional_int, check=at_least(1))
   divergence_factor: Optional[float] = setting(
       None, "also mark a run diverged (and stop it) when its training or "
       "validation loss exceeds this multiple of its first epoch's training "
