@@ -119,13 +119,27 @@ def download_source(spec) -> str:
   return f"[`{download.label}`]({download.card}) ({sizes})"
 
 
+def card_facts(spec) -> tuple[str, str]:
+  """(licence, download / prepared size) its card states, for a dataset
+  that downloads; dashes otherwise."""
+  from optbench_jax.data import cards
+  download = getattr(spec, "download", None)
+  found = download and cards.facts(download.origin)
+  if not found:
+    return "–", "–"
+  return found.licence, found.sizes()
+
+
 def datasets_page(tasks, data) -> str:
   out = ["# Datasets\n\n",
          GENERATED.format(source="`optbench_jax.data` (`names_for`, `get`)"),
          "Where each dataset comes from and how to make a cached one "
          "available: [Datasets](../user-guide/datasets.md). "
          "Augmentation: the random training augmentation the dataset "
-         "entry names (on the device, inside the compiled epoch).\n\n"]
+         "entry names (on the device, inside the compiled epoch). Licence "
+         "and size (download / prepared, MB): as the dataset's card "
+         "states them (`optbench_jax/data/cards.py` names each card read; "
+         "the Hub's Parquet copies differ in size).\n\n"]
   for task in tasks.TASKS.names():
     out.append(f"## `{task}`\n\n")
     rows = []
@@ -134,13 +148,14 @@ def datasets_page(tasks, data) -> str:
       augment = getattr(spec, "augment", None)
       defaults = getattr(spec, "defaults", None) or {}
       rows.append([code(name), getattr(spec, "description", ""),
-                   download_source(spec),
+                   download_source(spec), *card_facts(spec),
                    code(augment.__name__) if augment else "–",
                    ", ".join(f"`{k}={v}`" for k, v in defaults.items())
                    or "–"])
     out.append(table(["dataset", "description",
-                      "downloaded from (published split sizes)",
-                      "augmentation", "setting defaults"], rows) + "\n")
+                      "downloaded from (published split sizes)", "licence",
+                      "size (card)", "augmentation", "setting defaults"],
+                     rows) + "\n")
   return "".join(out)
 
 
