@@ -13,7 +13,7 @@ def _downloads():
 
 def test_every_download_has_its_card_facts():
   missing = [name for name, d in _downloads() if cards.facts(d.origin) is None]
-  assert not missing, f"add their cards to optbench_jax/data/cards.py: {missing}"
+  assert not missing, f"add their cards to data/cards.py: {missing}"
   unused = set(cards.FACTS) - {d.origin for _, d in _downloads()}
   assert not unused, unused
 
