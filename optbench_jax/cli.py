@@ -48,6 +48,11 @@ class ReportFlags:
   output_dir: Optional[str] = setting(
       None, "where the report goes (default: <campaign-dir>/report)",
       check=flags.directory)
+  defaults: Optional[str] = setting(
+      None, "a campaign directory of the same configurations trained at the "
+      "optimizers' defaults: each tuned configuration gets a 'Defaults vs "
+      "tuned' table (ranks at defaults and tuned, Kendall's tau, "
+      "Spearman's rho)", check=flags.existing_directory)
 
 
 Parser = flags.Parser  # one-line errors, for every command
@@ -119,7 +124,8 @@ def cmd_report(args) -> int:
   from optbench_jax.analysis import report
   options = flags.from_args(ReportFlags, args)
   flags.check(options)  # before any run is read
-  path = report.write_report(options.campaign_dir, options.output_dir)
+  path = report.write_report(options.campaign_dir, options.output_dir,
+                             defaults_dir=options.defaults)
   print(f"report: {path}")
   return 0
 

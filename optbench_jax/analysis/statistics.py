@@ -286,6 +286,27 @@ def average_ranks(table: Mapping[str, Mapping[str, Optional[float]]], *,
   return Ranking(per_configuration, rows)
 
 
+class RankCorrelation(NamedTuple):
+  """Kendall's τ-b and Spearman's ρ between two rankings of ``n`` items
+  (None where undefined: fewer than two items, or a ranking all ties)."""
+  kendall: Optional[float]
+  spearman: Optional[float]
+  n: int
+
+
+def rank_correlation(a: Sequence[float], b: Sequence[float]
+                     ) -> RankCorrelation:
+  """How much two rankings of the same items agree (``scipy.stats``'
+  ``kendalltau`` (τ-b, ties corrected) and ``spearmanr``)."""
+  if len(a) != len(b):
+    raise OptBenchError("rank_correlation: rankings of different lengths")
+  if len(a) < 2 or _constant(np.asarray(a, float)) or _constant(
+      np.asarray(b, float)):
+    return RankCorrelation(None, None, len(a))
+  return RankCorrelation(float(stats.kendalltau(a, b).statistic),
+                         float(stats.spearmanr(a, b).statistic), len(a))
+
+
 def target_value(best: float, fraction: float, higher_is_better: bool
                  ) -> float:
   """The target of a configuration: ``f · best`` (higher is better) or

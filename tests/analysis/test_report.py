@@ -614,3 +614,35 @@ def test_a_killed_report_is_cleaned_up_and_an_unwritable_output_is_an_error(
   blocker.write_text("")
   with pytest.raises(OptBenchError, match="cannot write the report into"):
     report.write_report(root, str(blocker / "report"))
+
+
+def test_defaults_vs_tuned_ranks_and_their_correlation(tmp_path, monkeypatch):
+  """A tuned campaign (tuning.csv beside its runs) reported with
+  ``defaults_dir``: each optimizer's rank at its defaults and tuned, and
+  the rank correlation, by hand."""
+  tuned, defaults = str(tmp_path / "tuned"), str(tmp_path / "defaults")
+  write_campaign(tuned, configs=(ACC,))
+  with open(os.path.join(tuned, *ACC, "tuning.csv"), "w") as f:
+    f.write("optimizer,trial,selected,status,learning_rate,hyperparameters,"
+            "best_primary\n" + "".join(
+                f"{o},0,True,completed,{LR[o]},,{ACC_LEVEL[o]}\n"
+                for o in OPTIMIZERS))
+  # At its defaults SGD is the best: order sgd, adam, lion (ranks 1, 2,
+  # 3); tuned: adam, lion, sgd (1, 2, 3).
+  monkeypatch.setitem(ACC_LEVEL, "sgd", 0.7)
+  write_campaign(defaults, configs=(ACC,))
+  monkeypatch.undo()
+  path = report.write_report(tuned, defaults_dir=defaults)
+  rows = _read_csv(os.path.join(tuned, "report", "tables",
+                                f"{ACC_NAME}/defaults_vs_tuned.csv"))
+  ranks = {r["optimizer"]: (float(r["rank_default"]), float(r["rank_tuned"]))
+           for r in rows}
+  assert ranks == {"adam": (2, 1), "lion": (3, 2), "sgd": (1, 3)}
+  # Pairs (adam, sgd) and (sgd, lion) swap, (adam, lion) does not:
+  # τ = (1 − 2) / 3; ρ = 1 − 6·(1 + 4 + 1) / (3·(9 − 1)) = −0.5.
+  text = open(path).read()
+  assert "Kendall's τ -0.33, Spearman's ρ -0.50 over 3 optimizers" in text
+  other = str(tmp_path / "other")
+  write_campaign(other, seeds=(0,), configs=(PPL,))
+  with pytest.raises(OptBenchError, match="holds none of the"):
+    report.write_report(tuned, str(tmp_path / "r2"), defaults_dir=other)

@@ -109,7 +109,8 @@ def _what_was_run(doc: _Document, runs: Sequence[Run],
 
 
 def _configuration_section(doc: _Document, config: Configuration,
-                           opts: Options) -> None:
+                           opts: Options,
+                           defaults: Optional[Configuration] = None) -> None:
   doc.add(f"## {config.name}", "",
           f"Primary metric: **{config.primary}** "
           f"({'higher' if config.higher_is_better else 'lower'} is better).",
@@ -138,6 +139,10 @@ def _configuration_section(doc: _Document, config: Configuration,
     if budget_rows:   # written once an optimizer's trials have all finished
       doc.image(figures.budget_figure(config, budget_rows, doc.report_dir),
                 "tuning budget")
+    compared = defaults and ranking.defaults_vs_tuned_table(config, defaults)
+    if compared:
+      doc.add("### Defaults vs tuned", "")
+      doc.table(compared)
   doc.add("### Pairwise comparisons", "")
   doc.table(tables.pairwise_table(config, opts))
   analysed = tables.analysis_table(config)
@@ -190,16 +195,26 @@ def _writing(report_dir: str) -> Iterator[None]:
 
 def write_report(campaign_dir: str, out_dir: Optional[str] = None, *,
                  confidence: float = 0.95, ci_method: str = "t",
-                 target_fraction: float = 0.95) -> str:
+                 target_fraction: float = 0.95,
+                 defaults_dir: Optional[str] = None) -> str:
   """Writes the report of the campaign under ``campaign_dir`` into
   ``out_dir`` (default ``<campaign_dir>/report``); returns the path of
-  ``report.md``."""
+  ``report.md``. ``defaults_dir``: a campaign of the same configurations
+  at the optimizers' defaults, which each tuned configuration is compared
+  with (its "Defaults vs tuned" table)."""
   opts = Options(confidence, ci_method, target_fraction)
   report_dir = out_dir or os.path.join(campaign_dir, store.REPORT)
   runs = read_runs(campaign_dir, exclude=[report_dir])
   configurations = group_runs(runs)
   if not configurations:
     raise OptBenchError(f"no readable {store.METADATA} under {campaign_dir}")
+  defaults = {}
+  if defaults_dir is not None:
+    defaults = {c.name: c for c in group_runs(read_runs(
+        defaults_dir, exclude=[os.path.join(defaults_dir, store.REPORT)]))}
+    if not set(defaults) & {c.name for c in configurations}:
+      raise OptBenchError(f"--defaults {defaults_dir} holds none of the "
+                          f"configurations of {campaign_dir}")
   with _writing(report_dir):
     os.makedirs(report_dir, exist_ok=True)
     store.remove_partial_writes(report_dir, recursive=True)
@@ -210,7 +225,7 @@ def write_report(campaign_dir: str, out_dir: Optional[str] = None, *,
     _what_was_run(doc, runs, configurations)
     doc.add("## Methods", "", *_methods(opts, configurations))
     for config in configurations:
-      _configuration_section(doc, config, opts)
+      _configuration_section(doc, config, opts, defaults.get(config.name))
     _across_configurations(doc, campaign_dir, runs, configurations, opts)
     doc.add("## Diverged and unfinished runs", "")
     problems = tables.problems_table(runs, report_dir)

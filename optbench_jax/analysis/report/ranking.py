@@ -52,6 +52,45 @@ def best_groups(config: Configuration) -> dict:
   return chosen
 
 
+def defaults_vs_tuned_table(tuned: Configuration, defaults: Configuration
+                            ) -> Optional[Table]:
+  """Each optimizer's mean best primary metric and rank in the campaign at
+  its defaults (``defaults``, at its best learning rate there) and after
+  tuning (``tuned``: the selected trials' re-runs), with the rank
+  correlation of the two orders; None with fewer than two optimizers in
+  both."""
+  values = {name: {o: v for o, (_, v) in best_groups(config).items()}
+            for name, config in (("defaults", defaults), ("tuned", tuned))}
+  both = [o for o in values["tuned"] if o in values["defaults"]]
+  if len(both) < 2:
+    return None
+  ranks = statistics.average_ranks(
+      {k: {o: v[o] for o in both} for k, v in values.items()},
+      higher_is_better=tuned.higher_is_better).per_configuration
+  corr = statistics.rank_correlation([ranks["defaults"][o] for o in both],
+                                     [ranks["tuned"][o] for o in both])
+  rows = [{"optimizer": o, "default": values["defaults"][o],
+           "tuned": values["tuned"][o], "rank_default": ranks["defaults"][o],
+           "rank_tuned": ranks["tuned"][o]} for o in both]
+  rows.sort(key=lambda r: r["rank_tuned"])
+  cells = [[r["optimizer"], format_number(r["default"]),
+            format_number(r["tuned"]), f"{r['rank_default']:g}",
+            f"{r['rank_tuned']:g}",
+            f"{r['rank_default'] - r['rank_tuned']:+g}"] for r in rows]
+  words = lambda v: "undefined" if v is None else f"{v:.2f}"
+  return Table(f"{tuned.name}/defaults_vs_tuned",
+               f"{tuned.name}: mean best validation {tuned.primary} at the "
+               f"optimizers' defaults (best learning rate of that campaign) "
+               f"and tuned (the selected trial's re-runs), and each "
+               f"optimizer's rank (1 = best; diverged = worst); Kendall's "
+               f"τ {words(corr.kendall)}, Spearman's ρ "
+               f"{words(corr.spearman)} over {corr.n} optimizers",
+               ["optimizer", f"default {tuned.primary}",
+                f"tuned {tuned.primary}", "rank at default", "rank tuned",
+                "rank gained"], cells, list(rows[0]), rows,
+               align="lrrrrr")
+
+
 def ranking_table(configurations: Sequence[Configuration]) -> Table:
   table = {c.name: {o: v for o, (_, v) in best_groups(c).items()}
            for c in configurations}
