@@ -13,6 +13,14 @@ os.environ.setdefault("OPTBENCH_COMPILE_CACHE",
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from optbench_jax.campaign import runner  # noqa: E402
+
+# ... used from the first test on, for every program: one compiled again by
+# a later test (a model's initialisation, a task's evaluation, a CRF) is
+# loaded, not compiled (the same executable: results are unchanged).
+runner.CACHE_MIN_COMPILE_TIME_S = 0.0
+runner.enable_compile_cache(os.environ["OPTBENCH_COMPILE_CACHE"])
+
 # torchvision (test extra) is built for CUDA torch: on the CPU build its
 # extension cannot load and its import fails, also when ``transformers``
 # imports it. Its model code needs none of the extension's operators;

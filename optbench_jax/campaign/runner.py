@@ -55,6 +55,10 @@ def default_compile_cache() -> str:
       os.path.expanduser("~"), ".cache", "optbench_jax", "xla"))
 
 
+# Programs that compile faster than this are not written to the cache.
+CACHE_MIN_COMPILE_TIME_S = 0.5
+
+
 def enable_compile_cache(path: str) -> None:
   """Persistent XLA compilation cache: identical programs compile once.
 
@@ -65,7 +69,8 @@ def enable_compile_cache(path: str) -> None:
   if path == "off":
     return
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    CACHE_MIN_COMPILE_TIME_S)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
