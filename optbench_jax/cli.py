@@ -52,7 +52,8 @@ class ReportFlags:
       None, "a campaign directory of the same configurations trained at the "
       "optimizers' defaults: each tuned configuration gets a 'Defaults vs "
       "tuned' table (ranks at defaults and tuned, Kendall's tau, "
-      "Spearman's rho)", check=flags.existing_directory)
+      "Spearman's rho; default: no such table)",
+      check=flags.existing_directory)
 
 
 Parser = flags.Parser  # one-line errors, for every command

@@ -30,11 +30,14 @@ of ``LANCZOS_ITERATIONS`` parameter-sized vectors per run.
 from __future__ import annotations
 
 import math
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from optbench_jax.engine import distributed
 from optbench_jax.engine.state import TrainState
 from optbench_jax.nn import lanczos
 from optbench_jax.transforms import hvp
@@ -43,13 +46,27 @@ LANCZOS_ITERATIONS = 20
 TRACE_PROBES = 10
 # The history keys of one measurement.
 KEYS = ("sharpness", "sharpness_residual", "sharpness_iterations",
-        "hessian_trace", "hessian_trace_stderr", "hessian_trace_probes")
+        "hessian_trace", "hessian_trace_stderr", "hessian_trace_probes",
+        "sharpness_time_s")
 
 
 class Sharpness:
   """The sharpness measurement of ``Program`` (which supplies ``task``,
   ``info``, ``apply`` and the jitted ``sharpness`` built from
   :meth:`_sharpness`)."""
+
+  def measure_sharpness(self, state: TrainState, batch, keys) -> dict:
+    """The runs' measurements (on the host, a leading axis of runs) and
+    ``sharpness_time_s``: the measurement's wall time, compilation apart
+    (compiled ahead of time on the first call)."""
+    compiled = getattr(self, "_compiled_sharpness", None)
+    if compiled is None:
+      compiled = self.sharpness.lower(state, batch, keys).compile()
+      self._compiled_sharpness = compiled
+    start = time.perf_counter()
+    values = distributed.to_host(compiled(state, batch, keys))
+    seconds = time.perf_counter() - start
+    return {**values, "sharpness_time_s": np.full((self.runs,), seconds)}
 
   def _sharpness(self, state: TrainState, batch, key) -> dict:
     batch = self.task.preprocess(batch, self.info)

@@ -401,8 +401,8 @@ def _sharpness(setup: RunSetup, program: Program, state, train_keys,
   batch["mask"] = np.ones(size, np.float32)
   keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(train_keys,
                                                          _SHARPNESS_STREAM)
-  values = distributed.to_host(program.sharpness(
-      state, program.place(batch), program.epoch_keys(keys, epoch)))
+  values = program.measure_sharpness(state, program.place(batch),
+                                     program.epoch_keys(keys, epoch))
   number = lambda k, x: (None if not math.isfinite(x) else
                          int(x) if k.endswith(("iterations", "probes"))
                          else float(x))

@@ -96,6 +96,7 @@ def test_track_sharpness_every_two_epochs_from_the_command_line(tmp_path):
   assert history[1]["sharpness"] > 0
   assert history[1]["sharpness_residual"] < history[1]["sharpness"]
   assert history[1]["hessian_trace_probes"] == TRACE_PROBES
+  assert history[1]["sharpness_time_s"] > 0
   assert (campaign / "sharpness.png").stat().st_size > 0
   meta = json.loads((campaign / "sgd" / "run_metadata.json").read_text())
   assert meta["track_sharpness"] == 2
