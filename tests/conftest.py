@@ -1,14 +1,19 @@
 """Shared test fixtures."""
 import os
+import shutil
 import tempfile
 
 # Tests run on the CPU with deterministic settings, whatever the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # One persistent XLA cache for the session: identical programs (resumed runs,
-# repeated seeds) compile once, and nothing leaks between test sessions.
-os.environ.setdefault("OPTBENCH_COMPILE_CACHE",
-                      tempfile.mkdtemp(prefix="optbench-xla-"))
+# repeated seeds) compile once, and nothing leaks between test sessions. The
+# process that creates it (pytest's, whose xdist workers and subprocesses
+# inherit it) removes it when the session ends.
+_OWN_CACHE = None
+if "OPTBENCH_COMPILE_CACHE" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="optbench-xla-")
+  os.environ["OPTBENCH_COMPILE_CACHE"] = _OWN_CACHE
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -38,3 +43,9 @@ def x64():
   """Runs the test with float64 enabled (and restores float32 afterwards)."""
   with jax.enable_x64(True):
     yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
