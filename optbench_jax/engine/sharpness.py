@@ -44,10 +44,6 @@ from optbench_jax.transforms import hvp
 
 LANCZOS_ITERATIONS = 20
 TRACE_PROBES = 10
-# The history keys of one measurement.
-KEYS = ("sharpness", "sharpness_residual", "sharpness_iterations",
-        "hessian_trace", "hessian_trace_stderr", "hessian_trace_probes",
-        "sharpness_time_s")
 
 
 class Sharpness:

@@ -52,19 +52,11 @@ Cost = Callable[[Mapping[str, Any], Any, Any], Mapping[str, Any]]
 
 
 def find(state: Any, state_type: type) -> Optional[Any]:
-  """The ``state_type`` node of an optimizer state (None when absent)."""
-  found = []
-
-  def visit(node):
-    if isinstance(node, state_type):
-      found.append(node)
-      return True
-    return False
-
-  jax.tree.leaves(state, is_leaf=visit)
-  if len(found) > 1:
-    raise ValueError(f"several {state_type.__name__} in one optimizer state")
-  return found[0] if found else None
+  """The ``state_type`` node of an optimizer state (None when absent; a
+  ``KeyError`` if there are several), found as
+  :func:`~optbench_jax.transforms.lookahead.find_state` finds it."""
+  return optax.tree.get(state, state_type.__name__,
+                        filtering=lambda _, x: isinstance(x, state_type))
 
 
 def due(count: jax.Array, period: int) -> jax.Array:
